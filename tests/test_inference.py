@@ -1,0 +1,179 @@
+"""Overlap-tile inference through ONNX Runtime: seamless, exact, robust to input types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unet_core import inference
+from unet_core.export import parity, read_metadata, state_dict_from_onnx
+from unet_core.inference import InferenceOptions, auto_tile, resolve_tile, segment
+from unet_core.io import ImageFile, ImageReadError
+from unet_core.model import UNet
+from unet_core.runtime import ModelLoadError, OnnxPredictor, TorchPredictor, load_predictor
+from unet_core.tiling import Geometry, plan_tiles
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model: tuple[UNet, Path]) -> OnnxPredictor:
+    return OnnxPredictor(tiny_model[1], device="cpu")
+
+
+def _image(shape: tuple[int, ...], seed: int = 0, dtype=np.uint8) -> ImageFile:
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    top = info.max if info else 1.0
+    data = (rng.random(shape) * top).astype(dtype)
+    return ImageFile("test.png", data)
+
+
+def test_export_parity_with_pytorch_at_two_sizes(tiny_model: tuple[UNet, Path]) -> None:
+    net, path = tiny_model
+    assert parity(net, path, [188, 316]) < 1e-4
+
+
+def test_export_embeds_metadata_and_weights(tiny_model: tuple[UNet, Path]) -> None:
+    net, path = tiny_model
+    meta = read_metadata(path)
+    assert meta.name == "tiny" and meta.unet == net.config
+    assert meta.geometry.margin == 92
+    weights = state_dict_from_onnx(path)
+    assert weights.keys() == net.state_dict().keys()
+    for key, value in net.state_dict().items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_seamless_for_three_tile_sizes_and_a_single_pass(predictor: OnnxPredictor) -> None:
+    image = _image((1, 1000, 777, 1))
+    probs = {}
+    for tile in (100, 196, 388):
+        seg = segment(image, predictor, InferenceOptions(tile=tile, keep_probs=True))
+        assert len(plan_tiles((1000, 777), tile, predictor.meta.geometry)) > 1
+        probs[tile] = seg.probs
+    whole = Geometry().ceil_output(1000)
+    assert len(plan_tiles((1000, 777), whole, Geometry())) == 1
+    probs["whole"] = segment(image, predictor, InferenceOptions(tile=whole, keep_probs=True)).probs
+    for key, p in probs.items():
+        assert p.shape == (1, 2, 1000, 777)
+        assert np.abs(p - probs["whole"]).max() < 1e-5, key
+    np.testing.assert_allclose(probs["whole"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tiled_result_equals_the_network_on_the_mirrored_image(tiny_model, predictor) -> None:
+    """Ground truth for overlap-tile: one PyTorch pass over the whole mirror-padded image."""
+    net, _ = tiny_model
+    image = _image((1, 150, 90, 1), seed=3)
+    seg = segment(image, predictor, InferenceOptions(tile=52, keep_probs=True))
+    x = seg.stretch(image.data[0, ..., 0])
+    g = predictor.meta.geometry
+    out_h, out_w = g.ceil_output(150), g.ceil_output(90)
+    padded = np.pad(x, ((92, 92 + out_h - 150), (92, 92 + out_w - 90)), mode="reflect")
+    with torch.no_grad():
+        ref = torch.softmax(net(torch.from_numpy(padded)[None, None]), 1)[0, :, :150, :90].numpy()
+    assert np.abs(seg.probs[0] - ref).max() < 1e-4
+
+
+def test_thin_and_tiny_images(predictor: OnnxPredictor) -> None:
+    for shape in ((1, 37, 500, 1), (1, 5, 3, 1), (1, 1, 64, 1)):
+        seg = segment(_image(shape), predictor, InferenceOptions(tile=100))
+        assert seg.labels.shape == shape[:3]
+        assert set(np.unique(seg.labels)) <= {0, 1}
+
+
+def test_tta_is_seamless_and_differs_from_plain(predictor: OnnxPredictor) -> None:
+    image = _image((1, 300, 260, 1), seed=1)
+    a = segment(image, predictor, InferenceOptions(tile=100, tta=True, keep_probs=True)).probs
+    b = segment(image, predictor, InferenceOptions(tile=196, tta=True, keep_probs=True)).probs
+    plain = segment(image, predictor, InferenceOptions(tile=196, keep_probs=True)).probs
+    assert np.abs(a - b).max() < 1e-5
+    assert np.abs(a - plain).max() > 1e-4  # a random net is not flip-invariant: TTA really ran
+
+
+def test_tile_is_rounded_down_with_a_note(predictor: OnnxPredictor) -> None:
+    assert resolve_tile(400, Geometry()) == (388, "tile 400 is not a valid output size for this network; using 388")
+    assert resolve_tile(388, Geometry()) == (388, None)
+    seg = segment(_image((1, 64, 64, 1)), predictor, InferenceOptions(tile=110))
+    assert seg.tile == 100 and "using 100" in seg.notes[0]
+
+
+def test_rgb_16bit_float_inputs_are_converted_not_refused(predictor: OnnxPredictor) -> None:
+    gray16 = _image((1, 80, 80, 1), dtype=np.uint16)
+    rgb = ImageFile("rgb.png", np.repeat(gray16.data, 3, axis=-1))
+    as_float = ImageFile("f.tif", gray16.data.astype(np.float32) / 65535.0)
+    ref = segment(gray16, predictor, InferenceOptions(tile=100, keep_probs=True)).probs
+    for img in (rgb, as_float):
+        # Luminance of R=G=B is the gray value; a float image is the same up to scale, which the
+        # percentile stretch removes.
+        out = segment(img, predictor, InferenceOptions(tile=100, keep_probs=True)).probs
+        assert np.abs(out - ref).max() < 1e-4, img.name
+
+
+def test_stack_is_normalised_once_for_all_slices(predictor: OnnxPredictor) -> None:
+    data = _image((3, 60, 70, 1)).data
+    data[2] //= 4  # a darker slice must stay darker: no per-slice stretch
+    seg = segment(ImageFile("s.tif", data, is_stack=True), predictor, InferenceOptions(tile=100))
+    assert seg.labels.shape == (3, 60, 70)
+    single = segment(ImageFile("s2.tif", data[2:3]), predictor, InferenceOptions(tile=100, keep_probs=True))
+    assert seg.stretch != single.stretch
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (np.full((1, 30, 30, 1), 7, np.uint8), "constant"),
+        (np.full((1, 30, 30, 1), np.nan, np.float32), "NaN"),
+        (np.zeros((1, 0, 30, 1), np.uint8), "empty"),
+    ],
+)
+def test_unsegmentable_images_raise_clear_errors(predictor, data, message) -> None:
+    with pytest.raises(ImageReadError, match=message):
+        segment(ImageFile("bad.tif", data), predictor)
+
+
+def test_large_probability_arrays_are_memory_mapped(predictor, monkeypatch) -> None:
+    monkeypatch.setattr(inference, "PROBS_IN_MEMORY_LIMIT", 1000)
+    seg = segment(_image((1, 50, 50, 1)), predictor, InferenceOptions(tile=100, keep_probs=True))
+    assert isinstance(seg.probs, np.memmap)
+    ref = segment(_image((1, 50, 50, 1)), predictor, InferenceOptions(tile=52, keep_probs=True)).probs
+    assert np.abs(np.asarray(seg.probs) - ref).max() < 1e-5
+
+
+def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNET_STUDIO_CACHE", str(tmp_path))
+    monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196))
+    first = auto_tile(predictor)
+    assert first[0] in (100, 196) and first[1] == 1
+    assert (tmp_path / "autotile.json").is_file()
+
+    def no_measuring(_p):
+        raise AssertionError("the cached choice must be reused")
+
+    monkeypatch.setattr(inference, "measure_tiles", no_measuring)
+    assert auto_tile(predictor) == first
+    seg = segment(_image((1, 40, 40, 1)), predictor)
+    assert seg.tile == first[0]
+
+
+def test_torch_and_onnx_predictors_agree(tiny_model) -> None:
+    net, path = tiny_model
+    onnx_p = load_predictor(path, "cpu")
+    torch_p = TorchPredictor(net, onnx_p.meta, "cpu")
+    image = _image((1, 120, 130, 1), seed=5)
+    a = segment(image, onnx_p, InferenceOptions(tile=100, keep_probs=True)).probs
+    b = segment(image, torch_p, InferenceOptions(tile=100, keep_probs=True)).probs
+    assert np.abs(a - b).max() < 1e-4
+    assert onnx_p.device == "cpu" and "CPU" in onnx_p.device_name
+
+
+def test_model_load_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_predictor(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="bad.onnx"):
+        load_predictor(bad)
+    with pytest.raises(ModelLoadError, match="unknown model format"):
+        load_predictor(tmp_path / "x.h5")

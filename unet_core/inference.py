@@ -1,0 +1,276 @@
+"""Overlap-tile segmentation of whole images and stacks: the path shared by the CLI, app and evaluation.
+
+image -> channel conversion + percentile stretch (fitted once per image or stack) -> tile plan ->
+predictor on batches of mirrored input tiles (optionally averaged over the 8 flips/rotations) ->
+stitch -> argmax.
+
+Memory is O(tile x batch) besides the input, the label image and -- only when asked for -- one
+probability array (memory-mapped to a temporary file when large).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import ImageFile, Stretch, fit_stretch, to_channels
+from .runtime import Predictor
+from .tiling import Geometry, Tile, extract_input, plan_tiles, stitch
+
+#: progress(done, total): tiles processed so far out of all tiles of the image (or stack).
+Progress = Callable[[int, int], None]
+
+# Probability arrays above this many bytes go to a memory-mapped temporary file.
+PROBS_IN_MEMORY_LIMIT = 1 << 30
+
+
+@dataclass
+class InferenceOptions:
+    """How to run a model over an image.
+
+    Attributes:
+        tile: output tile edge in pixels (rounded down to a valid size), or None for automatic.
+        batch: tiles per network call, or None for automatic.
+        tta: average the probabilities over the 8 flips/rotations (as for the paper's ISBI entry).
+        keep_probs: also return the class probabilities.
+        probs_dtype: "float32" or "float16" for the kept probabilities.
+    """
+
+    tile: int | None = None
+    batch: int | None = None
+    tta: bool = False
+    keep_probs: bool = False
+    probs_dtype: str = "float32"
+
+
+@dataclass
+class Segmentation:
+    """Result for an image or stack: ``labels`` (Z, H, W) uint8 class indexes, ``probs`` (Z, K, H, W)."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None
+    stretch: Stretch
+    tile: int
+    batch: int
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_tile(requested: int, geometry: Geometry) -> tuple[int, str | None]:
+    """The valid output tile edge for a requested one, and a note when it had to change."""
+    tile = max(geometry.floor_output(requested), geometry.min_tile)
+    if tile == requested:
+        return tile, None
+    return tile, f"tile {requested} is not a valid output size for this network; using {tile}"
+
+
+def segment(
+    image: ImageFile,
+    predictor: Predictor,
+    options: InferenceOptions | None = None,
+    progress: Progress | None = None,
+) -> Segmentation:
+    """Segment every slice of ``image`` (normalised once over the whole stack)."""
+    options = options or InferenceOptions()
+    meta = predictor.meta
+    geometry = meta.geometry
+    notes: list[str] = []
+    stretch = fit_stretch(image.data, meta.unet.in_channels, meta.normalisation, image.name)
+    z, height, width = image.data.shape[:3]
+    if options.tile is None:
+        tile, batch = auto_tile(predictor)
+    else:
+        tile, note = resolve_tile(options.tile, geometry)
+        batch = 1
+        if note:
+            notes.append(note)
+    if options.batch is not None:
+        batch = options.batch
+    tiles = plan_tiles((height, width), tile, geometry)
+    labels = np.zeros((z, height, width), dtype=np.uint8)
+    probs = _allocate_probs(options, (z, meta.unet.n_classes, height, width)) if options.keep_probs else None
+    total = z * len(tiles)
+    done = 0
+    for s in range(z):
+        source = image.data[s]
+        for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta):
+            for t, out in zip(group, outputs):
+                stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
+                if probs is not None:
+                    stitch(probs[s], t, out)
+            done += len(group)
+            if progress:
+                progress(done, total)
+    return Segmentation(labels, probs, stretch, tile, batch, notes)
+
+
+def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.ndarray:
+    dtype = np.dtype(options.probs_dtype)
+    if int(np.prod(shape)) * dtype.itemsize <= PROBS_IN_MEMORY_LIMIT:
+        return np.zeros(shape, dtype=dtype)
+    fd, path = tempfile.mkstemp(prefix="unet_probs_", suffix=".dat")
+    os.close(fd)
+    arr = np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+    os.unlink(path)  # the mapping keeps the data alive; nothing is left behind on exit
+    return arr
+
+
+def _run_tiles(
+    source: np.ndarray,
+    tiles: list[Tile],
+    predictor: Predictor,
+    stretch: Stretch,
+    batch: int,
+    tta: bool,
+) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    """Yield (tiles, probabilities) per batch; the next batch is prepared while the net runs."""
+    margin = predictor.meta.geometry.margin
+    channels = predictor.meta.unet.in_channels
+    groups = list(_batches(tiles, batch))
+
+    def prepare(group: list[Tile]) -> np.ndarray:
+        x = np.stack([to_channels(extract_input(source, t, margin), channels) for t in group])
+        return stretch(x).transpose(0, 3, 1, 2)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, groups[0]) if groups else None
+        for i, group in enumerate(groups):
+            x = pending.result()
+            if i + 1 < len(groups):
+                pending = pool.submit(prepare, groups[i + 1])
+            yield group, (predict_tta(predictor, x) if tta else predictor.predict_batch(x))
+
+
+def _batches(tiles: list[Tile], batch: int) -> Iterator[list[Tile]]:
+    """Consecutive tiles of equal shape, at most ``batch`` at a time (a batch needs one shape)."""
+    group: list[Tile] = []
+    for t in tiles:
+        if group and (len(group) == batch or (t.h, t.w) != (group[0].h, group[0].w)):
+            yield group
+            group = []
+        group.append(t)
+    if group:
+        yield group
+
+
+def predict_tta(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """Probabilities averaged over the 8 dihedral transforms of each tile.
+
+    Valid input tiles have even sizes at every pooling level, so a flipped tile pools the same
+    pixel pairs as the original: the average stays seamless across tiles.
+    """
+    total = None
+    for k in range(4):
+        for flip in (False, True):
+            t = np.rot90(x, k, axes=(2, 3))
+            if flip:
+                t = t[..., ::-1]
+            out = predictor.predict_batch(np.ascontiguousarray(t))
+            if flip:
+                out = out[..., ::-1]
+            out = np.rot90(out, -k, axes=(2, 3))
+            total = out.astype(np.float32) if total is None else total + out
+    return total / 8.0
+
+
+# --------------------------------------------------------------------------- automatic tile size
+
+# Output tile edges the tuner tries (they are rounded to valid sizes of the model's geometry).
+TILE_CANDIDATES = (196, 324, 388, 516, 708, 900)
+
+
+def cache_dir() -> Path:
+    """Where U-Net Studio keeps machine-local caches (``UNET_STUDIO_CACHE`` or ~/.cache)."""
+    root = os.environ.get("UNET_STUDIO_CACHE") or Path.home() / ".cache" / "unet-studio"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tile_memory_bytes(tile: int, batch: int, width: int, geometry: Geometry) -> int:
+    """Rough peak activation memory of one network call: ~8 feature maps of the first level.
+
+    The first level dominates (width channels at full resolution); skips of all levels add about
+    as much again as one first-level map, and a convolution holds input and output at once.
+    """
+    side = geometry.input_size(tile)
+    return 8 * 4 * batch * side * side * width
+
+
+def memory_budget(device: str) -> int:
+    """Bytes the predictor's activations may use: a share of free RAM (CPU) or a fixed GPU share."""
+    if device == "cuda":
+        return 8 << 30
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        available = info.get("MemAvailable", 8 << 30)
+    except OSError:
+        available = 8 << 30
+    return min(4 << 30, int(available * 0.4))
+
+
+def auto_tile(predictor: Predictor) -> tuple[int, int]:
+    """The fastest (tile, batch) for this model on this device, measured once and cached.
+
+    Deterministic for a given model and device: the first call measures each candidate that fits
+    the memory budget and stores the winner; later calls read it back.
+    """
+    meta = predictor.meta
+    if meta.default_tile:
+        return meta.geometry.floor_output(meta.default_tile), 1
+    key = f"{predictor.fingerprint}:{predictor.device_name}"
+    cache_file = cache_dir() / "autotile.json"
+    cache = _read_json(cache_file)
+    if key in cache:
+        return int(cache[key]["tile"]), int(cache[key]["batch"])
+    tile, batch, timings = measure_tiles(predictor)
+    cache[key] = {"tile": tile, "batch": batch, "ms_per_mpx": timings, "measured": time.strftime("%Y-%m-%d")}
+    _write_json(cache_file, cache)
+    return tile, batch
+
+
+def measure_tiles(predictor: Predictor) -> tuple[int, int, dict[str, float]]:
+    """Time each candidate tile (and batch, on GPU) that fits memory; return the best per pixel."""
+    geometry = predictor.meta.geometry
+    width = predictor.meta.unet.width
+    budget = memory_budget(predictor.device)
+    batches = (1, 2, 4, 8) if predictor.device == "cuda" else (1,)
+    rng = np.random.default_rng(0)
+    timings: dict[str, float] = {}
+    best = (geometry.floor_output(388), 1)
+    best_rate = float("inf")
+    for candidate in sorted({geometry.floor_output(t) for t in TILE_CANDIDATES}):
+        for batch in batches:
+            if tile_memory_bytes(candidate, batch, width, geometry) > budget:
+                continue
+            side = geometry.input_size(candidate)
+            x = rng.random((batch, predictor.meta.unet.in_channels, side, side), dtype=np.float32)
+            predictor.predict_batch(x)  # warm-up: allocations and kernel selection
+            start = time.perf_counter()
+            predictor.predict_batch(x)
+            ms_per_mpx = (time.perf_counter() - start) * 1e3 / (batch * candidate * candidate / 1e6)
+            timings[f"{candidate}x{batch}"] = round(ms_per_mpx, 1)
+            if ms_per_mpx < best_rate:
+                best, best_rate = (candidate, batch), ms_per_mpx
+    return best[0], best[1], timings
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
