@@ -68,3 +68,14 @@ def test_same_padding_keeps_size_and_multi_channel_input() -> None:
 def test_center_crop_takes_the_middle() -> None:
     x = torch.arange(36.0).reshape(1, 1, 6, 6)
     assert center_crop(x, 2, 2).flatten().tolist() == [14.0, 15.0, 20.0, 21.0]
+
+
+def test_flop_counts_match_the_paper_net() -> None:
+    from unet_core.model import UNetConfig, conv_flops, flops_per_pixel_limit
+
+    cfg = UNetConfig()
+    assert flops_per_pixel_limit(cfg) == pytest.approx(1.467776e6)
+    assert conv_flops(cfg, 572, 572) / 388**2 == pytest.approx(2.0e6, rel=0.01)
+    # A very large tile approaches the infinite-tile limit from above.
+    big = 16 * 400 + 4
+    assert flops_per_pixel_limit(cfg) < conv_flops(cfg, big + 184, big + 184) / big**2 < 1.02 * flops_per_pixel_limit(cfg)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch.export import Dim
 
-from .metadata import METADATA_KEY, ModelMeta
+from .metadata import METADATA_KEY, ModelMeta, read_metadata  # noqa: F401  (re-exported)
 from .model import UNet
 
 INPUT_NAME = "image"
@@ -102,15 +102,6 @@ def add_metadata(proto: onnx.ModelProto, meta: ModelMeta) -> None:
     proto.metadata_props.extend(kept)
     proto.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
     proto.doc_string = f"U-Net Studio model '{meta.name}' ({', '.join(meta.class_names)})"
-
-
-def read_metadata(path: str | Path) -> ModelMeta:
-    """The metadata of an exported model, without loading its weights into a session."""
-    proto = onnx.load_model(str(path), load_external_data=False)
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelMeta.from_json(prop.value)
-    raise ValueError(f"{path}: an ONNX model without U-Net Studio metadata")
 
 
 def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:

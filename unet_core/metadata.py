@@ -7,15 +7,34 @@ JSON), so a model file alone is enough to segment images the way it was trained.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .io import Normalisation
-from .model import UNetConfig
 from .tiling import Geometry
 
 METADATA_KEY = "unet_studio"
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture hyper-parameters (paper defaults)."""
+
+    in_channels: int = 1
+    n_classes: int = 2
+    width: int = 64
+    depth: int = 4
+    padding: Literal["valid", "same"] = "valid"
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -75,3 +94,14 @@ class ModelMeta:
     @classmethod
     def from_json(cls, text: str) -> ModelMeta:
         return cls.from_dict(json.loads(text))
+
+
+def read_metadata(path: str | Path) -> ModelMeta:
+    """The metadata of an exported model, read without loading weights (and without torch)."""
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ModelMeta.from_json(prop.value)
+    raise ValueError(f"{path}: an ONNX model without U-Net Studio metadata")

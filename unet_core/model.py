@@ -12,32 +12,14 @@ The network returns logits; the softmax belongs to the predictor and the exporte
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
+from .metadata import UNetConfig
+
 Padding = Literal["valid", "same"]
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture hyper-parameters (paper defaults)."""
-
-    in_channels: int = 1
-    n_classes: int = 2
-    width: int = 64
-    depth: int = 4
-    padding: Padding = "valid"
-    dropout: float = 0.5
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class DoubleConv(nn.Sequential):
@@ -148,3 +130,48 @@ def count_conv_layers(model: nn.Module) -> int:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def conv_flops(cfg: UNetConfig, height: int, width: int) -> int:
+    """FLOPs (2 per multiply-add) of all convolutions for one ``height x width`` input.
+
+    Shapes are traced on PyTorch's "meta" device: no memory, no compute, exact for any layer mix.
+    """
+    flops = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(module, nn.ConvTranspose2d):
+            # Stride = kernel: every output unit takes one tap from each input channel.
+            flops += 2 * output.numel() * module.in_channels
+        else:
+            flops += 2 * output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+
+    with torch.device("meta"):
+        traced = UNet.from_config(cfg)
+    hooks = [m.register_forward_hook(count) for m in traced.modules()
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        traced(torch.empty(1, cfg.in_channels, height, width, device="meta"))
+    for h in hooks:
+        h.remove()
+    return flops
+
+
+def flops_per_pixel_limit(cfg: UNetConfig) -> float:
+    """Convolution FLOPs per output pixel for an infinitely large tile (no overlap, no margin).
+
+    At level l (resolution 1/2**l, w_l = width * 2**l channels) a pixel costs two 3x3 convolutions
+    down, two up (the first on the concatenation, 2*w_l channels) and the up-convolution from level
+    l+1; per output pixel it counts 1/4**l. 1.47 MFLOP for the paper's net.
+    """
+    w = [cfg.width * 2**level for level in range(cfg.depth + 1)]
+    total = 0.0
+    for level in range(cfg.depth):
+        c_in = cfg.in_channels if level == 0 else w[level - 1]
+        down = 9 * (c_in * w[level] + w[level] * w[level])
+        up = 9 * (2 * w[level] * w[level] + w[level] * w[level]) + w[level + 1] * w[level]
+        total += 2 * (down + up) / 4**level
+    total += 2 * 9 * (w[-2] * w[-1] + w[-1] * w[-1]) / 4**cfg.depth
+    total += 2 * w[0] * cfg.n_classes
+    return total

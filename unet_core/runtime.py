@@ -80,7 +80,7 @@ class OnnxPredictor(Predictor):
     def __init__(self, path: str | Path, device: Device = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from .export import read_metadata
+        from .metadata import read_metadata
 
         self.path = Path(path)
         if not self.path.is_file():

@@ -1,0 +1,143 @@
+"""Inference speed: this predictor (ONNX Runtime) vs PyTorch eager vs MONAI, and the CPU's limit.
+
+Run with nothing else on the machine: ``python bench/inference.py`` (paper width, 2048 x 2048).
+
+(a) unet_core's overlap-tile predictor on ONNX Runtime (automatic tile), (b) PyTorch eager over the
+same tiles through the same pipeline, (c) MONAI ``sliding_window_inference`` with the same-width
+network in "same" padding, roi 512, overlap 0.25, gaussian blending -- what a MONAI user would run.
+
+The limit: the best fp32 rate this CPU shows in this run (a large GEMM, or the highest convolution
+GFLOP/s ONNX Runtime reached on any tile, whichever is higher) divided by the network's
+convolution FLOPs per output pixel for an infinitely large tile.
+
+``--rss N`` measures the peak resident memory of ``python -m unet_core predict`` on an N x N image
+in a child process (8192 for the issue's figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from unet_core.export import to_onnx  # noqa: E402
+from unet_core.inference import InferenceOptions, measure_tiles, segment  # noqa: E402
+from unet_core.io import ImageFile, write_tiff  # noqa: E402
+from unet_core.metadata import ModelMeta  # noqa: E402
+from unet_core.model import UNet, UNetConfig, conv_flops, flops_per_pixel_limit  # noqa: E402
+from unet_core.runtime import OnnxPredictor, TorchPredictor  # noqa: E402
+
+
+def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """Best fp32 GEMM rate of this CPU (PyTorch/oneDNN), GFLOP/s."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def monai_rate(width: int, image: np.ndarray) -> float:
+    """Mpx/s of MONAI's sliding window over a "same"-padded U-Net of the same width."""
+    from monai.inferers import sliding_window_inference
+
+    net = UNet(width=width, padding="same", dropout=0).eval()
+    x = torch.from_numpy(image[None, None].astype(np.float32) / 255.0)
+    with torch.inference_mode():
+        sliding_window_inference(x[..., :512, :512], (512, 512), 1, net, overlap=0.25, mode="gaussian")
+        seconds = _timed(lambda: sliding_window_inference(x, (512, 512), 1, net, overlap=0.25, mode="gaussian"))
+    return image.size / seconds / 1e6
+
+
+def rss_child(size: int, width: int, tile: str) -> float:
+    """Peak RSS (GB) of the CLI segmenting a size x size image, measured in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        torch.manual_seed(0)
+        net = UNet(width=width, dropout=0).eval()
+        to_onnx(net, ModelMeta(name="bench", unet=net.config), tmp_path / "m.onnx")
+        rng = np.random.default_rng(0)
+        write_tiff(tmp_path / "big.tif", rng.integers(0, 255, (size, size), dtype=np.uint8))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        subprocess.run(
+            [sys.executable, "-m", "unet_core", "predict", str(tmp_path / "big.tif"), "--model",
+             str(tmp_path / "m.onnx"), "--out", str(tmp_path / "out"), "--tile", tile, "--device", "cpu"],
+            check=True, cwd=Path(__file__).resolve().parent.parent,
+        )
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if peak_kb <= before:
+            print("note: the child's peak did not exceed an earlier child's; figure is an upper bound")
+    return peak_kb / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--skip-monai", action="store_true")
+    parser.add_argument("--rss", type=int, default=0, help="also measure peak RSS of the CLI on N x N")
+    parser.add_argument("--rss-tile", default="388")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(width=args.width, dropout=0)
+    net = UNet.from_config(cfg).eval()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (args.size, args.size), dtype=np.uint8)
+    img = ImageFile("bench.png", image[None, ..., None])
+    mpx = image.size / 1e6
+    limit_flops = flops_per_pixel_limit(cfg)
+    print(f"network: width {args.width}, {limit_flops / 1e6:.3f} MFLOP per output pixel (infinite tile)")
+    print(f"threads: torch {torch.get_num_threads()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = to_onnx(net, ModelMeta(name="bench", unet=cfg), Path(tmp) / "bench.onnx")
+        ort_pred = OnnxPredictor(onnx_path, device="cpu")
+        tile, batch, timings = measure_tiles(ort_pred)
+        print(f"tile tuner (ms per output Mpx): {timings} -> tile {tile}, batch {batch}")
+        best_conv = 0.0
+        for key, ms in timings.items():
+            t, b = (int(v) for v in key.split("x"))
+            side = ort_pred.meta.geometry.input_size(t)
+            best_conv = max(best_conv, conv_flops(cfg, side, side) / (t * t) / (ms / 1e3 / 1e6) / 1e9)
+        options = InferenceOptions(tile=tile, batch=batch)
+        segment(img, ort_pred, InferenceOptions(tile=tile, batch=batch))  # warm the arena at this size
+        t_ort = _timed(lambda: segment(img, ort_pred, options))
+        a = mpx / t_ort
+        torch_pred = TorchPredictor(net, ort_pred.meta, device="cpu")
+        t_torch = _timed(lambda: segment(img, torch_pred, options))
+        b_rate = mpx / t_torch
+
+    gemm = gemm_gflops()
+    peak = max(gemm, best_conv)
+    limit = peak * 1e9 / limit_flops / 1e6
+    print(f"peak fp32: GEMM {gemm:.1f} GFLOP/s, best ORT conv tile {best_conv:.1f} GFLOP/s -> limit {limit:.3f} Mpx/s")
+    print(f"(a) unet_core ONNX Runtime, tile {tile}: {a:.4f} Mpx/s  ({t_ort:.1f} s)")
+    print(f"(b) PyTorch eager, same tiles:          {b_rate:.4f} Mpx/s  ({t_torch:.1f} s)")
+    print(f"a/b = {a / b_rate:.2f}")
+    if not args.skip_monai:
+        c = monai_rate(args.width, image)
+        print(f"(c) MONAI sliding_window (same, roi 512, overlap 0.25, gaussian): {c:.4f} Mpx/s")
+        print(f"a/c = {a / c:.2f}")
+    print(f"a = {100 * a / limit:.1f} % of the limit")
+    if args.rss:
+        print(f"peak RSS of `predict` on {args.rss} x {args.rss} (tile {args.rss_tile}): "
+              f"{rss_child(args.rss, args.width, args.rss_tile):.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""`python -m unet_core predict/export`: outputs per file, bad files reported, exit status."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from unet_core.checkpoint import save_checkpoint
+from unet_core.cli import main
+from unet_core.inference import InferenceOptions, segment
+from unet_core.io import Resolution, read_image, write_png, write_tiff
+from unet_core.metadata import ModelMeta
+from unet_core.model import UNet
+from unet_core.runtime import OnnxPredictor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _noise(shape, dtype=np.uint8, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
+
+
+def test_predict_writes_all_outputs_and_reports_bad_files(tiny_model, tmp_path, capsys) -> None:
+    _, model = tiny_model
+    good = tmp_path / "cells.png"
+    write_png(good, _noise((90, 120)))
+    stack = tmp_path / "stack.tif"
+    write_tiff(stack, _noise((3, 40, 50), np.uint16), Resolution(2.0, 2.0, "micron"))
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00 this is not a tiff")
+    out = tmp_path / "out"
+    code = main(["predict", str(good), str(bad), str(stack), "--model", str(model), "--out", str(out),
+                 "--tile", "100", "--probs"])
+    err = capsys.readouterr().err
+    assert code == 1, "a failed file makes the exit status non-zero"
+    assert "broken.tif" in err and "1 of 3 files failed" in err
+
+    labels = read_image(out / "cells_labels.png").data[0, ..., 0]
+    expected = segment(read_image(good), OnnxPredictor(model, "cpu"), InferenceOptions(tile=100)).labels[0]
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
+
+    with tifffile.TiffFile(out / "cells_instances.tif") as tif:
+        assert tif.is_imagej
+        inst = tif.asarray()
+    assert inst.dtype == np.uint16 and inst.shape == (90, 120)
+    assert set(np.unique(inst[labels == 0])) <= {0}
+    rows = list(csv.DictReader((out / "cells_objects.csv").open()))
+    assert len(rows) == inst.max()
+    assert {"id", "area", "centroid_y", "centroid_x", "bbox_min_y", "mean_intensity"} <= rows[0].keys()
+    assert sum(int(r["area"]) for r in rows) == int((inst > 0).sum())
+
+    probs = tifffile.imread(out / "cells_probs.tif")
+    assert probs.shape == (2, 90, 120) and probs.dtype == np.float32
+    assert np.array_equal(probs.argmax(0), labels)
+
+    stack_labels = read_image(out / "stack_labels.tif")
+    assert stack_labels.data.shape == (3, 40, 50, 1)
+    assert stack_labels.resolution is not None and stack_labels.resolution.x == 2.0
+    stack_rows = list(csv.DictReader((out / "stack_objects.csv").open()))
+    assert {r["slice"] for r in stack_rows} <= {"0", "1", "2"}
+
+
+def test_predict_options_min_size_and_border(tiny_model, tmp_path) -> None:
+    _, model = tiny_model
+    write_png(tmp_path / "a.png", _noise((80, 80), seed=2))
+    main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o1"), "--tile", "52"])
+    main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o2"), "--tile", "52",
+          "--min-size", "20", "--drop-border"])
+    all_ids = tifffile.imread(tmp_path / "o1" / "a_instances.tif")
+    kept = tifffile.imread(tmp_path / "o2" / "a_instances.tif")
+    assert kept.max() < all_ids.max()
+    areas = np.bincount(kept.ravel())[1:]
+    assert areas.size == 0 or areas.min() >= 20
+    border = np.concatenate([kept[0], kept[-1], kept[:, 0], kept[:, -1]])
+    assert not border.any()
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
+    write_png(tmp_path / "a.png", _noise((20, 20)))
+    code = main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "none.onnx"), "--out", str(tmp_path)])
+    assert code == 2 and "none.onnx" in capsys.readouterr().err
+
+
+def test_export_command_from_checkpoint(tmp_path) -> None:
+    torch.manual_seed(1)
+    net = UNet(width=2, depth=2, dropout=0)
+    save_checkpoint(tmp_path / "c.pt", net, ModelMeta(name="c", unet=net.config))
+    result = subprocess.run(
+        [sys.executable, "-m", "unet_core", "export", str(tmp_path / "c.pt"), "--out", str(tmp_path / "c.onnx")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "max |ONNX - PyTorch|" in result.stdout
+    assert OnnxPredictor(tmp_path / "c.onnx", "cpu").meta.unet.depth == 2
+    assert "Warning" not in result.stderr and "warning" not in result.stderr.lower()
