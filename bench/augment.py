@@ -6,7 +6,11 @@ gray-value variation. Reports the full ``augment_tile`` call (image cubic, label
 nearest, weights linear, gray values) and each part on its own, as the median
 over repeats.
 
-Run from the repository root: ``python bench/augment.py [--repeats N]``.
+It then prints the paper's weight map for a 572 x 572 synthetic image (computed once per image in
+training, cached) and one CPU training step of the paper network (width 64, 572 -> 388, batch 1,
+SGD momentum 0.99) so the data cost can be read as a fraction of the step it feeds.
+
+Run from the repository root: ``python bench/augment.py [--repeats N] [--no-step]``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from unet_core.augment import (  # noqa: E402
     sample_warp,
 )
 
+from unet_core.synthetic import SynthConfig, generate  # noqa: E402
+from unet_core.weights import weight_map  # noqa: E402
+
 IMAGE_SIZE = 1024
 TILE = (572, 572)
 
@@ -48,6 +55,7 @@ def _median_ms(fn: Callable[[int], object], repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-step", action="store_true", help="skip the paper-net training step")
     args = parser.parse_args()
 
     data_rng = np.random.default_rng(0)
@@ -78,8 +86,41 @@ def main() -> None:
     }
     size = f"{TILE[0]}x{TILE[1]} tile from a {IMAGE_SIZE}x{IMAGE_SIZE} image"
     print(f"{size}, median of {args.repeats} (default AugmentConfig)")
-    for name, fn in parts.items():
-        print(f"{name:<58} {_median_ms(fn, args.repeats):7.2f} ms")
+    results = {name: _median_ms(fn, args.repeats) for name, fn in parts.items()}
+    for name, ms in results.items():
+        print(f"{name:<58} {ms:7.2f} ms")
+    full = results[next(iter(parts))]
+
+    cells = generate(SynthConfig(height=TILE[0], width=TILE[1], n_cells=(60, 90)), seed=0)[1]
+    wmap_ms = _median_ms(lambda s: weight_map(cells), max(3, args.repeats // 4))
+    print(f"{'weight_map, 572x572 synthetic image, ' + str(cells.max()) + ' cells':<58} {wmap_ms:7.2f} ms")
+    if args.no_step:
+        return
+    step_ms = paper_step_ms()
+    print(f"{'paper net training step (CPU, 572 -> 388, batch 1)':<58} {step_ms:7.0f} ms")
+    print(f"augmentation + weight map = {100 * (full + wmap_ms) / step_ms:.2f} % of a training step")
+
+
+def paper_step_ms(repeats: int = 2) -> float:
+    """Median ms of forward + weighted CE + backward + SGD step of the paper net on one tile."""
+    import torch
+
+    from unet_core.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet().train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99)
+    x = torch.rand(1, 1, 572, 572)
+    target = torch.randint(0, 2, (1, 388, 388))
+    w = torch.rand(1, 388, 388)
+
+    def step(_: int) -> None:
+        opt.zero_grad()
+        loss = (torch.nn.functional.cross_entropy(net(x), target, reduction="none") * w).mean()
+        loss.backward()
+        opt.step()
+
+    return _median_ms(step, repeats)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from unet_core.inference import InferenceOptions, auto_tile, resolve_tile, segme
 from unet_core.io import ImageFile, ImageReadError
 from unet_core.model import UNet
 from unet_core.runtime import ModelLoadError, OnnxPredictor, TorchPredictor, load_predictor
-from unet_core.tiling import Geometry, plan_tiles
+from unet_core.tiling import Geometry, balanced_tile, plan_tiles
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_tile_is_rounded_down_with_a_note(predictor: OnnxPredictor) -> None:
     assert resolve_tile(400, Geometry()) == (388, "tile 400 is not a valid output size for this network; using 388")
     assert resolve_tile(388, Geometry()) == (388, None)
     seg = segment(_image((1, 64, 64, 1)), predictor, InferenceOptions(tile=110))
-    assert seg.tile == 100 and "using 100" in seg.notes[0]
+    assert seg.tile == (100, 100) and "using 100" in seg.notes[0]
 
 
 def test_rgb_16bit_float_inputs_are_converted_not_refused(predictor: OnnxPredictor) -> None:
@@ -153,8 +153,9 @@ def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, 
 
     monkeypatch.setattr(inference, "measure_tiles", no_measuring)
     assert auto_tile(predictor) == first
-    seg = segment(_image((1, 40, 40, 1)), predictor)
-    assert seg.tile == first[0]
+    seg = segment(_image((1, 40, 300, 1)), predictor)
+    geometry = predictor.meta.geometry
+    assert seg.tile == (balanced_tile(40, first[0], geometry), balanced_tile(300, first[0], geometry))
 
 
 def test_torch_and_onnx_predictors_agree(tiny_model) -> None:

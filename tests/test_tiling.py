@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_core.tiling import Geometry, Tile, extract_input, plan_tiles, reflect_indices, stitch
+from unet_core.tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, reflect_indices, stitch
 
 PAPER = Geometry(depth=4, padding="valid")
 
@@ -90,3 +90,18 @@ def test_stitch_writes_only_the_part_inside_the_image() -> None:
 def test_tiles_below_the_alignment_are_refused() -> None:
     with pytest.raises(ValueError, match="smallest tile 20"):
         plan_tiles((100, 100), 4, PAPER)
+
+
+@pytest.mark.parametrize("length", [1, 40, 388, 389, 900, 2048, 5000])
+@pytest.mark.parametrize("max_tile", [100, 388, 900])
+def test_balanced_tile_covers_with_the_fewest_tiles_of_at_most_max(length: int, max_tile: int) -> None:
+    tile = balanced_tile(length, max_tile, PAPER)
+    assert PAPER.is_valid_output(tile) and tile <= max(max_tile, PAPER.min_tile)
+    n_balanced = len(plan_tiles((length, 1), (tile, 20), PAPER))
+    n_fixed = len(plan_tiles((length, 1), (PAPER.floor_output(max_tile), 20), PAPER))
+    assert n_balanced <= n_fixed
+    assert n_balanced * tile - length < n_balanced * 16 + tile  # little work outside the image
+
+
+def test_balanced_tile_splits_2048_evenly() -> None:
+    assert balanced_tile(2048, 900, PAPER) == 692  # 3 tiles of 692 instead of 900 + 900 + 260

@@ -23,7 +23,7 @@ import numpy as np
 
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .runtime import Predictor
-from .tiling import Geometry, Tile, extract_input, plan_tiles, stitch
+from .tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, stitch
 
 #: progress(done, total): tiles processed so far out of all tiles of the image (or stack).
 Progress = Callable[[int, int], None]
@@ -58,7 +58,7 @@ class Segmentation:
     labels: np.ndarray
     probs: np.ndarray | None
     stretch: Stretch
-    tile: int
+    tile: tuple[int, int]
     batch: int
     notes: list[str] = field(default_factory=list)
 
@@ -85,10 +85,11 @@ def segment(
     stretch = fit_stretch(image.data, meta.unet.in_channels, meta.normalisation, image.name)
     z, height, width = image.data.shape[:3]
     if options.tile is None:
-        tile, batch = auto_tile(predictor)
+        best, batch = auto_tile(predictor)
+        tile = (balanced_tile(height, best, geometry), balanced_tile(width, best, geometry))
     else:
-        tile, note = resolve_tile(options.tile, geometry)
-        batch = 1
+        edge, note = resolve_tile(options.tile, geometry)
+        tile, batch = (edge, edge), 1
         if note:
             notes.append(note)
     if options.batch is not None:

@@ -104,7 +104,15 @@ def read_image_bytes(raw: bytes, name: str) -> ImageFile:
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise ImageReadError(f"{name}: not a readable image ({exc})") from exc
+        raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The decoder's complaint without Python internals (object reprs of in-memory buffers)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "unknown or damaged file format"
+    text = str(exc).split(" <_io.")[0].strip()
+    return text or type(exc).__name__
 
 
 def _read_pillow(raw: bytes, name: str) -> ImageFile:
@@ -180,7 +188,7 @@ def read_image_shape(path: str | Path) -> tuple[int, int, int, int]:
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise ImageReadError(f"{path.name}: not a readable image ({exc})") from exc
+        raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
 
 
 def _pillow_shape(path: Path) -> tuple[int, int, int, int]:

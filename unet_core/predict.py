@@ -8,6 +8,9 @@ resolution tags.
 
 from __future__ import annotations
 
+import io
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,3 +98,32 @@ def write_outputs(result: Result, out_dir: str | Path) -> FileResult:
         write_tiff(probs_path, probs if image.is_stack else probs[0], res, "ZCYX" if image.is_stack else "CYX")
         written.outputs.append(probs_path)
     return written
+
+
+def result_files(result: Result) -> dict[str, bytes]:
+    """The files ``python -m unet_core predict`` writes for ``result``, as name -> bytes.
+
+    Written by the CLI's own :func:`~unet_core.predict.write_outputs` into a temporary folder,
+    so a download from the app is byte for byte what the command line produces.
+    """
+    with tempfile.TemporaryDirectory(prefix="unet_studio_") as tmp:
+        written = write_outputs(result, tmp)
+        return {path.name: path.read_bytes() for path in written.outputs}
+
+
+def zip_files(file_sets: list[dict[str, bytes]]) -> bytes:
+    """One zip of the result files of several images (each a name -> bytes dict).
+
+    Two inputs with the same stem (``a.png``, ``a.tif``) would write the same names: the later
+    one's files get its position as a prefix. PNGs are stored as they are (already compressed).
+    """
+    buf = io.BytesIO()
+    written: set[str] = set()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i, files in enumerate(file_sets, start=1):
+            for name, data in files.items():
+                name = f"{i}_{name}" if name in written else name
+                written.add(name)
+                compress = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
+                archive.writestr(name, data, compress_type=compress)
+    return buf.getvalue()

@@ -1,0 +1,52 @@
+"""U-Net Studio: ``streamlit run app.py`` (or ``make run``).
+
+This script draws what every page shares: the menu, the model chooser and the device line in the
+sidebar. The pages themselves live in ``pages/`` and are listed in ``pages/_common.py``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.navigation.page import StreamlitPage
+
+from pages._common import MODEL_KEY, active_model, available_pages, device_line
+from unet_core.registry import list_models
+
+st.set_page_config(page_title="U-Net Studio", page_icon=":material/biotech:", layout="wide")
+
+
+def navigation() -> StreamlitPage:
+    """The sidebar menu, grouped by section; Home is where a first visit lands."""
+    sections: dict[str, list] = {}
+    for spec in available_pages():
+        page = st.Page(spec.path, title=spec.title, icon=spec.icon, default=spec.path == "pages/home.py")
+        sections.setdefault(spec.section, []).append(page)
+    return st.navigation(sections)
+
+
+def model_chooser() -> None:
+    """The active model for every page, kept in ``st.session_state[MODEL_KEY]``."""
+    models = list_models()
+    if not models:
+        st.info("No model yet: see **Home** for how to get one.", icon=":material/info:")
+        return
+    paths = [str(m.path) for m in models]
+    labels = {str(m.path): m.label for m in models}
+    # A model that disappeared (or a first visit) falls back to the default; setting the key
+    # before the widget exists is how Streamlit lets a script choose a widget's value.
+    if st.session_state.get(MODEL_KEY) not in paths:
+        st.session_state[MODEL_KEY] = str(active_model().path)
+    st.selectbox(
+        "Model",
+        paths,
+        key=MODEL_KEY,
+        format_func=labels.__getitem__,
+        help="Shipped models come with U-Net Studio; trained ones are those you made on the Train page.",
+    )
+
+
+page = navigation()
+with st.sidebar:
+    model_chooser()
+    st.caption(f":material/memory: Running on {device_line()}")
+page.run()

@@ -1,0 +1,209 @@
+"""The app in Streamlit's AppTest: starts with and without a model; Segment handles PNG, 16-bit TIFF
+stacks, unreadable files and broken models without a traceback; registry and drawing helpers."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from unet_core import visualize as viz
+from unet_core.inference import InferenceOptions
+from unet_core.io import ImageFile, read_image_bytes
+from unet_core.predict import run
+from unet_core.registry import default_model, list_models, read_card
+from unet_core.runtime import load_predictor
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TILE = 100  # a valid output size of the tiny depth-4 network; several tiles per test image
+# First runs import onnxruntime and torch on a shared 2-core machine: generous, never hit when well.
+TIMEOUT = 120
+
+
+@pytest.fixture
+def tiny_installed(studio_dirs, tiny_model_dir: Path) -> Path:
+    """The tiny model as the only shipped model; returns its path inside models/."""
+    path = studio_dirs.models / "tiny.onnx"
+    path.symlink_to(tiny_model_dir / "tiny.onnx")
+    return path
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def segment_page() -> AppTest:
+    """The app opened at Home, then switched to Segment (as a user would)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at.switch_page("pages/segment.py").run()
+
+
+def segment(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
+    """Upload ``files``, choose the fixed tile size and press Segment."""
+    at.file_uploader[0].set_value(list(files)).run()
+    next(s for s in at.selectbox if s.label == "Tile size").set_value(TILE).run()
+    return at.button(key="segment_run").click().run()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+# --------------------------------------------------------------------------- app start
+
+
+def test_app_starts_without_a_model_and_says_how_to_get_one(studio_dirs) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "U-Net Studio" in texts(at.title)
+    assert "python -m unet_core export" in texts(at.info)
+    assert "Running on" in texts(at.sidebar.caption)
+    at.switch_page("pages/segment.py").run()
+    assert not at.exception
+    assert "No model yet" in texts(at.info)
+    assert not at.file_uploader  # nothing to segment with: the page stops at the explanation
+
+
+def test_app_starts_with_a_model_and_shows_its_card(tiny_installed: Path) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.sidebar.selectbox[0].value == str(tiny_installed)
+    home = texts(at.markdown)
+    assert "tiny (shipped)" in home
+    assert "0 = background, 1 = foreground (objects)" in home  # card written from the metadata
+    assert not at.error
+
+
+def test_a_model_that_will_not_load_is_an_error_not_a_traceback(studio_dirs) -> None:
+    (studio_dirs.models / "broken.onnx").write_bytes(b"this is not an ONNX file")
+    at = segment_page()
+    assert not at.exception
+    assert "cannot be used" in texts(at.error)
+    assert "Choose another model" in texts(at.error)
+
+
+# --------------------------------------------------------------------------- segmenting
+
+
+def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cells_image) -> None:
+    pixels = cells_image()
+    at = segment(segment_page(), ("cells.png", png_bytes(pixels), "image/png"))
+    assert not at.exception
+    assert not at.error
+
+    expected = run(ImageFile("cells.png", pixels[None, :, :, None]), load_predictor(tiny_installed),
+                   InferenceOptions(tile=TILE))
+    objects = next(m for m in at.metric if m.label == "Objects")
+    assert objects.value == str(expected.n_objects)
+    assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)"}
+    files = at.session_state["segment_results"]["outcomes"]
+    (outcome,) = files.values()
+    labels = read_image_bytes(outcome.files["cells_labels.png"], "cells_labels.png").data
+    np.testing.assert_array_equal(labels[0, ..., 0], expected.segmentation.labels[0])
+    assert outcome.files["cells_objects.csv"].decode() == expected.csv_text()
+
+    # Changing the overlay opacity redraws from the stored result: nothing is segmented again.
+    kept = at.session_state["segment_results"]["outcomes"]
+    at.slider(key="segment_opacity").set_value(0.9).run()
+    assert not at.exception
+    assert at.session_state["segment_results"]["outcomes"] is kept
+
+    # New options hide the old result until Segment is pressed; no object left is no problem.
+    next(n for n in at.number_input if n.label.startswith("Minimum object size")).set_value(10**6).run()
+    assert "press **Segment** to update" in texts(at.info)
+    assert not any(m.label == "Objects" for m in at.metric)
+    at.button(key="segment_run").click().run()
+    assert not at.exception
+    assert next(m for m in at.metric if m.label == "Objects").value == "0"
+
+
+def test_an_unreadable_upload_is_reported_and_the_others_still_run(tiny_installed: Path, cells_image) -> None:
+    at = segment(
+        segment_page(),
+        ("broken.png", b"these bytes are no image", "image/png"),
+        ("good.png", png_bytes(cells_image()), "image/png"),
+    )
+    assert not at.exception
+    (error,) = at.error
+    assert "broken.png" in error.value and "not a readable PNG, JPEG or TIFF image" in error.value and "_io." not in error.value
+    assert "The other images were processed" in error.value
+    assert any(m.label == "Objects" for m in at.metric)  # good.png's result is shown
+    assert "Labels (PNG)" in {b.label for b in at.download_button}
+
+
+def test_a_16_bit_tiff_stack_is_segmented_slice_by_slice(tiny_installed: Path, cells_image) -> None:
+    stack = cells_image((3, 90, 110), np.uint16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack, imagej=True, metadata={"axes": "ZYX"})
+    at = segment(segment_page(), ("stack.tif", buf.getvalue(), "image/tiff"))
+    assert not at.exception
+    assert not at.error
+    assert at.slider(key="slice:stack.tif").max == 3
+    assert {b.label for b in at.download_button} == {
+        "Labels (TIFF stack)", "Objects (TIFF)", "Measurements (CSV)"}
+    at.slider(key="slice:stack.tif").set_value(3).run()
+    assert not at.exception
+
+
+def test_several_files_give_a_summary_and_one_zip(tiny_installed: Path, cells_image) -> None:
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, cells_image(seed=2))
+    at = segment(
+        segment_page(),
+        ("a.png", png_bytes(cells_image(seed=1)), "image/png"),
+        ("a.tif", tiff.getvalue(), "image/tiff"),  # same stem: its files must not overwrite a.png's
+    )
+    assert not at.exception
+    assert "All results (ZIP)" in {b.label for b in at.download_button}
+    assert at.selectbox(key="segment_shown").options == ["a.png", "a.tif"]
+    with zipfile.ZipFile(io.BytesIO(at.session_state["segment_results"]["zip"])) as archive:
+        names = set(archive.namelist())
+    stem_files = {"a_labels.png", "a_instances.tif", "a_objects.csv"}
+    assert names == stem_files | {f"2_{name}" for name in stem_files}
+
+
+# --------------------------------------------------------------------------- engine helpers
+
+
+def test_registry_lists_shipped_then_trained_and_prefers_unet_nuclei(studio_dirs) -> None:
+    assert list_models() == [] and default_model() is None
+    for name in ("alpha", "unet-nuclei"):
+        (studio_dirs.models / f"{name}.onnx").write_bytes(b"x")
+    (studio_dirs.models / "unet-nuclei.md").write_text("# Nuclei\nTrained on DSB 2018.")
+    run_dir = studio_dirs.runs / "2026-11-25_1200"
+    run_dir.mkdir()
+    (run_dir / "model.onnx").write_bytes(b"x")
+
+    entries = list_models()
+    assert [(e.name, e.source) for e in entries] == [
+        ("alpha", "shipped"), ("unet-nuclei", "shipped"), ("2026-11-25_1200", "run")]
+    assert default_model().name == "unet-nuclei"
+    assert read_card(default_model()).startswith("# Nuclei")
+    # A model without card or metadata still gets a card: one that says what is wrong.
+    assert "no readable U-Net Studio metadata" in read_card(entries[0])
+
+
+def test_display_stretches_16_bit_and_overlay_outlines_every_object() -> None:
+    dim = np.zeros((20, 20), np.uint16)
+    dim[5:15, 5:15] = 1200  # a 12-bit camera image: nearly black if shown as 0..65535
+    shown = viz.display_image(dim)
+    assert shown.shape == (20, 20, 3) and shown.dtype == np.uint8
+    assert shown[10, 10, 0] == 255 and shown[0, 0, 0] == 0
+
+    ids = np.zeros((20, 20), np.int32)
+    ids[2:8, 2:8], ids[10:18, 10:18] = 1, 2
+    drawn = viz.overlay(shown, ids, alpha=0.0)
+    colors = viz.label_colors(ids)
+    assert (drawn[2, 2] == colors[2, 2]).all() and (drawn[12, 12] == shown[12, 12]).all()  # outline / inside
+    assert not (colors[3, 3] == colors[12, 12]).all()
+    probs = viz.probability_image(np.array([[0.0, 1.0]]))
+    assert probs.shape == (1, 2, 3) and probs[0, 0].sum() < probs[0, 1].sum()

@@ -1,0 +1,155 @@
+"""The real thing: ``streamlit run app.py`` driven by headless Chromium through Playwright.
+
+A user opens the app, goes to Segment, drops a PNG, picks a tile size, segments it and downloads
+the label PNG, which must equal what ``python -m unet_core predict`` writes, pixel for pixel.
+Screenshots of every page land in ``test-artifacts/screenshots/`` for a human look.
+
+This test fails (it does not skip) when Chromium or Playwright is missing: ``make test`` installs
+both, and a silently skipped browser test would hide a broken app.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TILE = 100
+WAIT_MS = 120_000  # the first segmentation imports onnxruntime on a shared 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def studio_url(tmp_path: Path, tiny_model_dir: Path) -> Iterator[str]:
+    """A Streamlit server for the app with the tiny model as its only model; its URL."""
+    port = free_port()
+    env = {**os.environ, "UNET_STUDIO_MODELS": str(tiny_model_dir),
+           "UNET_STUDIO_RUNS": str(tmp_path / "runs"), "UNET_STUDIO_CACHE": str(tmp_path / "cache")}
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log_path.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def settle(page: Page) -> None:
+    """Wait until Streamlit has finished running the script and every image has loaded.
+
+    Call it after waiting for content the run produces: right after a click the script may not
+    have started yet, and the app still reads "notRunning".
+    """
+    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning",
+                                                           timeout=WAIT_MS)
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=WAIT_MS)
+
+
+def shoot(page: Page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls an inner element, so the window is made as
+    tall as the content first (``full_page`` alone would stop at the first screen)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    viewport = page.viewport_size
+    height = page.evaluate(
+        "Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer'].map("
+        "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))"
+    )
+    page.set_viewport_size({"width": viewport["width"], "height": max(viewport["height"], height)})
+    settle(page)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    page.set_viewport_size(viewport)
+
+
+def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: Path, tmp_path: Path,
+                                              cells_image) -> None:
+    assert CHROMIUM.is_file(), "the browser test needs Debian's chromium: apt-get install -y chromium"
+    image_path = tmp_path / "cells.png"
+    Image.fromarray(cells_image()).save(image_path)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+            # Home first: a first visit straight to a sub-page shows script names in the menu.
+            page.goto(studio_url, wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="U-Net Studio")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text("Classes:")).to_be_visible(timeout=WAIT_MS)  # the model card
+            expect(page.get_by_test_id("stMain").get_by_role("link", name="Segment")).to_be_visible()
+            settle(page)
+            shoot(page, "home")
+
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Segment").click()
+            expect(page.get_by_role("heading", name="Segment")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text("Tile size")).to_be_visible(timeout=WAIT_MS)
+            settle(page)
+            shoot(page, "segment-empty")
+
+            page.locator("input[type=file]").set_input_files(image_path)
+            expect(page.get_by_text("cells.png")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_test_id("stSelectbox").filter(has_text="Tile size").click()
+            page.get_by_role("option", name=f"{TILE} × {TILE} pixels").click()
+            run_button = page.get_by_role("button", name="Segment 1 image")
+            expect(run_button).to_be_enabled(timeout=WAIT_MS)
+            run_button.click()
+            expect(page.get_by_text("objects, one colour each")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_test_id("stDataFrame")).to_be_visible(timeout=WAIT_MS)
+            shoot(page, "segment-result")
+
+            with page.expect_download(timeout=WAIT_MS) as download:
+                page.get_by_test_id("stDownloadButton").filter(has_text="Labels (PNG)").click()
+            assert download.value.suggested_filename == "cells_labels.png"
+            from_browser = tmp_path / "browser_labels.png"
+            download.value.save_as(from_browser)
+        finally:
+            browser.close()
+
+    cli_out = tmp_path / "cli"
+    subprocess.run(
+        [sys.executable, "-m", "unet_core", "predict", str(image_path),
+         "--model", str(tiny_model_dir / "tiny.onnx"), "--out", str(cli_out), "--tile", str(TILE)],
+        cwd=REPO, check=True, capture_output=True,
+        env={**os.environ, "UNET_STUDIO_CACHE": str(tmp_path / "cache")},
+    )
+    browser_labels = np.asarray(Image.open(from_browser))
+    cli_labels = np.asarray(Image.open(cli_out / "cells_labels.png"))
+    assert browser_labels.dtype == np.uint8 and browser_labels.shape == (260, 300)
+    np.testing.assert_array_equal(browser_labels, cli_labels)
+    assert len(np.unique(cli_labels)) > 1, "a one-class result would make the comparison meaningless"

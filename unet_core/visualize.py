@@ -1,0 +1,130 @@
+"""Pictures of images and results for people: display contrast, instance overlays, probability maps.
+
+Pure numpy (plus scikit-image for outlines); every function returns ``uint8`` RGB ``(H, W, 3)``
+ready for ``st.image`` or a PNG. Nothing here changes what is measured: it only draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+# Display stretch for images that are not 8-bit: what Fiji's "Auto" contrast roughly does, so a
+# dim 12-bit camera image in a 16-bit file is visible rather than black.
+DISPLAY_PERCENTILES = (0.5, 99.8)
+
+# Golden-ratio hue steps: consecutive ids (neighbours, since ids are given in scan order) get
+# clearly different hues, and the colour of an id never depends on how many objects there are.
+_GOLDEN = 0.618033988749895
+
+# Viridis at 9 evenly spaced points: perceptually even, readable by colour-blind people, dark at 0.
+_VIRIDIS = np.array([
+    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
+], dtype=np.float32)
+
+
+def stretch_limits(pixels: np.ndarray) -> tuple[float, float]:
+    """Display range ``(low, high)`` of an image or a whole stack (so slices look alike).
+
+    8-bit images keep their own range (0..255), as in every other viewer; other types are
+    stretched between percentiles, falling back to min..max for sparse images.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint8:
+        return 0.0, 255.0
+    finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels.ravel()
+    if finite.size == 0:
+        return 0.0, 1.0
+    # A strided sample keeps this fast for large stacks; the percentiles barely move.
+    sample = finite[:: max(1, finite.size // 2_000_000)].astype(np.float64)
+    low, high = np.percentile(sample, DISPLAY_PERCENTILES)
+    if high <= low:
+        low, high = float(sample.min()), float(sample.max())
+    if high <= low:  # a constant image: any range works, it is drawn black
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def display_image(pixels: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
+    """A slice ``(H, W)`` or ``(H, W, C)`` of any dtype as ``uint8`` RGB for the screen.
+
+    Gray (and gray+alpha) become gray RGB, alpha is dropped, extra channels beyond three are
+    ignored. ``limits`` (from :func:`stretch_limits` of the whole stack) keeps the contrast
+    the same while scrolling through slices; by default the slice's own limits are used.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    channels = pixels.shape[-1]
+    rgb = pixels[..., :1].repeat(3, axis=-1) if channels < 3 else pixels[..., :3]
+    low, high = limits if limits is not None else stretch_limits(rgb)
+    if rgb.dtype == np.uint8 and (low, high) == (0.0, 255.0):
+        return np.ascontiguousarray(rgb)
+    scaled = (np.nan_to_num(rgb.astype(np.float32), nan=low) - low) * (255.0 / (high - low))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def label_colors(labels: np.ndarray) -> np.ndarray:
+    """``uint8`` RGB picture of an id image: a distinct bright colour per id, black background."""
+    labels = np.asarray(labels)
+    n = int(labels.max()) if labels.size else 0
+    hue = (np.arange(n + 1) * _GOLDEN) % 1.0
+    palette = _hsv_to_rgb(hue, saturation=0.75, value=1.0)
+    palette[0] = 0
+    return palette[labels]
+
+
+def overlay(display_rgb: np.ndarray, instances: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Objects drawn over an image: filled with their colour at opacity ``alpha``, outlined fully.
+
+    The outline stays at full strength so that ``alpha = 0`` still shows where every object is
+    while leaving the pixels inside untouched.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], not {alpha}")
+    colors = label_colors(instances).astype(np.float32)
+    out = np.asarray(display_rgb, dtype=np.float32).copy()
+    inside = instances > 0
+    out[inside] = (1.0 - alpha) * out[inside] + alpha * colors[inside]
+    edges = find_boundaries(instances, mode="inner")
+    out[edges] = colors[edges]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def probability_image(probs_k: np.ndarray) -> np.ndarray:
+    """A probability map ``(H, W)`` in [0, 1] as ``uint8`` RGB (viridis: dark = 0, yellow = 1)."""
+    p = np.clip(np.nan_to_num(np.asarray(probs_k, dtype=np.float32)), 0.0, 1.0)
+    position = p * (len(_VIRIDIS) - 1)
+    below = np.minimum(position.astype(np.int64), len(_VIRIDIS) - 2)
+    frac = (position - below)[..., None]
+    rgb = _VIRIDIS[below] * (1.0 - frac) + _VIRIDIS[below + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+def _hsv_to_rgb(hue: np.ndarray, saturation: float, value: float) -> np.ndarray:
+    """``(N,)`` hues in [0, 1) at one saturation and value -> ``(N, 3)`` uint8 RGB."""
+    h6 = hue * 6.0
+    sector = np.floor(h6).astype(np.int64) % 6
+    f = h6 - np.floor(h6)
+    p = value * (1 - saturation)
+    q = value * (1 - saturation * f)
+    t = value * (1 - saturation * (1 - f))
+    v = np.full_like(hue, value)
+    p = np.full_like(hue, p)
+    table = np.stack([
+        np.stack([v, t, p], -1), np.stack([q, v, p], -1), np.stack([p, v, t], -1),
+        np.stack([p, q, v], -1), np.stack([t, p, v], -1), np.stack([v, p, q], -1),
+    ])
+    rgb = table[sector, np.arange(hue.size)]
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def fit_for_screen(rgb: np.ndarray, max_side: int = 2048) -> np.ndarray:
+    """Every n-th pixel of ``rgb`` so that neither side exceeds ``max_side``.
+
+    Plain subsampling rather than smoothing keeps object colours and outlines crisp; the browser
+    then has a few megapixels to draw instead of a whole-slide image.
+    """
+    step = -(-max(rgb.shape[:2]) // max_side)
+    return rgb if step <= 1 else rgb[::step, ::step]
