@@ -5,11 +5,24 @@ Not a page itself (the leading underscore says so); ``app.py`` and the pages imp
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
+from unet_core.browse import (
+    DataSource,
+    OutsideRoot,
+    SampleView,
+    ZipRejected,
+    extract_upload,
+    folder_version,
+    load_sample,
+    open_source,
+    resolve_in_root,
+)
+from unet_core.datasets import DATA_ENV, Dataset, DatasetError, DatasetSummary, data_root, list_datasets
 from unet_core.registry import ModelEntry, default_model, list_models, read_card
 from unet_core.runtime import Predictor, device_summary, load_predictor
 
@@ -116,3 +129,181 @@ def show_no_model() -> None:
 # --------------------------------------------------------------------------- result files
 
 
+# --------------------------------------------------------------------------- data sets
+#
+# The Datasets and Weight maps pages pick images the same way: the synthetic generator, a folder
+# under the data root, or an uploaded zip. The choice (and the image shown) follows the user from
+# page to page through the non-widget keys below; widget keys are per page.
+
+#: session_state: the last :class:`~unet_core.browse.DataSource` chosen on any page.
+SOURCE_KEY = "data_source"
+#: session_state: the name of the sample shown last.
+SAMPLE_KEY = "data_sample"
+#: session_state: the extracted upload, ``{"file_id", "name", "folder"}`` or with ``"error"``.
+UPLOAD_KEY = "data_upload"
+_SESSION_KEY = "upload_session"
+
+SOURCE_LABELS = {"synthetic": "Synthetic (made here)", "folder": "Data folder", "upload": "Zip upload"}
+SYNTH_MODES = {"fluorescence": "Fluorescence (bright nuclei)",
+               "phase": "Phase contrast (dark cells, bright halos)"}
+
+
+def _seed(key: str, value: object) -> None:
+    """A widget's starting value, given through session_state (never also as ``value=``)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _list_datasets(root: str) -> list[DatasetSummary]:
+    return list_datasets(root)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Opening the data set…")
+def open_source_cached(source: DataSource) -> Dataset:
+    """The :class:`~unet_core.datasets.Dataset` of a source, opened once per source version."""
+    return open_source(source)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def load_sample_cached(source: DataSource, i: int) -> SampleView:
+    """Sample ``i`` of a source as a :class:`~unet_core.browse.SampleView`; raises BrowseError."""
+    return load_sample(open_source_cached(source), i)
+
+
+def _synthetic_source(prefix: str, last: DataSource) -> DataSource:
+    k = f"{prefix}_synth_"
+    _seed(k + "mode", last.mode)
+    _seed(k + "n", last.n)
+    _seed(k + "seed", last.seed)
+    mode_col, n_col, seed_col = st.columns([2, 1, 1])
+    mode = mode_col.selectbox("Look", list(SYNTH_MODES), format_func=SYNTH_MODES.__getitem__, key=k + "mode")
+    n = n_col.number_input("Images", min_value=1, max_value=64, step=1, key=k + "n")
+    seed = seed_col.number_input("Seed", min_value=0, max_value=10**6, step=1, key=k + "seed",
+                                 help="Another number draws other cells; the same number, the same images.")
+    return DataSource("synthetic", mode=mode, n=int(n), seed=int(seed), size=last.size)
+
+
+def _folder_source(prefix: str, last: DataSource) -> DataSource | None:
+    root = data_root()
+    st.caption(f"Data folder: `{root}` (set `{DATA_ENV}` to use another)")
+    found = []
+    for summary in _list_datasets(str(root)):
+        try:
+            found.append((resolve_in_root(root, summary.name), summary))
+        except OutsideRoot:  # a link pointing out of the data folder is not offered
+            continue
+    k = f"{prefix}_folder_"
+    names = [s.name for _, s in found]
+    last_name = Path(last.path).name if last.kind == "folder" else None
+    typed_before = last.kind == "folder" and last_name not in names and last.label
+    _seed(k + "typed", last.label if typed_before else "")
+    if names:
+        if st.session_state.get(k + "name") not in names:
+            st.session_state[k + "name"] = last_name if last_name in names else names[0]
+        labels = {s.name: f"{s.name} ({s.n_samples} images)" for _, s in found}
+        name = st.selectbox("Data set", names, format_func=labels.__getitem__, key=k + "name")
+    else:
+        name = None
+        st.info(f"No data set in `{root}` yet. Put a folder there with `images/` and `masks/` inside "
+                "(matching file names), or use another source.", icon=":material/info:")
+    typed = st.text_input("…or a sub-folder of the data folder", key=k + "typed",
+                          placeholder="e.g. ctc/Fluo-N2DH-GOWT1",
+                          help="A path relative to the data folder, for data sets in nested folders.")
+    chosen = typed.strip() or name
+    if not chosen:
+        return None
+    try:
+        folder = resolve_in_root(root, chosen)
+    except OutsideRoot:
+        st.error(f"`{chosen}` is outside the data folder, so it is not opened. Only folders inside `{root}` "
+                 f"can be used: copy the data set there, or set `{DATA_ENV}` to the folder that holds it.",
+                 icon=":material/block:")
+        return None
+    label = folder.relative_to(root.resolve()).as_posix() or root.name
+    return DataSource("folder", path=str(folder), label=label, version=folder_version(folder))
+
+
+def _upload_source(prefix: str) -> DataSource | None:
+    upload = st.file_uploader(
+        "A zip of your data set", type=["zip"], key=f"{prefix}_zip",
+        help="Zip the data set's folder (with images/ and masks/ inside, or another known layout). "
+        "It is unpacked on this computer for this session only. Larger than the upload limit? Copy the "
+        "folder into the data folder instead.",
+    )
+    state = st.session_state.get(UPLOAD_KEY)
+    if upload is not None and (state is None or state["file_id"] != upload.file_id):
+        session = st.session_state.setdefault(_SESSION_KEY, uuid.uuid4().hex)
+        state = {"file_id": upload.file_id, "name": upload.name}
+        try:
+            with st.spinner(f"Unpacking {upload.name}…"):
+                state["folder"] = str(extract_upload(upload.getvalue(), session))
+        except ZipRejected as exc:
+            state["error"] = (f"**{upload.name}** was not opened: {exc}.  \nZip the data set's folder "
+                              "again with an ordinary zip tool (no links, nothing outside the folder) and "
+                              "upload it.")
+        except DatasetError as exc:
+            state["error"] = (f"**{upload.name}** holds no data set this program knows: {exc}.  \n"
+                              "Put the images in `images/` and their masks in `masks/` (same file names), "
+                              "zip that folder and upload it again.")
+        st.session_state[UPLOAD_KEY] = state
+    if state is None:
+        st.caption("Drop a zip above; it stays for this session, on every page.")
+        return None
+    if "error" in state:
+        st.error(state["error"], icon=":material/error:")
+        return None
+    if upload is None:
+        st.caption(f"Using **{state['name']}**, uploaded earlier. Drop another zip to replace it.")
+    folder = state["folder"]
+    return DataSource("upload", path=folder, label=state["name"], version=folder_version(folder))
+
+
+def choose_dataset(prefix: str) -> tuple[DataSource, Dataset] | None:
+    """Where the images come from, as widgets; the chosen source and its opened data set.
+
+    Returns None (after saying why on the page) when nothing usable is chosen. ``prefix`` keeps
+    each page's widget keys apart: ``{prefix}_kind``, ``{prefix}_synth_n``, ``{prefix}_zip``, ….
+    """
+    last = st.session_state.get(SOURCE_KEY) or DataSource()
+    _seed(f"{prefix}_kind", last.kind)
+    kind = st.radio("Images from", list(SOURCE_LABELS), format_func=SOURCE_LABELS.__getitem__,
+                    horizontal=True, key=f"{prefix}_kind")
+    if kind == "synthetic":
+        source = _synthetic_source(prefix, last)
+    elif kind == "folder":
+        source = _folder_source(prefix, last)
+    else:
+        source = _upload_source(prefix)
+    if source is None:
+        return None
+    try:
+        ds = open_source_cached(source)
+    except DatasetError as exc:
+        st.error(f"**{source.title}** is not a data set this program knows: {exc}.  \nPut the images in "
+                 "`images/` and their masks in `masks/` (same file names), or choose another folder.",
+                 icon=":material/error:")
+        return None
+    except OSError as exc:  # permissions, a folder removed while open
+        st.error(f"**{source.title}** cannot be read ({exc.strerror or exc}). Check that the folder exists "
+                 "and that you may read it, then reload the page.", icon=":material/error:")
+        return None
+    st.session_state[SOURCE_KEY] = source
+    return source, ds
+
+
+def short_name(name: str, limit: int = 28) -> str:
+    """A long sample name shortened in the middle: ``0acd2c223d…b4091b96``."""
+    return name if len(name) <= limit else f"{name[: limit // 2 - 1]}…{name[-(limit // 2 - 1):]}"
+
+
+def choose_sample(ds: Dataset, key: str, label: str = "Image") -> int:
+    """A selectbox of the data set's samples (the last one shown on any page first); its index."""
+    names = [s.name for s in ds.samples]
+    if st.session_state.get(key) not in names:
+        wanted = st.session_state.get(SAMPLE_KEY)
+        st.session_state[key] = wanted if wanted in names else names[0]
+    numbers = {name: i for i, name in enumerate(names)}
+    name = st.selectbox(label, names, key=key, format_func=lambda n: f"{numbers[n] + 1}. {short_name(n, 40)}")
+    st.session_state[SAMPLE_KEY] = name
+    return numbers[name]

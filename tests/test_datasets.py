@@ -241,7 +241,7 @@ def test_problems_are_reported_and_the_rest_loads(tmp_path: Path) -> None:
     assert len(ds.problems) == 4
     assert "masks/small.png: mask is 12x12 (W x H) but images/small.png is 24x24" in text
     assert "images/nomask.png: no mask" in text
-    assert "images/corrupt.png: not a readable image" in text
+    assert "images/corrupt.png: not a readable PNG, JPEG or TIFF image" in text
     assert "masks/orphan.png: no image" in text
     assert ds.load_instances(1).max() == 3
 

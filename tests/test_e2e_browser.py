@@ -138,6 +138,20 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             assert download.value.suggested_filename == "cells_labels.png"
             from_browser = tmp_path / "browser_labels.png"
             download.value.save_as(from_browser)
+
+            # The training pages, each from its default (synthetic images, the tiny model): they
+            # draw without an exception, and a screenshot of each is kept for a human look.
+            for title, ready, charts, name in (("Datasets", "All objects", 3, "datasets"),
+                                               ("Weight maps", "Largest weight", 3, "weight-maps"),
+                                               ("Models", "Details of", 0, "models")):
+                page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+                expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=WAIT_MS)
+                expect(page.get_by_text(ready, exact=True)).to_be_visible(timeout=WAIT_MS)
+                # Plotly draws after the script has finished; the page is only full height then.
+                drawn = f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {charts}"
+                page.wait_for_function(drawn, timeout=WAIT_MS)
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+                shoot(page, name)
         finally:
             browser.close()
 

@@ -128,3 +128,22 @@ def fit_for_screen(rgb: np.ndarray, max_side: int = 2048) -> np.ndarray:
     """
     step = -(-max(rgb.shape[:2]) // max_side)
     return rgb if step <= 1 else rgb[::step, ::step]
+
+
+def heat_overlay(display_rgb: np.ndarray, values: np.ndarray, vmax: float | None = None,
+                 alpha: float = 0.85) -> np.ndarray:
+    """A map of non-negative ``values`` (a weight map) over an image, in viridis.
+
+    Each pixel is blended towards the colour of its value with opacity ``alpha * value / vmax``:
+    where values are low the image shows through, the highest values are drawn almost solid
+    (yellow). ``vmax`` defaults to the largest value.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], not {alpha}")
+    v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0)
+    top = float(v.max()) if vmax is None and v.size else float(vmax or 0.0)
+    level = np.clip(v / top, 0.0, 1.0) if top > 0 else np.zeros_like(v)
+    colors = probability_image(level).astype(np.float32)
+    weight = (alpha * level)[..., None]
+    out = (1.0 - weight) * np.asarray(display_rgb, dtype=np.float32) + weight * colors
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
