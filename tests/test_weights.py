@@ -251,3 +251,36 @@ def test_invalid_labels(labels: np.ndarray) -> None:
 def test_invalid_parameters(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         weight_map(two_cells(4), **kwargs)
+
+
+def test_separate_touching_cuts_a_one_pixel_line_between_touching_cells() -> None:
+    from scipy import ndimage as ndi
+
+    from unet_core.weights import separate_touching
+
+    labels = np.zeros((12, 20), dtype=np.uint16)
+    labels[2:10, 2:10] = 7
+    labels[2:10, 10:18] = 3  # shares an edge with 7
+    labels[0, 19] = 9  # alone: untouched
+    out = separate_touching(labels)
+    assert out.dtype == labels.dtype
+    assert np.array_equal(out[2:10, 9], np.zeros(8)), "the larger id (7) gives up its edge column"
+    assert np.all(out[2:10, 10:18] == 3) and np.all(out[2:10, 2:9] == 7) and out[0, 19] == 9
+    # No two different ids are 8-adjacent any more, so components separate them.
+    _, n = ndi.label(out > 0, structure=np.ones((3, 3)))
+    assert n == 3
+    # The border term now has background between the cells to act on.
+    assert weight_map(out)[5, 9] > 9.0 and weight_map(labels)[5, 9] < 2.0
+
+
+def test_separate_touching_leaves_separated_cells_and_diagonal_contacts() -> None:
+    from unet_core.weights import separate_touching
+
+    apart = np.zeros((6, 6), dtype=np.int32)
+    apart[0:2, 0:2] = 1
+    apart[3:5, 3:5] = 2
+    assert np.array_equal(separate_touching(apart), apart)
+    diagonal = np.zeros((4, 4), dtype=np.int32)
+    diagonal[1, 1], diagonal[2, 2] = 5, 4
+    out = separate_touching(diagonal)
+    assert out[2, 2] == 4 and out[1, 1] == 0

@@ -1,4 +1,4 @@
-"""Command line: ``python -m unet_core {predict,export,...}``.
+"""Command line: ``python -m unet_core {predict,export,train,evaluate,synth}``.
 
 Errors that a user can act on (unreadable image, wrong model file) are printed as one line naming
 the file; the other files are still processed and the exit status is non-zero at the end.
@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import CheckpointError
 from .io import ImageReadError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .export import parity, to_onnx
 
     try:
@@ -113,6 +112,173 @@ def cmd_export(args: argparse.Namespace) -> int:
     sizes = [geometry.input_size(geometry.floor_output(s)) for s in (100, 196)]
     diff = parity(model, out, sizes)
     print(f"wrote {out} (max |ONNX - PyTorch| = {diff:.2e} at inputs {sizes})")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+# Options that may be changed when resuming (everything else comes from the run's config.json).
+RESUME_OVERRIDES = ("steps", "val_every", "checkpoint_every", "workers", "threads", "device", "export",
+                    "val_max_images")
+
+
+def _split_arg(value: str) -> dict:
+    """``every_kth:5`` / ``last_n:5`` -> a SplitRule dict."""
+    from .datasets import SplitRule
+
+    kind, _, k = value.partition(":")
+    try:
+        return SplitRule(kind, int(k or 5)).to_dict()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--split takes every_kth:K or last_n:N ({exc})") from None
+
+
+def _train_config(args: argparse.Namespace):
+    """The TrainConfig from the command line (or, with --resume, from the run folder)."""
+    import dataclasses
+
+    from .io import Normalisation
+    from .train import TrainConfig, TrainError
+
+    out = Path(args.out)
+    if args.resume and (out / "config.json").exists():
+        cfg = TrainConfig.load(out / "config.json")
+        changes = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
+        return dataclasses.replace(cfg, **changes)
+    if args.data is None:
+        raise TrainError("--data is required (a data set folder or 'synthetic')")
+    base = TrainConfig.load(args.config).to_dict() if args.config else {}
+    given = {
+        k: getattr(args, k)
+        for k in ("width", "depth", "dropout", "tile", "batch", "steps", "seed", "optimizer", "lr", "momentum",
+                  "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma",
+                  "min_lr_factor", "w0", "sigma", "val_every", "val_tile", "val_metric", "val_max_images",
+                  "checkpoint_every", "device", "amp", "workers", "threads", "init", "name", "invert_prob",
+                  "synth_mix", "synth_n", "synth_seed", "split", "export")
+        if getattr(args, k, None) is not None
+    }
+    cfg = {**base, **given, "data": args.data, "out": args.out}
+    if args.no_class_balance:
+        cfg["class_weights"] = None
+    if args.synth_mode or args.synth_size:
+        synth = dict(cfg.get("synth") or {})
+        if args.synth_mode:
+            synth["mode"] = args.synth_mode
+        if args.synth_size:
+            synth["height"] = synth["width"] = args.synth_size
+        cfg["synth"] = synth
+    aug = dict(cfg.get("augment") or {})
+    if args.no_augment:
+        aug["enabled"] = False
+    if args.no_elastic:
+        aug["elastic"] = False
+    if aug:
+        cfg["augment"] = aug
+    if args.percentiles:
+        lo, hi = args.percentiles
+        cfg["normalisation"] = Normalisation(lo, hi).to_dict()
+    return TrainConfig.from_dict(cfg)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError as _CkptError
+    from .train import TrainError, train
+
+    try:
+        cfg = _train_config(args)
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    except (TrainError, _CkptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m unet_core train --out {args.out} --resume", file=sys.stderr)
+        return 130
+    summary = {"out": str(result.out), "step": result.step, "elapsed_s": round(result.elapsed, 1),
+               "data_wait": round(result.data_wait, 4), "best": result.best,
+               "onnx": str(result.onnx) if result.onnx else None}
+    import json
+
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _open_eval_data(spec: str, n: int, seed: int, mode: str | None):
+    from .datasets import open_dataset
+
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from .synthetic import SynthConfig, synthetic_dataset
+
+        mode = mode or (spec.split(":", 1)[1] if ":" in spec else "fluorescence")
+        return synthetic_dataset(n, SynthConfig(mode=mode), seed)
+    return open_dataset(spec)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError, SplitRule
+    from .evaluate import EvalOptions, evaluate
+    from .runtime import ModelLoadError, load_predictor
+
+    try:
+        dataset = _open_eval_data(args.data, args.n, args.seed, args.mode)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(dataset) == 0:
+        print(f"error: {args.data}: no usable image/mask pairs", file=sys.stderr)
+        return 2
+    try:
+        predictor = load_predictor(args.model, args.device)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rule_dict = predictor.meta.training.get("split_rule")
+    rule = SplitRule.from_dict(rule_dict) if rule_dict and args.data != "synthetic" else dataset.split_rule
+    if args.split == "all":
+        indices = list(range(len(dataset)))
+    else:
+        indices = rule.indices(len(dataset), args.split)
+    if not indices:
+        print(f"error: the {args.split} split of {args.data} ({rule.to_dict()}) is empty", file=sys.stderr)
+        return 2
+    bar = ProgressBar(1)
+    bar.start_file(0, f"{args.split} split")
+    try:
+        report = evaluate(predictor, dataset, indices, EvalOptions(tile=args.tile, tta=args.tta, kind=args.kind),
+                          progress=bar.tiles)
+    except (ImageReadError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report.model = str(args.model)
+    report.split = f"{args.split} split, rule {rule.to_dict()}" if args.split != "all" else "all images"
+    print(report.to_json(images=args.per_image))
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(report.to_markdown())
+        print(f"report: {args.report}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import SynthConfig, write_dataset
+
+    if args.n < 1:
+        print("error: --n must be >= 1", file=sys.stderr)
+        return 2
+    kwargs = {"mode": args.mode}
+    if args.size:
+        kwargs["height"] = kwargs["width"] = args.size
+    try:
+        out = write_dataset(args.out, args.n, SynthConfig(**kwargs), args.seed)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.n} {args.mode} samples to {out} (images/, masks/)")
     return 0
 
 
@@ -139,6 +305,82 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
+
+    t = sub.add_parser("train", help="train a U-Net (the paper's recipe; resumable)")
+    t.add_argument("--data", help="data set folder, or 'synthetic' (not needed with --resume)")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--init", help="start from this model (.pt checkpoint or .onnx): fine-tuning")
+    t.add_argument("--config", help="a config.json to start from (command-line options override it)")
+    t.add_argument("--name", help="model name (default: the run folder's name)")
+    t.add_argument("--width", type=int, help="channels of the first level (paper 64; CPU <= 32)")
+    t.add_argument("--depth", type=int)
+    t.add_argument("--dropout", type=float)
+    t.add_argument("--tile", type=int, help="output tile edge (388 = the paper's 572 input)")
+    t.add_argument("--batch", type=int)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--optimizer", choices=("sgd", "adam"))
+    t.add_argument("--lr", type=float)
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--clip-grad", type=float, help="max gradient norm")
+    t.add_argument("--schedule", choices=("constant", "cosine", "step"))
+    t.add_argument("--warmup-steps", type=int)
+    t.add_argument("--lr-step-size", type=int)
+    t.add_argument("--lr-gamma", type=float)
+    t.add_argument("--min-lr-factor", type=float)
+    t.add_argument("--w0", type=float, help="border weight of the weight map (paper 10)")
+    t.add_argument("--sigma", type=float, help="border width of the weight map in px (paper 5)")
+    t.add_argument("--no-class-balance", action="store_true", help="w_c = 1 instead of balanced class weights")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-elastic", action="store_true")
+    t.add_argument("--invert-prob", type=float, help="probability of inverting a tile's gray values")
+    t.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), help="normalisation percentiles")
+    t.add_argument("--split", type=_split_arg, help="validation split: every_kth:K or last_n:N "
+                   "(default: the data set's rule)")
+    t.add_argument("--synth-mix", type=float, help="fraction of tiles from synthetic images (with a data folder)")
+    t.add_argument("--synth-n", type=int, help="number of synthetic images")
+    t.add_argument("--synth-seed", type=int)
+    t.add_argument("--synth-mode", choices=("fluorescence", "phase"))
+    t.add_argument("--synth-size", type=int, help="synthetic image edge in px")
+    t.add_argument("--val-every", type=int, help="validate every N steps (0 = never)")
+    t.add_argument("--val-tile", type=int, help="output tile of validation inference")
+    t.add_argument("--val-metric", help="metric best.pt is kept by (default: dsb_ap / rand_error)")
+    t.add_argument("--val-max-images", type=int)
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    t.add_argument("--workers", type=int, help="DataLoader worker processes")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--no-export", dest="export", action="store_const", const=False, default=None,
+                   help="do not export model.onnx at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("evaluate", help="evaluate a model on a data set (metrics JSON + markdown report)")
+    v.add_argument("--model", required=True, help="model .onnx (or .pt checkpoint)")
+    v.add_argument("--data", required=True, help="data set folder, or 'synthetic[:fluorescence|phase]'")
+    v.add_argument("--split", choices=("val", "train", "all"), default="val",
+                   help="which images (the split rule comes from the model's metadata; default val)")
+    v.add_argument("--tile", type=_tile_arg, default=None, metavar="N|auto")
+    v.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    v.add_argument("--kind", choices=("auto", "semantic", "instance"), default="auto")
+    v.add_argument("--report", help="write a markdown report here")
+    v.add_argument("--per-image", action="store_true", help="include per-image rows in the JSON")
+    v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    v.add_argument("--n", type=int, default=20, help="images of a synthetic data set")
+    v.add_argument("--seed", type=int, default=1000, help="seed of a synthetic data set")
+    v.add_argument("--mode", choices=("fluorescence", "phase"), help="look of a synthetic data set")
+    v.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("synth", help="write a synthetic data set (images/ + masks/)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mode", choices=("fluorescence", "phase"), default="fluorescence")
+    s.add_argument("--size", type=int, help="image edge in px (default 512)")
+    s.set_defaults(func=cmd_synth)
     return parser
 
 

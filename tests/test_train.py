@@ -1,0 +1,275 @@
+"""Tests of unet_core.train and the train/evaluate/synth commands: tiny nets, small tiles, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unet_core.augment import AugmentConfig
+from unet_core.checkpoint import read_checkpoint
+from unet_core.model import UNet
+from unet_core.train import (
+    TrainConfig,
+    TrainError,
+    learning_rate,
+    load_init_weights,
+    make_tile,
+    read_log,
+    train,
+    weighted_cross_entropy,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# An easy synthetic set: few, separate, bright cells on 96 x 96 images.
+EASY_SYNTH = {"height": 96, "width": 96, "n_cells": [4, 8], "radius": [8, 14], "noise": 0.01,
+              "touching_fraction": 0.0}
+TINY = {"data": "synthetic", "width": 4, "tile": 36, "synth_n": 10, "synth": EASY_SYNTH, "workers": 0, "threads": 1}
+LOG_KEYS = {"step", "loss", "lr", "px_per_s", "data_wait", "step_s", "elapsed"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unet_core", *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=_env(), timeout=timeout, check=False)
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r}
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_weighted_loss_equals_hand_computation() -> None:
+    logits = torch.tensor([[[[2.0, 0.0], [1.0, -1.0]], [[0.0, 1.0], [1.0, 3.0]]]])  # (1, 2, 2, 2)
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    weights = torch.tensor([[[1.0, 2.0], [0.0, 11.5]]])  # one pixel outside the image (weight 0)
+    expected = 0.0
+    for (i, j), w in np.ndenumerate(weights[0].numpy()):
+        z = logits[0, :, i, j].tolist()
+        p = math.exp(z[target[0, i, j]]) / sum(math.exp(v) for v in z)
+        expected += w * -math.log(p)
+    expected /= 3  # three pixels take part
+    assert weighted_cross_entropy(logits, target, weights).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_learning_rate_schedules() -> None:
+    base = {"data": "synthetic", "lr": 0.1, "steps": 100}
+    assert learning_rate(TrainConfig(**base), 1) == learning_rate(TrainConfig(**base), 100) == 0.1
+    cos = TrainConfig(**base, schedule="cosine", warmup_steps=10, min_lr_factor=0.1)
+    assert learning_rate(cos, 1) == pytest.approx(0.01) and learning_rate(cos, 10) == pytest.approx(0.1)
+    assert learning_rate(cos, 100) == pytest.approx(0.01)
+    assert learning_rate(cos, 11) > learning_rate(cos, 50) > learning_rate(cos, 99)
+    step = TrainConfig(**base, schedule="step", lr_step_size=30, lr_gamma=0.5)
+    assert [learning_rate(step, s) for s in (1, 30, 31, 61)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+
+
+def test_config_round_trips_and_rejects_bad_values() -> None:
+    cfg = TrainConfig(data="x", tile=36, augment=AugmentConfig(rotation_range=(0.0, 90.0)), split={"kind": "last_n",
+                                                                                                  "k": 2})
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(TrainError, match="valid output size"):
+        TrainConfig(tile=390)
+    with pytest.raises(TrainError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> None:
+    from unet_core.train import TrainImage, step_rng
+
+    rng0 = np.random.default_rng(0)
+    img = TrainImage("a", rng0.random((40, 50, 1), dtype=np.float32), (rng0.random((40, 50)) > 0.5).astype(np.uint8),
+                     np.ones((40, 50), np.float32))
+    cfg = TrainConfig(data="x", tile=36, invert_prob=0.5)
+    a = make_tile([[img]], [1.0], cfg, step_rng(3, 7))
+    b = make_tile([[img]], [1.0], cfg, step_rng(3, 7))
+    c = make_tile([[img]], [1.0], cfg, step_rng(3, 8))
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (1, 220, 220) and a[1].shape == a[2].shape == (36, 36)
+    # Without augmentation a tile is an exact crop; pixels past the image border weigh 0.
+    plain = TrainConfig(data="x", tile=36, augment=AugmentConfig(enabled=False))
+    _, y, w = make_tile([[img]], [1.0], plain, step_rng(0, 1))
+    assert set(np.unique(w)) <= {0.0, 1.0} and 0 < (w > 0).sum() <= 36 * 36
+    rows, cols = np.nonzero(w > 0)
+    # The valid part of the label tile is a contiguous crop of the class map.
+    crop = y[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    found = any(
+        np.array_equal(img.classes[i : i + crop.shape[0], j : j + crop.shape[1]], crop)
+        for i in range(40 - crop.shape[0] + 1) for j in range(50 - crop.shape[1] + 1)
+    )
+    assert found and len(rows) == crop.size
+
+
+# --------------------------------------------------------------------------- a finished run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete tiny run with validation and export (paper recipe: SGD, momentum 0.99)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(**TINY, out=str(out), steps=40, val_every=20, checkpoint_every=10, optimizer="sgd", lr=0.01,
+                      augment=AugmentConfig(enabled=False))
+    train(cfg, progress=False)
+    return out
+
+
+def test_loss_decreases_on_an_easy_synthetic_set(finished_run: Path) -> None:
+    losses = [v for _, v in sorted(_losses(finished_run).items())]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+def test_log_lines_parse_and_hold_the_keys(finished_run: Path) -> None:
+    lines = (finished_run / "log.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line is JSON
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 41))
+    for r in steps:
+        assert LOG_KEYS <= r.keys()
+        assert 0.0 <= r["data_wait"] <= 1.0 and r["px_per_s"] > 0 and r["lr"] == 0.01
+    val = [r for r in steps if "val" in r]
+    assert [r["step"] for r in val] == [20, 40]
+    for key in ("pixel_error", "rand_error", "foreground_iou", "dsb_ap"):
+        assert key in val[0]["val"]
+    assert rows[0]["event"] == "start" and rows[-1]["event"] == "done"
+
+
+def test_run_folder_keeps_config_manifest_versions(finished_run: Path) -> None:
+    cfg = TrainConfig.load(finished_run / "config.json")
+    assert cfg.width == 4 and cfg.steps == 40 and cfg.tile == 36
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    assert manifest["split_rule"] == {"kind": "every_kth", "k": 5}
+    parts = [s["part"] for s in manifest["samples"]]
+    assert parts.count("val") == 2 and parts.count("train") == 8 and manifest["synthetic"]["n"] == 10
+    versions = json.loads((finished_run / "versions.json").read_text())
+    assert versions["torch"] == torch.__version__ and "numpy" in versions and "python" in versions
+    for name in ("last.pt", "best.pt", "model.onnx", "model.md"):
+        assert (finished_run / name).is_file(), name
+    ckpt = read_checkpoint(finished_run / "last.pt")  # weights_only=True
+    assert ckpt["step"] == 40 and "optimizer" in ckpt
+
+
+def test_exported_model_loads_and_carries_the_split_rule(finished_run: Path) -> None:
+    from unet_core.runtime import OnnxPredictor
+
+    predictor = OnnxPredictor(finished_run / "model.onnx", device="cpu")
+    meta = predictor.meta
+    assert meta.name == "tiny" and meta.unet.width == 4 and meta.class_names == ["background", "foreground"]
+    assert meta.training["split_rule"] == {"kind": "every_kth", "k": 5}
+    assert meta.training["data"] == "synthetic" and meta.training["steps"] == 40
+    assert meta.training["config"]["optimizer"] == "sgd"
+    x = np.random.default_rng(0).random((1, 1, 220, 220), dtype=np.float32)
+    assert predictor.predict_batch(x).shape == (1, 2, 36, 36)
+    card = (finished_run / "model.md").read_text()
+    assert "split" in card and "argmax" in card and "dsb_ap" in card
+
+
+def test_init_from_onnx_reproduces_the_weights(finished_run: Path, tmp_path: Path) -> None:
+    best = read_checkpoint(finished_run / "best.pt")["model"]
+    state, meta = load_init_weights(finished_run / "model.onnx")
+    net = UNet.from_config(meta.unet)
+    net.load_state_dict(state)  # strict: every parameter is in the ONNX file
+    for k, v in best.items():
+        assert torch.equal(net.state_dict()[k], v), k
+    # A fine-tuning run takes the architecture and the weights of the init model.
+    cfg = TrainConfig(**{**TINY, "width": 8}, out=str(tmp_path / "ft"), steps=1, val_every=0, export=False,
+                      optimizer="adam", lr=1e-12, init=str(finished_run / "model.onnx"))
+    train(cfg, progress=False)
+    assert TrainConfig.load(tmp_path / "ft" / "config.json").width == 4
+    tuned = read_checkpoint(tmp_path / "ft" / "last.pt")["model"]
+    for k, v in best.items():
+        assert torch.allclose(tuned[k], v, atol=1e-6), k
+
+
+def test_refuses_to_overwrite_a_run_without_resume(finished_run: Path) -> None:
+    with pytest.raises(TrainError, match="--resume"):
+        train(TrainConfig(**TINY, out=str(finished_run), steps=2), progress=False)
+
+
+# --------------------------------------------------------------------------- resume after kill -9
+
+
+def test_resume_after_sigkill_replays_the_losses_exactly(tmp_path: Path) -> None:
+    steps = 30
+    args = ["--data", "synthetic", "--width", "3", "--tile", "20", "--steps", str(steps), "--synth-n", "8",
+            "--synth-size", "72", "--checkpoint-every", "2", "--val-every", "0", "--no-export", "--workers", "1",
+            "--threads", "1", "--seed", "5", "--quiet"]
+    ref = _cli("train", "--out", str(tmp_path / "ref"), *args)
+    assert ref.returncode == 0, ref.stderr
+    expected = _losses(tmp_path / "ref")
+    assert sorted(expected) == list(range(1, steps + 1))
+
+    run = tmp_path / "killed"
+    rng = random.Random()
+    kill_after = rng.randint(2, steps - 4)  # steps logged before the kill, then a random extra delay
+    proc = subprocess.Popen([sys.executable, "-m", "unet_core", "train", "--out", str(run), *args], cwd=REPO_ROOT,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(_losses(run)) >= kill_after:
+            time.sleep(rng.uniform(0.0, 0.05))
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _losses(run)
+    assert len(before) < steps, "the run finished before it could be killed"
+
+    resumed = _cli("train", "--out", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    got = _losses(run)
+    assert sorted(got) == list(range(1, steps + 1))
+    for s in range(1, steps + 1):
+        assert abs(got[s] - expected[s]) <= 1e-6, (s, got[s], expected[s])
+    assert not list(run.glob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- evaluate and synth commands
+
+
+def test_synth_and_evaluate_commands(finished_run: Path, tmp_path: Path) -> None:
+    data = tmp_path / "synth"
+    made = _cli("synth", "--out", str(data), "--n", "5", "--seed", "3", "--size", "96")
+    assert made.returncode == 0, made.stderr
+    assert len(list((data / "images").glob("*.png"))) == 5
+    report = tmp_path / "report.md"
+    res = _cli("evaluate", "--model", str(finished_run / "model.onnx"), "--data", str(data), "--split", "all",
+               "--tile", "36", "--report", str(report))
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["n_images"] == 5 and out["kind"] == "instance"
+    for key in ("pixel_error", "rand_error", "foreground_iou", "dsb_ap", "seg"):
+        assert key in out["metrics"]
+    assert 0.0 <= out["metrics"]["foreground_iou"] <= 1.0
+    text = report.read_text()
+    assert "argmax" in text and "worst first" in text and text.count("\n| ") >= 5
+
+
+def test_evaluate_command_missing_data_folder(finished_run: Path, tmp_path: Path) -> None:
+    res = _cli("evaluate", "--model", str(finished_run / "model.onnx"), "--data", str(tmp_path / "nope"))
+    assert res.returncode != 0
+    assert "no such folder" in res.stderr and str(tmp_path / "nope") in res.stderr
+    assert res.stdout == ""
+
+
+def test_train_command_reports_a_bad_data_folder(tmp_path: Path) -> None:
+    res = _cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--tile", "36")
+    assert res.returncode == 2 and "no such folder" in res.stderr
