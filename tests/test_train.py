@@ -273,3 +273,20 @@ def test_evaluate_command_missing_data_folder(finished_run: Path, tmp_path: Path
 def test_train_command_reports_a_bad_data_folder(tmp_path: Path) -> None:
     res = _cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--tile", "36")
     assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_touching_cells_get_a_weighted_background_line(tmp_path: Path) -> None:
+    """The paper's separation borders: touching instances are cut apart in the class map."""
+    from unet_core.synthetic import synthetic_dataset
+    from unet_core.train import prepare_image
+
+    ds = synthetic_dataset(1, seed=0)
+    instances = ds.load_instances(0)
+    cfg = TrainConfig(data="synthetic", out=str(tmp_path / "r"), width=4, tile=36)
+    prepared = prepare_image(ds, 0, cfg)
+    cut = (instances > 0) & (prepared.classes == 0)
+    assert cut.sum() > 20, "the generator makes touching cells; each contact loses a line of pixels"
+    assert prepared.weights[cut].mean() > 5.0, "the border term acts on the cut lines"
+    plain = prepare_image(ds, 0, TrainConfig(data="synthetic", out=str(tmp_path / "p"), width=4, tile=36,
+                                             separate_touching=False))
+    assert np.array_equal(plain.classes, (instances > 0).astype(np.uint8))

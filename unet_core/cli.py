@@ -160,6 +160,8 @@ def _train_config(args: argparse.Namespace):
     cfg = {**base, **given, "data": args.data, "out": args.out}
     if args.no_class_balance:
         cfg["class_weights"] = None
+    if args.no_separate:
+        cfg["separate_touching"] = False
     if args.synth_mode or args.synth_size:
         synth = dict(cfg.get("synth") or {})
         if args.synth_mode:
@@ -333,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--w0", type=float, help="border weight of the weight map (paper 10)")
     t.add_argument("--sigma", type=float, help="border width of the weight map in px (paper 5)")
     t.add_argument("--no-class-balance", action="store_true", help="w_c = 1 instead of balanced class weights")
+    t.add_argument("--no-separate", action="store_true",
+                   help="keep touching instances touching (no background line between them in the class map)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-elastic", action="store_true")
     t.add_argument("--invert-prob", type=float, help="probability of inverting a tile's gray values")

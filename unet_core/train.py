@@ -74,7 +74,7 @@ from .io import Normalisation, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .model import UNet, UNetConfig
 from .tiling import Geometry
-from .weights import weight_map
+from .weights import separate_touching, weight_map
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
@@ -114,6 +114,9 @@ class TrainConfig:
         tile: output tile edge (388 for the paper's 572 input); must be valid for the geometry.
         batch: tiles per step (1 in the paper: large tiles rather than large batches).
         w0, sigma, class_weights: the weight map of Eq. 2 (:func:`unet_core.weights.weight_map`).
+        separate_touching: cut a one-pixel background line between touching instances first
+            (:func:`unet_core.weights.separate_touching`), so the border term has the paper's
+            separation borders to act on; a no-op for masks that already separate cells (ISBI).
 
     Optimisation:
         optimizer: ``"sgd"`` (momentum 0.99, the paper) or ``"adam"``.
@@ -166,6 +169,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     class_weights: str | list[float] | None = "balanced"
+    separate_touching: bool = True
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.99
@@ -318,7 +322,12 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
     n_classes = len(cfg.class_names or (0, 1))
     if classes.size and int(classes.max()) >= n_classes:
         raise TrainError(f"{name}: mask has class {int(classes.max())} but the model has {n_classes} classes")
-    weights = weight_map(dataset.load_instances(i), cfg.w0, cfg.sigma, cfg.class_weights)
+    instances = dataset.load_instances(i)
+    if cfg.separate_touching:
+        separated = separate_touching(instances)
+        classes = np.where((instances > 0) & (separated == 0), 0, classes)
+        instances = separated
+    weights = weight_map(instances, cfg.w0, cfg.sigma, cfg.class_weights)
     return TrainImage(name, np.ascontiguousarray(image, np.float32), classes.astype(np.uint8), weights)
 
 
