@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--rss", type=int, default=0, help="also measure peak RSS of the CLI on N x N")
-    parser.add_argument("--rss-tile", default="388")
+    parser.add_argument("--rss-tile", default="auto")
+    parser.add_argument("--rss-width", type=int, default=None,
+                        help="network width for --rss (default: --width; the paper width takes ~10 min at 8192)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -135,8 +137,9 @@ def main() -> None:
         print(f"a/c = {a / c:.2f}")
     print(f"a = {100 * a / limit:.1f} % of the limit")
     if args.rss:
-        print(f"peak RSS of `predict` on {args.rss} x {args.rss} (tile {args.rss_tile}): "
-              f"{rss_child(args.rss, args.width, args.rss_tile):.2f} GB")
+        width = args.rss_width or args.width
+        print(f"peak RSS of `predict` on {args.rss} x {args.rss} (width {width}, tile {args.rss_tile}): "
+              f"{rss_child(args.rss, width, args.rss_tile):.2f} GB")
 
 
 if __name__ == "__main__":
