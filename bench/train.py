@@ -12,7 +12,7 @@ Reports output pixels per second of each (after one untimed warm-up step), their
 fraction of the trainer's step time spent waiting for data. All numbers come from one run of this
 script; the paper net takes ~14 s per step on a 2-core CPU, so the default is a few steps.
 
-Run from the repository root: ``python bench/train.py [--steps N] [--tile 388] [--width 64]``.
+Run from the repository root: ``python bench/train.py [--steps N] [--tile 388] [--width 64] [--threads T]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def trainer_run(width: int, tile: int, steps: int, workers: int) -> tuple[float,
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data="synthetic", out=str(Path(tmp) / "bench"), width=width, tile=tile, batch=1,
                           steps=steps + 1, synth_n=6, val_every=0, checkpoint_every=0, export=False,
-                          workers=workers, optimizer="sgd", lr=0.01)
+                          workers=workers, optimizer="sgd", lr=0.01, threads=torch.get_num_threads())
         train(cfg, progress=False)
         rows = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
     timed = [r for r in rows if "loss" in r and r["step"] > 1]
@@ -77,7 +77,10 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=388, help="output tile (388 = the paper's 572 input)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = Geometry().input_size(args.tile)
     print(f"paper U-Net width {args.width}, tile {size} -> {args.tile}, batch 1, SGD momentum 0.99; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} timed steps per side")

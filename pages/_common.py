@@ -307,3 +307,39 @@ def choose_sample(ds: Dataset, key: str, label: str = "Image") -> int:
     name = st.selectbox(label, names, key=key, format_func=lambda n: f"{numbers[n] + 1}. {short_name(n, 40)}")
     st.session_state[SAMPLE_KEY] = name
     return numbers[name]
+
+
+# --------------------------------------------------------------------------- metrics in words
+#
+# The Train and Evaluate pages name the engine's metrics (unet_core.metrics) the same way: a short
+# label, whether higher is better, and one sentence for the help tooltip.
+
+METRICS: dict[str, tuple[str, bool, str]] = {
+    "dsb_ap": ("Object score (AP)", True,
+               ("Data Science Bowl 2018 mean average precision: how many objects are found with the right "
+               "outline, averaged over strictness levels (IoU 0.5 to 0.95). 1 = every object exactly right.")),
+    "foreground_iou": ("Pixel overlap (IoU)", True,
+                       ("Object pixels in both the model's result and the hand-drawn mask, divided by those in "
+                       "either. 1 = the same pixels.")),
+    "seg": ("SEG", True,
+            ("Cell Tracking Challenge measure: for each hand-drawn object, the overlap (IoU) with the model's "
+            "object covering most of it; 0 when none covers half of it. 1 = perfect.")),
+    "rand_error": ("Rand error", False,
+                   ("ISBI 2012 measure of splits and merges: how often two pixels are wrongly put in the same "
+                   "object or in different objects. 0 = perfect.")),
+    "warping_error": ("Warping error", False,
+                      "ISBI 2012 measure of topology mistakes (objects split, merged, holes). 0 = perfect."),
+    "pixel_error": ("Pixel error", False, "Fraction of pixels given the wrong class. 0 = perfect."),
+    "mean_iou": ("Mean IoU of the classes", True, "Pixel overlap (IoU) of each class, averaged. 1 = perfect."),
+}
+
+
+def metric_label(key: str, arrow: bool = False) -> str:
+    """How pages name a metric, e.g. ``Object score (AP)``; with ``arrow``, ``… ↑`` or ``… ↓``."""
+    label, higher, _ = METRICS.get(key, (key.replace("_", " "), True, ""))
+    return f"{label} {'↑' if higher else '↓'}" if arrow else label
+
+
+def metric_help(key: str) -> str:
+    _, higher, text = METRICS.get(key, (key, True, ""))
+    return f"{text} {'Higher' if higher else 'Lower'} is better."

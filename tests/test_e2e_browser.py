@@ -141,9 +141,12 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
 
             # The training pages, each from its default (synthetic images, the tiny model): they
             # draw without an exception, and a screenshot of each is kept for a human look.
+            # Train and Evaluate are drawn as they open (nothing is trained or evaluated here).
             for title, ready, charts, name in (("Datasets", "All objects", 3, "datasets"),
                                                ("Weight maps", "Largest weight", 3, "weight-maps"),
-                                               ("Models", "Details of", 0, "models")):
+                                               ("Models", "Details of", 0, "models"),
+                                               ("Train", "Training settings", 0, "train"),
+                                               ("Evaluate", "Images to score", 0, "evaluate")):
                 page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
                 expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=WAIT_MS)
                 expect(page.get_by_text(ready, exact=True)).to_be_visible(timeout=WAIT_MS)

@@ -242,6 +242,26 @@ def test_resume_after_sigkill_replays_the_losses_exactly(tmp_path: Path) -> None
     assert not list(run.glob(".*.tmp"))
 
 
+def test_sigterm_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> None:
+    """The app's Stop (SIGTERM) loses no step: the checkpoint is written at the stop."""
+    run = tmp_path / "stopped"
+    args = ["--data", "synthetic", "--width", "3", "--tile", "20", "--steps", "500", "--synth-n", "4",
+            "--synth-size", "72", "--checkpoint-every", "1000", "--val-every", "0", "--workers", "1",
+            "--threads", "1", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "unet_core", "train", "--out", str(run), *args], cwd=REPO_ROOT,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(_losses(run)) < 5:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    logged = max(_losses(run))
+    assert 5 <= logged < 500
+    assert read_checkpoint(run / "last.pt")["step"] == logged
+    assert read_log(run / "log.jsonl")[-1] == {"event": "stopped", "step": logged}
+    assert not (run / "model.onnx").exists()
+
+
 # --------------------------------------------------------------------------- evaluate and synth commands
 
 

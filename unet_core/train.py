@@ -54,8 +54,10 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -818,10 +820,11 @@ def train(
             "elapsed": elapsed_before + time.perf_counter() - session_start, "config": cfg.to_dict(),
         }, last_path)
 
+    stop = _StopRequest()
     try:
         it = iter(loader)
         t_end = time.perf_counter()
-        while step < cfg.steps:
+        while step < cfg.steps and not stop.requested:
             t0 = time.perf_counter()
             batch = next(it)
             t_data = time.perf_counter()
@@ -883,14 +886,22 @@ def train(
             if on_step:
                 on_step(record)
             bar.update(step, loss_value, step_s, wait / step_s, note)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps or stop.requested:
                 save_last(step)
                 t_end = time.perf_counter()
-        if step == start and start < cfg.steps:
+        if step == start and start < cfg.steps and not stop.requested:
             raise TrainError("no training step ran")
     finally:
+        stop.restore()
         del loader
         log.close()
+
+    if stop.requested and step < cfg.steps:
+        bar.message(f"stopped at step {step}; the checkpoint is saved: resume with --resume")
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"event": "stopped", "step": step}) + "\n")
+        return TrainResult(out, step, losses, best, None, None, elapsed_before + time.perf_counter() - session_start,
+                           wait_total / step_total if step_total else 0.0)
 
     elapsed = elapsed_before + time.perf_counter() - session_start
     onnx_path = card_path = None
@@ -903,6 +914,27 @@ def train(
                              "data_wait": round(wait_total / step_total, 4) if step_total else None}) + "\n")
     return TrainResult(out, step, losses, best, onnx_path, card_path, elapsed,
                        wait_total / step_total if step_total else 0.0)
+
+
+class _StopRequest:
+    """SIGTERM (the app's Stop, ``kill``) ends the run after the current step, checkpoint saved.
+
+    Without it a stop would lose every step since the last periodic checkpoint. Installed only in
+    the main thread (Python delivers signals there); SIGKILL still relies on the atomic checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _validate(model: UNet, cfg: TrainConfig, data: TrainData, indices: list[int], device: torch.device) -> EvalReport:

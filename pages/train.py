@@ -1,0 +1,547 @@
+"""Train: teach a U-Net your images in the background; follow its curves, stop, resume.
+
+The run itself is ``python -m unet_core train`` in a process of its own (unet_core.jobs), so it goes
+on when the page is left, reloaded or closed; this page only starts it and reads its folder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._common import MODEL_KEY, choose_dataset, metric_help, metric_label
+from unet_core import browse, jobs
+from unet_core.browse import DataSource, ModelInfo
+from unet_core.datasets import Dataset
+from unet_core.registry import ModelEntry, list_models
+from unet_core.runtime import cuda_driver_available
+from unet_core.tiling import Geometry
+
+REFRESH_S = 2.0
+RUN_KEY = "train_run"  # the run shown
+MESSAGE_KEY = "train_message"  # (kind, text) left by a button callback for the next run
+NAME_AUTO = "train_name_suggested"  # the run name last suggested
+LOSS_COLOR, SMOOTH_COLOR = "#9fb3c8", "#0f766e"
+VAL_COLORS = ("#f58518", "#4c78a8", "#54a24b")
+MAX_POINTS = 3000  # points per curve sent to the browser
+
+GEOMETRY = Geometry(4, "valid")
+TILES = (36, 52, 100, 148, 196, 244, 292, 340, 388, 436, 516)
+
+# Two starting points for the settings: the paper's, and a short run that finishes on a laptop CPU.
+PRESETS = {
+    "paper": dict(jobs.PAPER_DEFAULTS),
+    "quick": {**jobs.PAPER_DEFAULTS, "width": 8, "tile": 100, "steps": 300, "optimizer": "adam", "lr": 0.001,
+              "val_every": 100},
+}
+SETTINGS = ("width", "tile", "steps", "optimizer", "lr", "momentum", "w0", "sigma", "augment", "val_every",
+            "checkpoint_every", "seed")
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+OPTIMIZERS = {"sgd": "SGD with momentum (paper)", "adam": "Adam"}
+START_FROM = {"scratch": "Nothing: random weights (from scratch)", "model": "A trained model (fine-tuning)"}
+
+STATE_TEXT = {
+    jobs.STARTING: ("Preparing", ":material/hourglass_top:"),
+    jobs.RUNNING: ("Training", ":material/play_circle:"),
+    jobs.FINISHED: ("Finished", ":material/check_circle:"),
+    jobs.STOPPED: ("Stopped", ":material/stop_circle:"),
+    jobs.CRASHED: ("Failed", ":material/error:"),
+    jobs.UNFINISHED: ("Not finished", ":material/pause_circle:"),
+}
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def apply_preset(name: str) -> None:
+    for key, value in PRESETS[name].items():
+        st.session_state[f"train_{key}"] = value
+
+
+def optimizer_changed() -> None:
+    st.session_state["train_lr"] = DEFAULT_LR[st.session_state["train_optimizer"]]
+
+
+def start(name: str, data: str, options: dict) -> None:
+    """Start button: start the run in the background (or leave the reason for the page)."""
+    try:
+        jobs.start_run(name, data, options)
+    except jobs.JobError as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"The training did not start: {exc}.")
+        return
+    st.session_state[RUN_KEY] = name
+    st.session_state[MESSAGE_KEY] = ("success", (f"Training **{name}** started. It runs in the background: you "
+                                                 "may leave this page or close the browser and come back later."))
+
+
+def resume(name: str) -> None:
+    try:
+        jobs.resume_run(name)
+    except jobs.JobError as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"**{name}** did not resume: {exc}.")
+        return
+    st.session_state[MESSAGE_KEY] = ("success", f"**{name}** continues from its last checkpoint.")
+
+
+def use_model(path: str) -> None:
+    st.session_state[MODEL_KEY] = path
+
+
+def _name_base(title: str) -> str:
+    return "synthetic" if title.startswith("synthetic") else title
+
+
+# --------------------------------------------------------------------------- cached reads
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def info_of(entry: ModelEntry, mtime: float) -> ModelInfo:
+    return browse.model_info(entry)
+
+
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def loss_figure(info: jobs.RunInfo) -> go.Figure:
+    keep = jobs.thin(len(info.steps), MAX_POINTS)
+    smooth = jobs.smooth(info.losses)
+    steps = [info.steps[i] for i in keep]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=steps, y=[info.losses[i] for i in keep], name="each step", mode="lines",
+                             line={"color": LOSS_COLOR, "width": 1},
+                             hovertemplate="step %{x}: loss %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=steps, y=[smooth[i] for i in keep], name="average", mode="lines",
+                             line={"color": SMOOTH_COLOR, "width": 2.5},
+                             hovertemplate="step %{x}: average loss %{y:.4f}<extra></extra>"))
+    # A log axis once the average loss spans more than a factor 20, framed on the average (single
+    # steps with a tiny loss would otherwise stretch it over decades).
+    positive = [v for v in smooth if v > 0]
+    log_axis = bool(positive) and max(positive) / min(positive) > 20
+    fig.update_layout(
+        title={"text": "Training loss (lower is better)", "font": {"size": 14}},
+        xaxis_title="step", yaxis_title="loss" + (" (log scale)" if log_axis else ""), height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_range=x_range(info),
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+    )
+    # The top of the axis leaves out the few largest single-step losses (early spikes would flatten
+    # everything else); the average curve always fits.
+    top = max(max(smooth), quantile(info.losses, 0.98)) * 1.15 if len(info.losses) >= 20 else max(info.losses) * 1.1
+    if log_axis:
+        fig.update_yaxes(type="log", tickformat="~g", range=[math.log10(min(positive) / 3), math.log10(top)])
+    elif top > 0:
+        fig.update_yaxes(range=[0, top])
+    return fig
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def x_range(info: jobs.RunInfo) -> list[float]:
+    """The steps done so far (the progress bar shows how many are left), with room for a marker."""
+    return [0, max(info.step, 1) * 1.03]
+
+
+def val_metrics(info: jobs.RunInfo) -> list[str]:
+    """The validation metrics worth a curve: the one the best model is chosen by, then overlap."""
+    keys = set().union(*(v.keys() for v in info.val)) if info.val else set()
+    primary = (info.best or {}).get("metric") or ("rand_error" if "warping_error" in keys else "dsb_ap")
+    return [k for k in dict.fromkeys((primary, "foreground_iou", "seg")) if k in keys]
+
+
+def val_figure(info: jobs.RunInfo) -> go.Figure:
+    fig = go.Figure()
+    for key, color in zip(val_metrics(info), VAL_COLORS):
+        pairs = [(s, v.get(key)) for s, v in zip(info.val_steps, info.val) if v.get(key) is not None]
+        fig.add_trace(go.Scatter(x=[s for s, _ in pairs], y=[v for _, v in pairs], mode="lines+markers",
+                                 name=metric_label(key, arrow=True), line={"color": color, "width": 2},
+                                 hovertemplate="step %{x}: %{y:.3f}<extra>" + metric_label(key) + "</extra>"))
+    if info.best and info.best.get("step") is not None and isinstance(info.best.get("value"), (int, float)):
+        fig.add_trace(go.Scatter(x=[info.best["step"]], y=[info.best["value"]], mode="markers", name="best model",
+                                 marker={"symbol": "star", "size": 16, "color": "#e45756"},
+                                 hovertemplate="best model: step %{x}<extra></extra>"))
+    n_val = f" {info.n_val}" if info.n_val else ""
+    fig.update_layout(
+        title={"text": f"Validation on the{n_val} held-out images (↑ higher / ↓ lower is better)",
+               "font": {"size": 14}},
+        xaxis_title="step", yaxis_title="score", height=320, yaxis_range=[0, 1.02],
+        xaxis_range=x_range(info), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "y": -0.25, "x": 0},
+    )
+    return fig
+
+
+def progress_text(info: jobs.RunInfo) -> str:
+    if info.state == jobs.STARTING:
+        return "Preparing the images and their weight maps…"
+    if info.live and info.total and info.step >= info.total:
+        return f"All {info.total:,} steps done; saving the model (ONNX)…"
+    text = f"Step {info.step:,} of {info.total:,}"
+    if info.live and info.eta is not None:
+        text += f" · about {jobs.duration_text(info.eta)} left"
+    return text
+
+
+def show_numbers(info: jobs.RunInfo) -> None:
+    cols = st.columns(4)
+    cols[0].metric("Steps done", f"{info.step:,} / {info.total:,}")
+    smooth = jobs.smooth(info.losses)
+    cols[1].metric("Loss (average)", f"{smooth[-1]:.4f}" if smooth else "–",
+                   help="The weighted cross-entropy the network minimises, averaged over recent steps. It "
+                   "should go down; it does not say directly how good the segmentation is.")
+    best = info.best or {}
+    if isinstance(best.get("value"), (int, float)):
+        cols[2].metric(f"Best {metric_label(best['metric'])}", f"{best['value']:.3f}",
+                       help=f"On the held-out validation images, at step {best.get('step')}; the saved model is "
+                       f"the one from that step. {metric_help(best['metric'])}")
+    else:
+        cols[2].metric("Best validation", "–", help="No validation yet (see 'Validate every' in the settings).")
+    if info.live:
+        cols[3].metric("Time left", jobs.duration_text(info.eta),
+                       help=f"Running for {jobs.duration_text(info.elapsed)}"
+                       + (f", {info.seconds_per_step:.2f} s per step" if info.seconds_per_step else ""))
+    else:
+        cols[3].metric("Training time", jobs.duration_text(info.elapsed),
+                       help=f"{info.seconds_per_step:.2f} s per step" if info.seconds_per_step else None)
+
+
+def show_curves(info: jobs.RunInfo) -> None:
+    if not info.steps:
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(loss_figure(info), width="stretch", key=f"train_loss_{info.name}")
+    with right:
+        if info.val:
+            st.plotly_chart(val_figure(info), width="stretch", key=f"train_val_{info.name}")
+        else:
+            every = int(info.config.get("val_every") or 0)
+            first = min(every, info.total) if info.total else every
+            if not every:
+                text = "This run does not validate (validate every 0 steps): there is no validation curve."
+            elif info.step < first:
+                text = (f"Validation runs every {every:,} steps: its curve appears after step {first:,}."
+                        if info.live else f"No validation yet: the first comes at step {first:,}.")
+            else:
+                text = "No validation was recorded (the data set may have no validation images)."
+            st.info(text, icon=":material/info:")
+
+
+def show_run(info: jobs.RunInfo) -> None:
+    """A run's status, progress, numbers and curves (live or not)."""
+    label, icon = STATE_TEXT[info.state]
+    where = " (started from the command line)" if info.external else ""
+    st.markdown(f"#### {icon} {info.name} · {label}{where}")
+    if info.live or info.state != jobs.FINISHED:
+        st.progress(info.fraction, text=progress_text(info))
+    show_numbers(info)
+    show_curves(info)
+
+
+def live_panel(name: str) -> None:
+    """Redrawn every few seconds while the run goes on; a full rerun once it ends."""
+    info = jobs.run_info(name)
+    if not info.live:
+        st.rerun()  # the finished / failed view, and the new model in the sidebar's menu
+    show_run(info)
+    if info.external:
+        st.caption(f"Started from the command line (process {info.pid}): stop it there with Ctrl+C, or with "
+                   f"`kill {info.pid}`. Its last checkpoint is kept either way.")
+    else:
+        if st.button("Stop", icon=":material/stop:", key="train_stop",
+                     help="Stops the training. Its last checkpoint is kept: Resume continues from it."):
+            with st.spinner("Stopping…"):
+                jobs.stop_run(name)
+            st.rerun()
+        st.caption("Stop finishes the current step and saves a checkpoint there; Resume continues from it.")
+
+
+def show_ended(info: jobs.RunInfo) -> None:
+    """What to do with a run that is not running: use its model, resume it, read why it failed."""
+    show_run(info)
+    every = int(info.config.get("checkpoint_every") or 0)
+    # Stop saves at the current step; a crash (or kill -9) falls back to the last periodic one.
+    checkpoint = info.step if info.state == jobs.STOPPED else ((info.step // every) * every if every else None)
+    if not info.has_checkpoint:
+        again = ("There is no checkpoint yet" + (f" (the first comes at step {every:,})" if every else "")
+                 + ": Resume starts this run again from the beginning.")
+    elif checkpoint:
+        again = f"Resume continues from the last checkpoint (about step {checkpoint:,})."
+    else:
+        again = "Resume continues from the last checkpoint."
+    if info.state == jobs.FINISHED:
+        if info.model is not None:
+            st.success(f"Finished after {info.step:,} steps in {jobs.duration_text(info.elapsed)}. Its model "
+                       f"**{info.name}** is in the model menu in the sidebar.", icon=":material/check_circle:")
+            cols = st.columns([1, 1, 3])
+            active = st.session_state.get(MODEL_KEY) == str(info.model)
+            cols[0].button("Active model" if active else "Use this model", type="primary", disabled=active,
+                           icon=":material/check:", key="train_use", on_click=use_model, args=(str(info.model),),
+                           help="Segment and Evaluate use it from now on.")
+            cols[1].page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
+        else:
+            st.warning("Finished, but no model file was exported (the run was started with export switched "
+                       f"off). Export its best checkpoint: `python -m unet_core export {info.folder}/best.pt "
+                       f"--out {info.folder}/model.onnx`", icon=":material/warning:")
+        return
+    if info.state == jobs.STOPPED:
+        st.info(f"Stopped at step {info.step:,} of {info.total:,}. {again}", icon=":material/stop_circle:")
+    elif info.state == jobs.CRASHED:
+        reason = f": {info.error.rstrip('.')}" if info.error else " without a message"
+        st.error(f"The training stopped unexpectedly at step {info.step:,} of {info.total:,}{reason}.  \n"
+                 "If the message names a file or a setting, fix it and start a new run; if the computer ran "
+                 f"out of memory, use a smaller width or tile. {again}", icon=":material/error:")
+    else:
+        st.info(f"Not running and not finished (step {info.step:,} of {info.total:,}): it was stopped or "
+                f"ended early, outside this app. {again}", icon=":material/pause_circle:")
+    holder = jobs.busy()
+    cols = st.columns([1, 4])
+    cols[0].button("Resume", type="primary", icon=":material/play_arrow:", key="train_resume",
+                   disabled=holder is not None or not info.resumable, on_click=resume, args=(info.name,))
+    if holder is not None:
+        cols[1].caption(f"**{holder.run}** is training now; one run at a time on this computer.")
+    if info.console_tail:
+        with st.expander("The last lines the training wrote", expanded=info.state == jobs.CRASHED,
+                         icon=":material/terminal:"):
+            st.code(info.console_tail, language=None)
+
+
+def show_settings(info: jobs.RunInfo) -> None:
+    c = info.config
+    if not c:
+        return
+    aug = c.get("augment") or {}
+    data = c.get("data", "")
+    data_text = (f"synthetic ({c.get('synth_n')} images, seed {c.get('synth_seed')})" if data == "synthetic"
+                 else f"`{data}`")
+    parts = [
+        f"**Data:** {data_text}" + (f", {info.n_train} for training / {info.n_val} for validation"
+                                    if info.n_train is not None else ""),
+        (f"**Network:** width {c.get('width')}, depth {c.get('depth')}"
+         + (f", fine-tuned from `{Path(c['init']).name}`" if c.get("init") else ", from scratch")),
+        f"**Tiles:** {c.get('tile')} px output ({_input_size(c.get('tile'))} px input), batch {c.get('batch')}",
+        (f"**Optimiser:** {OPTIMIZERS.get(c.get('optimizer'), c.get('optimizer'))}, learning rate {_g(c.get('lr'))}"
+         + (f", momentum {c.get('momentum')}" if c.get("optimizer") == "sgd" else "")),
+        (f"**Weight map:** w0 {c.get('w0')}, σ {c.get('sigma')} px; augmentation "
+         f"{'on' if aug.get('enabled', True) else 'off'}"),
+        f"**Validation:** every {c.get('val_every')} steps; checkpoint every {c.get('checkpoint_every')} steps",
+        f"**Folder:** `{info.folder}`",
+    ]
+    with st.expander("Settings of this run", icon=":material/tune:"):
+        st.markdown("  \n".join(parts))
+
+
+def _g(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else "?"
+
+
+def _input_size(tile: object) -> str:
+    try:
+        return str(GEOMETRY.input_size(int(tile)))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def run_label(info: jobs.RunInfo) -> str:
+    """A run in the menu: its name only. (A state in the label went stale in the browser: after Stop
+    the chosen option kept saying "training now" while the panel below said "Stopped".)"""
+    return f"{info.name} (started from the command line)" if info.external else info.name
+
+
+def show_runs(runs: list[jobs.RunInfo]) -> None:
+    st.subheader("Training runs")
+    by_name = {r.name: r for r in runs}
+    if st.session_state.get(RUN_KEY) not in by_name:
+        st.session_state[RUN_KEY] = runs[0].name
+    name = st.selectbox("Run", list(by_name), key=RUN_KEY, format_func=lambda n: run_label(by_name[n]),
+                        help="Every run in the runs folder, the running one first. Reloading the page or coming "
+                        "back later shows them again: everything is read from the run folders.")
+    info = by_name[name]
+    with st.container(border=True):
+        if info.live:
+            st.fragment(run_every=REFRESH_S)(live_panel)(name)
+        else:
+            show_ended(info)
+        show_settings(info)
+
+
+# --------------------------------------------------------------------------- a new run
+
+
+def choose_start() -> tuple[str | None, int | None]:
+    """From scratch or from a trained model: the model's path and its width (None, None: scratch)."""
+    st.session_state.setdefault("train_start_from", "scratch")
+    models = list_models()
+    how = st.radio("Start from", list(START_FROM), format_func=START_FROM.__getitem__, horizontal=True,
+                   key="train_start_from",
+                   help="Fine-tuning starts from a model that already knows cells, so it needs fewer images and "
+                   "steps; the network size is then the model's.")
+    if how == "scratch":
+        return None, None
+    if not models:
+        st.info("There is no model to start from yet: train one from scratch first.", icon=":material/info:")
+        return None, None
+    paths = {str(m.path): m for m in models}
+    if st.session_state.get("train_init") not in paths:
+        st.session_state["train_init"] = next(iter(paths))
+    path = st.selectbox("Model to start from", list(paths), key="train_init",
+                        format_func=lambda p: paths[p].label)
+    info = info_of(paths[path], mtime(Path(path)))
+    if info.error or info.width is None:
+        st.error(f"**{paths[path].label}** cannot be read ({info.error}); choose another model or train from "
+                 "scratch.", icon=":material/error:")
+        return None, None
+    st.caption(f"{info.classes}; trained on {info.data or 'unknown data'}.")
+    return path, info.width
+
+
+def settings_form(init_width: int | None) -> dict:
+    """The training settings (paper's defaults first); the options for unet_core.jobs."""
+    for key, value in PRESETS["paper"].items():
+        st.session_state.setdefault(f"train_{key}", value)
+    st.session_state.setdefault("train_threads", 0)
+    head, b1, b2 = st.columns([2, 1, 1], vertical_alignment="center")
+    head.markdown("**Training settings**")
+    b1.button("Paper's settings", on_click=apply_preset, args=("paper",), icon=":material/menu_book:",
+              help="Ronneberger et al. 2015: width 64, 572 → 388 px tiles, SGD momentum 0.99, w0 10, σ 5. Slow "
+              "without a GPU.", width="stretch")
+    b2.button("Quick try (CPU)", on_click=apply_preset, args=("quick",), icon=":material/bolt:",
+              help="A small network and short run, finished in minutes on a laptop: to check that everything "
+              "works before a long run.", width="stretch")
+    if not cuda_driver_available() and (init_width or st.session_state["train_width"]) >= 32:
+        st.caption(":material/info: This computer has no GPU: at width 32 or more a training step takes seconds, "
+                   "so a long run takes hours. **Quick try** finishes in minutes; width 16 is a good compromise.")
+
+    net, opt, loss = st.columns(3, gap="large")
+    with net:
+        st.markdown("**Network and tiles**")
+        if init_width is not None:
+            st.number_input("Width (features in the first layer)", value=init_width, disabled=True,
+                            key="train_width_init", help="Fine-tuning keeps the model's own size.")
+        else:
+            st.number_input("Width (features in the first layer)", min_value=1, max_value=128, step=1,
+                            key="train_width", help="64 in the paper. Half the width trains about 4× faster; "
+                            "16 works well for nuclei on a CPU.")
+        st.selectbox("Tile (output pixels)", TILES, key="train_tile",
+                     format_func=lambda t: f"{t} × {t} (input {GEOMETRY.input_size(t)})"
+                     + (" · paper" if t == 388 else ""),
+                     help="Training shows the network one tile per step; the input is larger by the context "
+                     "margin (92 px each side). Larger tiles: more context, slower steps.")
+        st.number_input("Steps", min_value=1, max_value=1_000_000, step=100, key="train_steps",
+                        help="Each step trains on one tile. Thousands for a good model; see the curves.")
+    with opt:
+        st.markdown("**Optimiser**")
+        optimizer = st.radio("Optimiser", list(OPTIMIZERS), format_func=OPTIMIZERS.__getitem__,
+                             key="train_optimizer", on_change=optimizer_changed, label_visibility="collapsed")
+        st.number_input("Learning rate", min_value=1e-6, max_value=1.0, step=None, format="%g", key="train_lr",
+                        help="0.01 with SGD (paper), 0.001 with Adam. Lower it if the loss jumps up.")
+        if optimizer == "sgd":
+            st.number_input("Momentum", min_value=0.0, max_value=0.999, step=0.01, format="%.3f",
+                            key="train_momentum", help="0.99 in the paper: many earlier steps steer each update.")
+    with loss:
+        st.markdown("**Weight map and augmentation**")
+        st.number_input("Border weight w0", min_value=0.0, max_value=100.0, step=1.0, key="train_w0",
+                        help="Extra weight on the thin background between touching cells (paper: 10), so the "
+                        "network learns to separate them. See the Weight maps page.")
+        st.number_input("Border width σ (pixels)", min_value=0.5, max_value=50.0, step=0.5, key="train_sigma",
+                        help="How far from the cells the extra weight reaches (paper: 5 px).")
+        st.toggle("Augmentation", key="train_augment",
+                  help="Shows the network deformed copies of your images (elastic deformations, rotations, flips, "
+                  "gray values): the paper's key to learning from few images. Leave it on.")
+
+    v1, v2, v3, v4 = st.columns(4)
+    v1.number_input("Validate every (steps)", min_value=0, max_value=100_000, step=50, key="train_val_every",
+                    help="Scores the held-out images every this many steps and keeps the best model. 0 = never "
+                    "(the last model is kept).")
+    v2.number_input("Save a checkpoint every (steps)", min_value=1, max_value=100_000, step=10,
+                    key="train_checkpoint_every", help="What Stop and Resume go back to.")
+    v3.number_input("Random seed", min_value=0, max_value=10**6, step=1, key="train_seed",
+                    help="Same seed and settings: the same run, step for step.")
+    v4.number_input("CPU threads (0 = automatic)", min_value=0, max_value=256, step=1, key="train_threads",
+                    help="Fewer threads leave the computer usable for other work while training.")
+
+    state = st.session_state
+    options = {
+        "width": None if init_width is not None else int(state["train_width"]),
+        "tile": int(state["train_tile"]), "steps": int(state["train_steps"]), "optimizer": optimizer,
+        "lr": float(state["train_lr"]),
+        "momentum": float(state["train_momentum"]) if optimizer == "sgd" else None,
+        "w0": float(state["train_w0"]), "sigma": float(state["train_sigma"]), "augment": bool(state["train_augment"]),
+        "val_every": int(state["train_val_every"]), "checkpoint_every": int(state["train_checkpoint_every"]),
+        "seed": int(state["train_seed"]), "threads": int(state["train_threads"]) or None,
+    }
+    return options
+
+
+def data_summary(source: DataSource, ds: Dataset) -> int:
+    """Say how the data set will be split; the number of training images."""
+    n_train = len(ds.split_rule.indices(len(ds), "train"))
+    st.caption(f"**{len(ds)} images**, {browse.describe_split(ds.split_rule, len(ds))}.")
+    if source.kind == "upload":
+        st.caption("An uploaded zip is kept for a day: for a long run (or to resume it later) copy the data set "
+                   "into the data folder and choose it there.")
+    return n_train
+
+
+def new_run(holder: jobs.LockInfo | None, first: bool) -> None:
+    """The settings of a new run and its Start button (folded away below earlier runs)."""
+    with st.expander("Start a new training run", expanded=first, icon=":material/add_circle:"):
+        init, init_width = choose_start()
+        st.markdown("**Images with masks**")
+        chosen = choose_dataset("train")
+        n_train = data_summary(*chosen) if chosen else 0
+        if chosen and n_train == 0:
+            st.error("Training needs at least one image that is not held out for validation: add images (at "
+                     "least 2) or choose another data set.", icon=":material/error:")
+        st.divider()
+        options = settings_form(init_width)
+        options["init"] = init
+        st.divider()
+
+        source = chosen[0] if chosen else DataSource()
+        # The suggested name follows the data (and the runs made) until the user types their own.
+        suggestion = jobs.suggest_name(_name_base(source.title))
+        if st.session_state.get("train_name") in (None, st.session_state.get(NAME_AUTO)):
+            st.session_state["train_name"] = suggestion
+        st.session_state[NAME_AUTO] = suggestion
+        name_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
+        name = name_col.text_input("Run name", key="train_name", max_chars=64,
+                                   help="The run's folder in runs/ and its model's name.")
+        data, extra = jobs.training_data(source) if chosen else (None, {})
+        problem = None
+        if holder is not None:
+            problem = (f"**{holder.run}** is training now{' (started from the command line)' if holder.external else ''}; "
+                       "one run at a time on this computer. Wait for it or stop it above.")
+        elif not chosen or n_train == 0:
+            problem = "Choose images with masks above."
+        button_col.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
+                          disabled=problem is not None, width="stretch", on_click=start,
+                          args=(name, data, {**options, **extra}))
+        if problem:
+            st.caption(problem)
+
+
+# --------------------------------------------------------------------------- page
+
+st.title("Train")
+st.caption("Teach a U-Net your own images: it learns from images with hand-drawn masks, as in the paper. Training "
+           "runs in the background; this page shows its progress and keeps every run.")
+
+message = st.session_state.pop(MESSAGE_KEY, None)
+if message:
+    kind, text = message
+    (st.error if kind == "error" else st.success)(text, icon=":material/error:" if kind == "error"
+                                                   else ":material/check_circle:")
+
+holder = jobs.busy()
+runs = jobs.list_runs()
+if runs:
+    show_runs(runs)
+new_run(holder, first=not runs)

@@ -1,0 +1,245 @@
+"""unet_core.jobs: one training at a time (the lock, stale locks, command-line runs), real tiny runs
+started in the background, their progress read back, stop (SIGTERM) and resume, crashed runs.
+
+Every run here is tiny (width 2, 20 px tiles, 64 px synthetic images) and lives in a private runs
+folder; the lock and the /proc scan only look at that folder, so trainings running elsewhere on the
+machine are neither seen nor touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unet_core import jobs
+from unet_core.browse import DataSource
+from unet_core.checkpoint import read_checkpoint
+from unet_core.datasets import SplitRule
+
+TINY = {"width": 2, "tile": 20, "synth_n": 4, "synth_size": 64, "workers": 0, "threads": 1}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def sleeper():
+    """Start a harmless process that looks like ``python -m unet_core train --out ...`` (or not)."""
+    started: list[subprocess.Popen] = []
+
+    def start(*argv: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv])
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:  # only the processes this fixture started
+        proc.kill()
+        proc.wait()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_a_second_start_is_refused_and_told_who_holds_the_machine(root: Path, sleeper) -> None:
+    holder = sleeper()
+    jobs.acquire_lock("alpha", holder.pid, root)
+    with pytest.raises(jobs.RunBusy) as refused:
+        jobs.start_run("beta", "synthetic", TINY, root=root)
+    assert refused.value.holder.run == "alpha" and refused.value.holder.pid == holder.pid
+    assert "**alpha**" in str(refused.value) and "one training runs at a time" in str(refused.value)
+    assert not (root / "beta").exists()  # nothing was started or created
+    with pytest.raises(jobs.RunBusy):
+        jobs.acquire_lock("gamma", os.getpid(), root)
+    assert jobs.busy(root).run == "alpha"
+
+    holder.kill()
+    holder.wait()
+    assert jobs.read_lock(root) is None  # its process is gone: the lock was stale, and is removed
+    assert not jobs.lock_path(root).exists()
+    assert jobs.acquire_lock("beta", os.getpid(), root).run == "beta"
+    jobs.release_lock(root, os.getpid())
+    assert not jobs.lock_path(root).exists()
+
+
+def test_stale_locks_are_cleared(root: Path) -> None:
+    path = jobs.lock_path(root)
+    path.write_text(json.dumps({"run": "old", "pid": dead_pid(), "time": 0}))
+    assert jobs.busy(root) is None and not path.exists()
+
+    # A pid that now belongs to another process (this one) started at another time: stale too.
+    ticks = jobs.process_start_ticks(os.getpid())
+    if ticks is not None:
+        path.write_text(json.dumps({"run": "reused", "pid": os.getpid(), "start_ticks": ticks + 1}))
+        assert jobs.read_lock(root) is None and not path.exists()
+
+    # A lock that cannot be read is excused while it is being written, not later.
+    path.write_text("{half")
+    assert jobs.read_lock(root).run == "(starting)"
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    assert jobs.read_lock(root) is None and not path.exists()
+
+
+def test_a_command_line_training_in_the_runs_folder_counts_as_busy(root: Path, sleeper) -> None:
+    sleeper("unet_core", "train", "--out", str(root.parent / "other-runs" / "x"))  # another runs folder
+    sleeper("-m", "unet_core", "predict", "--out", str(root / "x"))  # not a training
+    assert jobs.busy(root) is None
+    proc = sleeper("-m", "unet_core", "train", "--data", "synthetic", "--out", str(root / "cli-run"))
+    wait_for(lambda: jobs.training_processes(root), 10, "the process to show in /proc")
+    holder = jobs.busy(root)
+    assert holder.external and holder.run == "cli-run" and holder.pid == proc.pid
+    with pytest.raises(jobs.RunBusy, match="started from the command line"):
+        jobs.start_run("mine", "synthetic", TINY, root=root)
+    with pytest.raises(jobs.JobError, match="stop it there"):  # never signalled from the app
+        jobs.stop_run("cli-run", root)
+    assert proc.poll() is None
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_become_the_trainers_options_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    args = jobs.cli_args({"width": 16, "lr": 0.001, "augment": False, "momentum": None, "w0": 10.0,
+                          "synth_mode": "phase"})
+    assert args == ["--width", "16", "--lr", "0.001", "--no-augment", "--w0", "10", "--synth-mode", "phase"]
+    assert jobs.cli_args({"augment": True, "export": True}) == []
+    with pytest.raises(ValueError):
+        jobs.cli_args({"colour": "red"})
+    with pytest.raises(jobs.JobError, match="use 388 or 404"):
+        jobs.check_settings({"tile": 390})
+    with pytest.raises(jobs.JobError, match="momentum"):
+        jobs.check_settings({"momentum": 1.5})
+    with pytest.raises(jobs.JobError, match="not there any more"):
+        jobs.check_settings({"init": str(tmp_path / "gone.onnx")})
+    jobs.check_settings(jobs.PAPER_DEFAULTS)
+    for bad in ("", "../up", "a b", "-x", "x" * 65):
+        with pytest.raises(jobs.JobError, match="cannot be a run name"):
+            jobs.check_name(bad)
+    assert jobs.check_name(" unet-2.b_c ") == "unet-2.b_c"
+    (tmp_path / "unet-my-data-0314").mkdir()
+    when = __import__("datetime").datetime(2026, 3, 14)
+    assert jobs.suggest_name("my data!", tmp_path, when) == "unet-my-data-0314-2"
+    assert jobs.training_data(DataSource(n=5, seed=2, mode="phase", size=64)) == (
+        "synthetic", {"synth_n": 5, "synth_seed": 2, "synth_mode": "phase", "synth_size": 64})
+
+
+def test_the_models_own_split_is_used_only_on_its_own_data(tmp_path: Path) -> None:
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    training = {"data": str(folder), "split_rule": {"kind": "last_n", "k": 2}}
+    own, default = SplitRule("last_n", 2), SplitRule("every_kth", 5)
+    assert jobs.split_for(training, DataSource("folder", path=str(folder)), 10, default) == (own, True)
+    assert jobs.split_for(training, DataSource("folder", path=str(tmp_path)), 10, default) == (default, False)
+    assert jobs.split_for({}, DataSource(), 10, default) == (default, False)
+    synth = {"data": "synthetic", "split_rule": {"kind": "every_kth", "k": 3},
+             "config": {"synth_n": 8, "synth_seed": 0, "synth": {"height": 64, "width": 64}}}
+    assert jobs.split_for(synth, DataSource(n=8, size=64), 8, default)[1]
+    assert not jobs.split_for(synth, DataSource(n=8, size=512), 8, default)[1]  # other images
+    assert not jobs.split_for(synth, DataSource(n=8, seed=1, size=64), 8, default)[1]
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def test_the_log_is_read_incrementally_and_a_half_written_line_waits(tmp_path: Path) -> None:
+    log = tmp_path / jobs.LOG_NAME
+    log.write_text('{"event": "start", "step": 0}\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    assert [r.get("step") for r in jobs.read_log(tmp_path)] == [0, 1]
+    with open(log, "a") as fh:
+        fh.write('ss": 0.4}\n')
+    assert [r.get("loss") for r in jobs.read_log(tmp_path)] == [None, 0.5, 0.4]
+    tmp = tmp_path / "new"
+    tmp.write_text('{"step": 1, "loss": 0.9}\n')
+    os.replace(tmp, log)  # what a resume does when it truncates the log
+    assert jobs.read_log(tmp_path) == [{"step": 1, "loss": 0.9}]
+
+
+def test_small_helpers() -> None:
+    assert jobs.smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
+    assert jobs.thin(10, 4)[-1] == 9 and len(jobs.thin(10, 4)) <= 5 and jobs.thin(3, 4) == [0, 1, 2]
+    assert [jobs.duration_text(s) for s in (None, 40, 600, 3725)] == ["–", "40 s", "10 min", "1 h 02 min"]
+    assert jobs.error_line("step 1\nerror: /x: no such folder\n") == "/x: no such folder"
+    assert jobs.error_line("Traceback (most recent call last):\n  File x\nRuntimeError: out of memory") == \
+        "RuntimeError: out of memory"
+    assert jobs.error_line("all fine") is None
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> None:
+    held = jobs.start_run("tiny", "synthetic", {**TINY, "steps": 6, "val_every": 3}, root=root)
+    assert jobs.busy(root).run == "tiny" and held.pid > 0
+    assert jobs.run_info("tiny", root).live
+    assert jobs.wait("tiny", 180, root), "the tiny run did not end"
+
+    info = jobs.run_info("tiny", root)
+    assert info.state == jobs.FINISHED, info.console_tail
+    assert info.steps == [1, 2, 3, 4, 5, 6] and info.total == 6 and info.step == 6
+    assert info.val_steps == [3, 6] and info.best["metric"] == "dsb_ap"
+    assert info.n_train == 3 and info.n_val == 1 and info.elapsed > 0
+    assert info.model == root / "tiny" / "model.onnx" and info.model.is_file()
+    assert jobs.read_job(info.folder)["returncode"] == 0
+    assert "--width 2" in (root / "tiny" / jobs.CONSOLE_NAME).read_text()
+    assert jobs.busy(root) is None and not jobs.lock_path(root).exists()
+    assert [r.name for r in jobs.list_runs(root)] == ["tiny"]
+    with pytest.raises(jobs.JobError, match="exists already"):
+        jobs.start_run("tiny", "synthetic", TINY, root=root)
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
+    settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
+    jobs.start_run("long", "synthetic", settings, root=root)
+    wait_for(lambda: jobs.run_info("long", root).step >= 12, 120, "12 steps")
+    pid = jobs.read_job(root / "long")["pid"]
+    assert jobs.stop_run("long", root)
+    assert not jobs.pid_alive(pid) and jobs.busy(root) is None
+    info = jobs.run_info("long", root)
+    assert info.state == jobs.STOPPED and info.resumable and 12 <= info.step < 5000
+    saved = read_checkpoint(root / "long" / "last.pt")
+    assert saved["step"] == info.step, "Stop saves a checkpoint at the step it stopped after"
+    assert not jobs.stop_run("long", root)  # not running any more
+
+    target = saved["step"] + 8
+    jobs.resume_run("long", {"steps": target, "width": 64}, root=root)  # width cannot change: dropped
+    assert jobs.wait("long", 180, root), "the resumed run did not end"
+    info = jobs.run_info("long", root)
+    assert info.state == jobs.FINISHED, info.console_tail
+    assert info.steps == list(range(1, target + 1)) and info.total == target
+    assert "resumed:" in (root / "long" / jobs.CONSOLE_NAME).read_text()
+    assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
+
+
+def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Path, tmp_path: Path) -> None:
+    jobs.start_run("bad", str(tmp_path / "missing"), TINY, root=root)
+    assert jobs.wait("bad", 120, root)
+    info = jobs.run_info("bad", root)
+    assert info.state == jobs.CRASHED
+    assert "no such folder" in info.error and "missing" in info.console_tail
+    assert jobs.busy(root) is None
+    with pytest.raises(jobs.JobError, match="no saved settings"):
+        jobs.resume_run("bad", root=root)

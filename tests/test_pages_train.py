@@ -1,0 +1,206 @@
+"""The Train and Evaluate pages in Streamlit's AppTest.
+
+Train: the paper's defaults; a tiny real run started from the page, followed while it runs (a
+second start is refused, naming it), and finished: curves, "Finished", its model in the menu; a
+crashed run with its console. Evaluate: the tiny model on small synthetic images gives per-image
+rows, mean metrics and the worst images; no model and a broken model are messages, not tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pages._common import MODEL_KEY
+from unet_core import jobs
+from unet_core.browse import DataSource
+from unet_core.registry import list_models
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 120
+SMALL_SYNTH = DataSource(n=4, size=64)
+
+
+def open_page(page: str, source: DataSource | None = None) -> AppTest:
+    """The app opened at Home, then switched to ``page``; ``source`` preselects the images."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if source is not None:
+        at.session_state["data_source"] = source
+    at.run()
+    assert not at.exception
+    at.switch_page(page).run()
+    assert not at.exception
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def number(at: AppTest, label: str):
+    return next(n for n in at.number_input if n.label == label)
+
+
+@pytest.fixture
+def tiny_installed(studio_dirs, tiny_model_dir: Path) -> Path:
+    path = studio_dirs.models / "tiny.onnx"
+    path.symlink_to(tiny_model_dir / "tiny.onnx")
+    return path
+
+
+# --------------------------------------------------------------------------- Train
+
+
+def test_train_page_offers_the_papers_settings(studio_dirs) -> None:
+    at = open_page("pages/train.py")
+    assert not at.error
+    assert number(at, "Width (features in the first layer)").value == 64
+    assert at.selectbox(key="train_tile").value == 388
+    assert at.radio(key="train_optimizer").value == "sgd"
+    assert number(at, "Momentum").value == 0.99 and number(at, "Learning rate").value == 0.01
+    assert number(at, "Border weight w0").value == 10.0 and number(at, "Border width σ (pixels)").value == 5.0
+    assert at.toggle(key="train_augment").value is True
+    assert not at.button(key="train_start").disabled
+    assert "held out for validation" in texts(at.caption)
+
+    at.text_input(key="train_name").set_value("my run!").run()
+    at.button(key="train_start").click().run()  # refused before anything starts
+    assert not at.exception
+    assert "The training did not start" in texts(at.error) and "cannot be a run name" in texts(at.error)
+    assert not any(studio_dirs.runs.iterdir())
+
+    at.button[1].click().run()  # "Quick try (CPU)"
+    assert number(at, "Width (features in the first layer)").value == 8
+    at.radio(key="train_optimizer").set_value("sgd").run()
+    at.radio(key="train_optimizer").set_value("adam").run()
+    assert number(at, "Learning rate").value == 0.001
+    assert not any(n.label == "Momentum" for n in at.number_input)
+
+
+def test_fine_tuning_keeps_the_models_width(tiny_installed: Path) -> None:
+    at = open_page("pages/train.py")
+    at.radio(key="train_start_from").set_value("model").run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="train_init").value == str(tiny_installed)
+    width = number(at, "Width (features in the first layer)")
+    assert width.value == 4 and width.disabled
+
+
+def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["data_source"] = SMALL_SYNTH
+    for key, value in {"train_width": 2, "train_tile": 36, "train_steps": 6, "train_val_every": 3,
+                       "train_threads": 1, "train_name": "tiny-run"}.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception and not at.error
+
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert not at.error, texts(at.error)
+    assert "Training **tiny-run** started" in texts(at.success)
+    # While it runs: the live view with its Stop button, and a second start is refused, naming it.
+    # (importing torch and exporting alone keep the process alive for seconds)
+    assert jobs.busy().run == "tiny-run"
+    assert at.selectbox(key="train_run").value == "tiny-run"
+    assert at.button(key="train_stop")
+    assert at.button(key="train_start").disabled
+    assert "**tiny-run** is training now" in texts(at.caption)
+    assert jobs.wait("tiny-run", 180), "the tiny run did not end"
+
+    at.run()
+    assert not at.exception and not at.error
+    assert "Finished after 6 steps" in texts(at.success)
+    assert len(at.get("plotly_chart")) == 2  # loss and validation curves
+    model = studio_dirs.runs / "tiny-run" / "model.onnx"
+    assert model.is_file() and (studio_dirs.runs / "tiny-run" / "log.jsonl").is_file()
+    assert [(m.name, m.source) for m in list_models()] == [("tiny-run", "run")]
+    assert not at.button(key="train_start").disabled  # the machine is free again
+
+    at.button(key="train_use").click().run()  # (AppTest keeps no sidebar after switch_page: check the state)
+    assert at.session_state[MODEL_KEY] == str(model)
+    assert at.button(key="train_use").disabled  # "Active model"
+
+
+def test_a_crashed_run_is_shown_with_what_it_wrote(studio_dirs) -> None:
+    folder = studio_dirs.runs / "broken-run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"steps": 100, "checkpoint_every": 50, "width": 2,
+                                                    "data": "synthetic"}))
+    (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "step_s": 0.1,
+                                                          "elapsed": 0.1 * s}) + "\n" for s in range(1, 61)))
+    (folder / jobs.CONSOLE_NAME).write_text("step 60/100\nTraceback (most recent call last):\n  File x\n"
+                                            "RuntimeError: DataLoader worker (pid 4242) is killed by signal\n")
+    (folder / jobs.JOB_NAME).write_text(json.dumps({"pid": 0, "started": time.time() - 60}))
+    (folder / "last.pt").write_bytes(b"checkpoint")  # only its presence is looked at
+    at = open_page("pages/train.py")
+    assert not at.exception
+    error = texts(at.error)
+    assert "stopped unexpectedly at step 60 of 100" in error and "killed by signal" in error
+    assert "about step 50" in error
+    assert "RuntimeError" in texts(at.code)
+    assert not at.button(key="train_resume").disabled
+
+    (folder / "last.pt").unlink()  # stopped before its first checkpoint
+    at.run()
+    assert "no checkpoint yet (the first comes at step 50)" in texts(at.error).lower()
+    assert "starts this run again from the beginning" in texts(at.error)
+
+
+# --------------------------------------------------------------------------- Evaluate
+
+
+def test_evaluate_page_scores_the_tiny_model_per_image(tiny_installed: Path) -> None:
+    at = open_page("pages/evaluate.py", DataSource(n=3, size=96))
+    assert not at.error
+    assert at.selectbox(key="evaluate_model").value == str(tiny_installed)
+    assert at.radio(key="evaluate_split").value == "all"  # not the data it was trained on
+    at.button(key="evaluate_run").click().run()
+    assert not at.exception and not at.error
+
+    assert "argmax of the probabilities" in texts(at.info)
+    labels = {m.label: m.value for m in at.metric}
+    assert {"Pixel overlap (IoU) ↑", "Object score (AP) ↑", "Rand error ↓"} <= set(labels)
+    assert all(v != "" for v in labels.values())
+    table = at.dataframe[0].value
+    assert len(table) == 3 and list(table["Rank"]) == [1, 2, 3]
+    report = at.session_state["evaluate_results"]["report"]
+    assert [r.name for r in report.worst_first()] == list(table["Image"])
+    assert len(at.get("image")) == 9  # the 3 worst images: hand-drawn, model, differences
+
+    at.radio(key="evaluate_split").set_value("val").run()  # other images: the results are out of date
+    assert "press **Evaluate** to score again" in texts(at.info)
+
+
+def test_evaluate_page_without_a_model_or_with_a_broken_one(studio_dirs) -> None:
+    at = open_page("pages/evaluate.py")
+    assert "No model yet" in texts(at.info)
+    (studio_dirs.models / "broken.onnx").write_bytes(b"not a model")
+    at = open_page("pages/evaluate.py")
+    assert not at.exception
+    assert "cannot be used" in texts(at.error) and "Choose another model" in texts(at.error)
+
+
+def test_compare_overlay_marks_missed_and_extra_pixels() -> None:
+    import numpy as np
+
+    from unet_core import visualize as viz
+
+    base = np.full((10, 10, 3), 100, np.uint8)
+    truth = np.zeros((10, 10), np.int32)
+    pred = np.zeros((10, 10), np.int32)
+    truth[1:5, 1:5] = 1  # drawn by hand only: missed
+    pred[6:9, 6:9] = 1  # found by the model only: extra
+    truth[0, 8], pred[0, 8] = 2, 2  # both agree
+    out = viz.compare_overlay(base, pred, truth, alpha=1.0)
+    assert tuple(out[2, 2]) == viz.MISSED_RGB
+    assert tuple(out[6, 6]) == viz.OUTLINE_RGB and tuple(out[7, 7]) == viz.EXTRA_RGB
+    assert tuple(out[5, 0]) == (100, 100, 100)  # background in both: the image
+    assert out.dtype == np.uint8 and out.shape == base.shape
+    with pytest.raises(ValueError):
+        viz.compare_overlay(base, pred, truth, alpha=2.0)
