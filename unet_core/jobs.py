@@ -18,8 +18,8 @@ and even the app server. Everything the page shows is read back from the run fol
     removed by the next reader. Training processes started from the command line into the same
     runs folder hold no lock but are found through ``/proc`` and count as busy too.
 
-Stopping sends SIGTERM to the run's process group (the trainer and its data-loader workers). The
-trainer writes ``last.pt`` atomically every ``checkpoint_every`` steps and when stopped, so a run resumes
+Stopping sends SIGTERM to the trainer, which finishes its step, saves and shuts its data-loader
+workers down (SIGKILL to the whole process group only if it does not end in time). The trainer writes ``last.pt`` atomically every ``checkpoint_every`` steps and when stopped, so a run resumes
 from its last checkpoint (``--resume``) and replays the steps after it exactly.
 
 Nothing here imports torch: the app server stays light, the trainer does the heavy work.
