@@ -89,11 +89,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--skip-monai", action="store_true")
+    parser.add_argument("--only-rss", action="store_true", help="only the --rss measurement")
     parser.add_argument("--rss", type=int, default=0, help="also measure peak RSS of the CLI on N x N")
     parser.add_argument("--rss-tile", default="auto")
     parser.add_argument("--rss-width", type=int, default=None,
                         help="network width for --rss (default: --width; the paper width takes ~10 min at 8192)")
     args = parser.parse_args()
+    if args.only_rss:
+        width = args.rss_width or args.width
+        print(f"peak RSS of `predict` on {args.rss} x {args.rss} (width {width}, tile {args.rss_tile}): "
+              f"{rss_child(args.rss, width, args.rss_tile):.2f} GB")
+        return
 
     torch.manual_seed(0)
     cfg = UNetConfig(width=args.width, dropout=0)

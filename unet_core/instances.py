@@ -52,10 +52,12 @@ def instances(
     if options.drop_border:
         edge = np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]])
         keep[np.unique(edge)] = False
-    # Renumber the kept objects 1..m in scan order so ids are consecutive.
+    # Renumber the kept objects 1..m in scan order so ids are consecutive (in place: the id image
+    # is the largest array here).
     new_ids = np.zeros(n + 1, dtype=np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_ids[ids]
+    np.take(new_ids, ids, out=ids)
+    return ids
 
 
 def _fill_holes(ids: np.ndarray) -> np.ndarray:

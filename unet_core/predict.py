@@ -69,7 +69,9 @@ def run(
     """Segment ``image`` and derive instances and object measurements for every slice."""
     seg = segment(image, predictor, options, progress)
     fg = predictor.meta.foreground_classes
-    ids = np.stack([instances(seg.labels[s], fg, instance_options) for s in range(seg.labels.shape[0])])
+    ids = np.empty(seg.labels.shape, dtype=np.int32)  # filled slice by slice: no stacked copy
+    for s in range(ids.shape[0]):
+        ids[s] = instances(seg.labels[s], fg, instance_options)
     objects = [object_table(ids[s], image.data[s]) for s in range(ids.shape[0])]
     return Result(image, seg, ids, objects)
 
