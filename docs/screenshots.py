@@ -59,6 +59,8 @@ def main() -> None:
                     page.get_by_text("Add the example image").click()
                     wait_idle(page)
                     page.get_by_role("button", name="Segment").first.click()
+                    # The first run also tunes the tile size: wait for the result, not the spinner.
+                    page.get_by_text("Labels (PNG)").first.wait_for(timeout=300_000)
                     wait_idle(page)
                 path = OUT / f"{name}.png"
                 page.screenshot(path=str(path), full_page=True)
