@@ -33,7 +33,6 @@ from unet_core.augment import (  # noqa: E402
     gray_value,
     sample_warp,
 )
-
 from unet_core.synthetic import SynthConfig, generate  # noqa: E402
 from unet_core.weights import weight_map  # noqa: E402
 

@@ -24,7 +24,7 @@ from unet_core.browse import (
 )
 from unet_core.datasets import DATA_ENV, Dataset, DatasetError, DatasetSummary, data_root, list_datasets
 from unet_core.registry import ModelEntry, default_model, list_models, read_card
-from unet_core.runtime import Predictor, device_summary, load_predictor
+from unet_core.runtime import ModelLoadError, Predictor, device_summary, load_predictor
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +96,15 @@ def _load(path: str, mtime: float, device: str) -> Predictor:
 def get_predictor(entry: ModelEntry, device: str = "auto") -> Predictor:
     """The predictor of ``entry``, loaded once per file version; raises ``ModelLoadError``."""
     return _load(str(entry.path), _mtime(entry.path), device)
+
+
+def predictor_or_stop(entry: ModelEntry, what_to_do: str) -> Predictor:
+    """The predictor of ``entry``; if it will not load, an error saying ``what_to_do`` and stop."""
+    try:
+        return get_predictor(entry)
+    except ModelLoadError as exc:
+        st.error(f"The model **{entry.label}** cannot be used: {exc}.  \n{what_to_do}", icon=":material/error:")
+        st.stop()
 
 
 def _mtime(path: Path | None) -> float:

@@ -11,9 +11,9 @@ import streamlit as st
 from pages._common import (
     active_model,
     choose_dataset,
-    get_predictor,
     metric_help,
     metric_label,
+    predictor_or_stop,
     short_name,
     show_no_model,
 )
@@ -26,7 +26,7 @@ from unet_core.inference import InferenceOptions, segment
 from unet_core.instances import instances
 from unet_core.io import ImageFile
 from unet_core.registry import ModelEntry, list_models
-from unet_core.runtime import ModelLoadError, Predictor
+from unet_core.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,8 @@ if not list_models():
 model_col, data_col = st.columns([1, 2], gap="large")
 with model_col:
     entry = choose_model()
-    try:
-        predictor = get_predictor(entry)
-    except ModelLoadError as exc:
-        st.error(f"The model **{entry.label}** cannot be used: {exc}.  \nChoose another model, or export it "
-                 "again with `python -m unet_core export`.", icon=":material/error:")
-        st.stop()
+    predictor = predictor_or_stop(entry, "Choose another model, or export it again with "
+                                         "`python -m unet_core export`.")
     classes = ", ".join(predictor.meta.class_names)
     st.caption(f"Classes: {classes}. Runs on {predictor.device_name}.")
     tta = st.toggle("Test-time augmentation", key="evaluate_tta",

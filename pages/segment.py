@@ -11,13 +11,13 @@ import numpy as np
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from pages._common import active_model, get_predictor, show_no_model
+from pages._common import active_model, predictor_or_stop, show_no_model
 from unet_core import visualize as viz
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
 from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import Result, result_files, run, zip_files
-from unet_core.runtime import ModelLoadError, Predictor
+from unet_core.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +286,8 @@ entry = active_model()
 if entry is None:
     show_no_model()
     st.stop()
-try:
-    predictor = get_predictor(entry)
-except ModelLoadError as exc:
-    st.error(f"The model **{entry.label}** cannot be used: {exc}.  \nChoose another model in the sidebar, "
-             "or export it again with `python -m unet_core export`.", icon=":material/error:")
-    st.stop()
+predictor = predictor_or_stop(entry, "Choose another model in the sidebar, or export it again with "
+                                     "`python -m unet_core export`.")
 
 inputs_col, options_col = st.columns([3, 2], gap="large")
 with options_col, st.expander("Options", expanded=True, icon=":material/tune:"):

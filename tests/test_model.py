@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unet_core.model import UNet, count_conv_layers, count_parameters, center_crop
+from unet_core.model import UNet, center_crop, count_conv_layers, count_parameters
 
 
 def test_paper_network_layers_parameters_and_sizes() -> None:

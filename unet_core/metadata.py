@@ -7,8 +7,8 @@ JSON), so a model file alone is enough to segment images the way it was trained.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .io import Normalisation
