@@ -615,13 +615,14 @@ class _LogCache:
                 except OSError:
                     return list(rows)
                 end = chunk.rfind(b"\n") + 1
-                rows = rows + _parse_lines(chunk[:end])
+                rows = rows + parse_log_lines(chunk[:end])
                 offset += end
             self._files[key] = (ident, offset, rows)
             return list(rows)
 
 
-def _parse_lines(data: bytes) -> list[dict[str, Any]]:
+def parse_log_lines(data: bytes) -> list[dict[str, Any]]:
+    """The JSON records in ``log.jsonl`` bytes; unparsable lines (a half-written last one) are skipped."""
     rows = []
     for line in data.decode("utf-8", errors="replace").splitlines():
         try:

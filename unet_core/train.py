@@ -73,6 +73,7 @@ from .checkpoint import atomic_save, read_checkpoint
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
 from .evaluate import LOWER_IS_BETTER, PRIMARY_METRIC, EvalOptions, EvalReport, evaluate, metric_kind
 from .io import Normalisation, fit_stretch, to_channels
+from .jobs import parse_log_lines
 from .metadata import ModelMeta
 from .model import UNet, UNetConfig
 from .tiling import Geometry
@@ -545,18 +546,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The parsed lines of a run's log.jsonl (a half-written last line is skipped)."""
-    rows = []
+    """The parsed lines of a run's log.jsonl, read afresh (a half-written last line is skipped)."""
     try:
-        text = Path(path).read_text()
+        return parse_log_lines(Path(path).read_bytes())
     except FileNotFoundError:
-        return rows
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+        return []
 
 
 def _truncate_log(path: Path, step: int) -> None:
