@@ -35,6 +35,7 @@ from unet_core.io import ImageFile, write_tiff  # noqa: E402
 from unet_core.metadata import ModelMeta  # noqa: E402
 from unet_core.model import UNet, UNetConfig, conv_flops, flops_per_pixel_limit  # noqa: E402
 from unet_core.runtime import OnnxPredictor, TorchPredictor  # noqa: E402
+from unet_core.tiling import plan_tiles  # noqa: E402
 
 
 def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -123,7 +124,12 @@ def main() -> None:
             side = ort_pred.meta.geometry.input_size(t)
             best_conv = max(best_conv, conv_flops(cfg, side, side) / (t * t) / (ms / 1e3 / 1e6) / 1e9)
         options = InferenceOptions(tile=tile, batch=batch)
-        segment(img, ort_pred, InferenceOptions(tile=tile, batch=batch))  # warm the arena at this size
+        warm = segment(img, ort_pred, InferenceOptions(tile=tile, batch=batch))  # warm the arena at this size
+        plan = plan_tiles(image.shape, warm.tile, ort_pred.meta.geometry)
+        margin = ort_pred.meta.geometry.margin
+        plan_flops = sum(conv_flops(cfg, t.h + 2 * margin, t.w + 2 * margin) for t in plan) / image.size
+        print(f"plan: {len(plan)} tiles of {warm.tile[0]} x {warm.tile[1]}, {plan_flops / 1e6:.3f} MFLOP per image "
+              f"pixel -> at the best tile's rate a can reach {100 * limit_flops / plan_flops:.1f} % of the limit")
         t_ort = _timed(lambda: segment(img, ort_pred, options))
         a = mpx / t_ort
         torch_pred = TorchPredictor(net, ort_pred.meta, device="cpu")

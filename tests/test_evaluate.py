@@ -30,7 +30,7 @@ class ThresholdPredictor(Predictor):
         self.invert = invert
         self.calls = 0
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
         self.calls += 1
         m = self.meta.geometry.margin
         fg = (batch[:, 0, m:-m, m:-m] > 0.5).astype(np.float32)

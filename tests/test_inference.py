@@ -158,6 +158,16 @@ def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, 
     assert seg.tile == (balanced_tile(40, first[0], geometry), balanced_tile(300, first[0], geometry))
 
 
+def test_tuner_skips_tiles_over_the_memory_budget(predictor, monkeypatch) -> None:
+    geometry, width = predictor.meta.geometry, predictor.meta.unet.width
+    monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196, 388))
+    budget = inference.tile_memory_bytes(196, 1, width, geometry)
+    monkeypatch.setattr(inference, "memory_budget", lambda device: budget)
+    tile, batch, timings = inference.measure_tiles(predictor)
+    assert set(timings) == {"100x1", "196x1"}
+    assert tile in (100, 196) and batch == 1
+
+
 def test_torch_and_onnx_predictors_agree(tiny_model) -> None:
     net, path = tiny_model
     onnx_p = load_predictor(path, "cpu")

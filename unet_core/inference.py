@@ -30,6 +30,10 @@ Progress = Callable[[int, int], None]
 
 # Probability arrays above this many bytes go to a memory-mapped temporary file.
 PROBS_IN_MEMORY_LIMIT = 1 << 30
+# Images (or stacks) of at least this many pixels get the runtime's working memory back after
+# their last tile, for instances and the object table (~10 bytes per pixel). Smaller ones keep it:
+# faulting it in again costs the next image about a second on a paper-width network.
+RELEASE_MIN_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -101,7 +105,8 @@ def segment(
     done = 0
     for s in range(z):
         source = image.data[s]
-        for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta):
+        release = s == z - 1 and image.data[:, :, :, 0].size >= RELEASE_MIN_PIXELS
+        for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
                 stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
                 if probs is not None:
@@ -130,8 +135,12 @@ def _run_tiles(
     stretch: Stretch,
     batch: int,
     tta: bool,
+    release: bool,
 ) -> Iterator[tuple[list[Tile], np.ndarray]]:
-    """Yield (tiles, probabilities) per batch; the next batch is prepared while the net runs."""
+    """Yield (tiles, probabilities) per batch; the next batch is prepared while the net runs.
+
+    ``release``: let the runtime return its working memory after the last batch.
+    """
     margin = predictor.meta.geometry.margin
     channels = predictor.meta.unet.in_channels
     groups = list(_batches(tiles, batch))
@@ -144,9 +153,11 @@ def _run_tiles(
         pending = pool.submit(prepare, groups[0]) if groups else None
         for i, group in enumerate(groups):
             x = pending.result()
-            if i + 1 < len(groups):
+            last = i + 1 == len(groups)
+            if not last:
                 pending = pool.submit(prepare, groups[i + 1])
-            yield group, (predict_tta(predictor, x) if tta else predictor.predict_batch(x))
+            free = release and last
+            yield group, (predict_tta(predictor, x, free) if tta else predictor.predict_batch(x, release=free))
 
 
 def _batches(tiles: list[Tile], batch: int) -> Iterator[list[Tile]]:
@@ -161,8 +172,9 @@ def _batches(tiles: list[Tile], batch: int) -> Iterator[list[Tile]]:
         yield group
 
 
-def predict_tta(predictor: Predictor, x: np.ndarray) -> np.ndarray:
-    """Probabilities averaged over the 8 dihedral transforms of each tile.
+def predict_tta(predictor: Predictor, x: np.ndarray, release: bool = False) -> np.ndarray:
+    """Probabilities averaged over the 8 dihedral transforms of each tile (``release``: see
+    :meth:`~unet_core.runtime.Predictor.predict_batch`).
 
     Valid input tiles have even sizes at every pooling level, so a flipped tile pools the same
     pixel pairs as the original: the average stays seamless across tiles.
@@ -173,7 +185,7 @@ def predict_tta(predictor: Predictor, x: np.ndarray) -> np.ndarray:
             t = np.rot90(x, k, axes=(2, 3))
             if flip:
                 t = t[..., ::-1]
-            out = predictor.predict_batch(np.ascontiguousarray(t))
+            out = predictor.predict_batch(np.ascontiguousarray(t), release=release and k == 3 and flip)
             if flip:
                 out = out[..., ::-1]
             out = np.rot90(out, -k, axes=(2, 3))
@@ -185,6 +197,9 @@ def predict_tta(predictor: Predictor, x: np.ndarray) -> np.ndarray:
 
 # Output tile edges the tuner tries (they are rounded to valid sizes of the model's geometry).
 TILE_CANDIDATES = (196, 324, 388, 516, 708, 900, 1028)
+# Timed runs per candidate (the fastest counts): one run alone varied by 10 % on a shared
+# machine, enough to pick a smaller tile than the fastest.
+TUNE_REPEATS = 2
 
 
 def cache_dir() -> Path:
@@ -196,22 +211,23 @@ def cache_dir() -> Path:
 
 
 def tile_memory_bytes(tile: int, batch: int, width: int, geometry: Geometry) -> int:
-    """Peak activation memory of one network call: ~6 float32 feature maps of the first level.
+    """Peak activation memory of one network call: ~5.5 float32 feature maps of the first level.
 
     The first level dominates (width channels at full resolution); skips of all levels add about
     as much again as one first-level map, and a convolution holds input and output at once.
-    Measured with ONNX Runtime on the CPU, width 64: 1.76 GB peak RSS at a 900 px tile
-    (1084 px input), i.e. 5.5 maps plus the libraries.
+    Measured with ONNX Runtime's CPU arena, width 64: 2.0 GB above the libraries at a 1028 px
+    tile (1212 px input), i.e. 5.3 maps.
     """
     side = geometry.input_size(tile)
-    return 6 * 4 * batch * side * side * width
+    return int(5.5 * 4 * batch * side * side * width)
 
 
 def memory_budget(device: str) -> int:
     """Bytes the predictor's activations may use: a share of free RAM (CPU) or a fixed GPU share.
 
-    2 GB on the CPU keeps a whole 8192 x 8192 run (image, labels, instances and one tile's
-    activations) under 3 GB, at most a few per cent slower than the fastest, larger tile.
+    2 GB on the CPU admits a 1028 px tile of the paper net; a whole 8192 x 8192 run at that tile
+    (image, labels, the tile's activations, then instances once they are released) peaked at
+    2.66 GB of RSS.
     """
     if device == "cuda":
         return 8 << 30
@@ -261,13 +277,18 @@ def measure_tiles(predictor: Predictor) -> tuple[int, int, dict[str, float]]:
             side = geometry.input_size(candidate)
             x = rng.random((batch, predictor.meta.unet.in_channels, side, side), dtype=np.float32)
             predictor.predict_batch(x)  # warm-up: allocations and kernel selection
-            start = time.perf_counter()
-            predictor.predict_batch(x)
-            ms_per_mpx = (time.perf_counter() - start) * 1e3 / (batch * candidate * candidate / 1e6)
+            seconds = min(_seconds(predictor.predict_batch, x) for _ in range(TUNE_REPEATS))
+            ms_per_mpx = seconds * 1e3 / (batch * candidate * candidate / 1e6)
             timings[f"{candidate}x{batch}"] = round(ms_per_mpx, 1)
             if ms_per_mpx < best_rate:
                 best, best_rate = (candidate, batch), ms_per_mpx
     return best[0], best[1], timings
+
+
+def _seconds(fn: Callable[[np.ndarray], object], x: np.ndarray) -> float:
+    start = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - start
 
 
 def _read_json(path: Path) -> dict:

@@ -41,8 +41,12 @@ class Predictor(ABC):
     fingerprint: str
 
     @abstractmethod
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """``(B, C, h, w)`` float32 normalised tiles -> ``(B, K, h', w')`` float32 probabilities."""
+    def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
+        """``(B, C, h, w)`` float32 normalised tiles -> ``(B, K, h', w')`` float32 probabilities.
+
+        ``release``: the last call for an image; working memory the runtime keeps between calls is
+        returned afterwards, so that post-processing a large image has it.
+        """
 
 
 @functools.cache
@@ -101,6 +105,11 @@ class OnnxPredictor(Predictor):
             providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Activations come from the process-wide arena below; the memory pattern is off because
+        # its planned buffer is allocated on top of the arena's chunks for every new input shape.
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        _register_cpu_arena()
         self.threads = threads or _cpu_threads()
         options.intra_op_num_threads = self.threads
         try:
@@ -115,9 +124,29 @@ class OnnxPredictor(Predictor):
         self.fingerprint = _file_fingerprint(self.path)
         self._input = self.session.get_inputs()[0].name
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
+        import onnxruntime as ort
+
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run(["probabilities"], {self._input: batch})[0]
+        run_options = ort.RunOptions()
+        if release and self.device == "cpu":
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return self.session.run(["probabilities"], {self._input: batch}, run_options)[0]
+
+
+# The CPU arena shared by all sessions: a 1 GB first region, then regions of up to 2 GB. Measured
+# on a 1028 px tile of the paper net: 2.2 GB peak RSS, 1.3 GB after releasing, at full speed;
+# ONNX Runtime's default per-session arena (1 MB first region, power-of-two growth) fragments to
+# 2.9-3.4 GB, and no arena (2.1 GB) ran 5-40 % slower: every call faults its pages in again.
+ARENA_CONFIG = {"initial_chunk_size_bytes": 1_000_000_000, "max_power_of_two_extend_bytes": 2_000_000_000}
+
+
+@functools.cache
+def _register_cpu_arena() -> None:
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(ARENA_CONFIG))
 
 
 def _gpu_name() -> str:
@@ -149,7 +178,7 @@ class TorchPredictor(Predictor):
             digest.update(tensor.detach().cpu().numpy().tobytes())
         self.fingerprint = digest.hexdigest()[:16]
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
