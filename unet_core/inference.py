@@ -105,7 +105,7 @@ def segment(
     done = 0
     for s in range(z):
         source = image.data[s]
-        release = s == z - 1 and image.data[:, :, :, 0].size >= RELEASE_MIN_PIXELS
+        release = s == z - 1 and z * height * width >= RELEASE_MIN_PIXELS
         for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
                 stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
