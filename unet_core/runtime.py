@@ -123,14 +123,15 @@ class OnnxPredictor(Predictor):
         self.device_name = _gpu_name() if self.device == "cuda" else f"CPU ({self.threads} threads)"
         self.fingerprint = _file_fingerprint(self.path)
         self._input = self.session.get_inputs()[0].name
+        self._run_keep = ort.RunOptions()
+        # The releasing call shrinks the CPU arena: only on the CPU, where that memory is RAM.
+        self._run_release = ort.RunOptions()
+        if self.device == "cpu":
+            self._run_release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
-        import onnxruntime as ort
-
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        run_options = ort.RunOptions()
-        if release and self.device == "cpu":
-            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        run_options = self._run_release if release else self._run_keep
         return self.session.run(["probabilities"], {self._input: batch}, run_options)[0]
 
 
