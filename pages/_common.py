@@ -6,6 +6,7 @@ Not a page itself (the leading underscore says so); ``app.py`` and the pages imp
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,6 +300,32 @@ def choose_dataset(prefix: str) -> tuple[DataSource, Dataset] | None:
         return None
     st.session_state[SOURCE_KEY] = source
     return source, ds
+
+
+def dataset_or_stop(
+    chosen: tuple[DataSource, Dataset] | None,
+    empty: str,
+    on_empty: Callable[[Dataset], None] | None = None,
+) -> tuple[DataSource, Dataset]:
+    """The chosen source and data set; the page stops when nothing usable was chosen.
+
+    ``empty`` is the error (Markdown) for a data set without one image that has a mask;
+    ``{title}`` in it becomes the data set's name. ``on_empty`` may show more below the error.
+    """
+    if chosen is None:
+        st.stop()
+    source, ds = chosen
+    if len(ds) == 0:
+        st.error(empty.format(title=md_escape(source.title)), icon=":material/error:")
+        if on_empty is not None:
+            on_empty(ds)
+        st.stop()
+    return source, ds
+
+
+def md_escape(text: str) -> str:
+    """Plain text in Markdown (file names with _ or * must not turn italic)."""
+    return "".join("\\" + c if c in "\\`*_{}[]<>()#+!|~$" else c for c in text)
 
 
 def short_name(name: str, limit: int = 28) -> str:

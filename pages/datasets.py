@@ -13,7 +13,15 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._common import choose_dataset, choose_sample, load_sample_cached, open_source_cached, short_name
+from pages._common import (
+    choose_dataset,
+    choose_sample,
+    dataset_or_stop,
+    load_sample_cached,
+    md_escape,
+    open_source_cached,
+    short_name,
+)
 from unet_core import browse
 from unet_core import visualize as viz
 from unet_core.browse import BrowseError, DatasetStats, DataSource, SampleView
@@ -66,11 +74,6 @@ def thumbnail_of(source: DataSource, i: int, validation: bool) -> np.ndarray | N
 def show_image(key: str, name: str) -> None:
     """Thumbnail button callback: show that image (runs before the selectbox is drawn)."""
     st.session_state[key] = name
-
-
-def md_escape(text: str) -> str:
-    """Plain text in Markdown (file names with _ or * must not turn italic)."""
-    return "".join("\\" + c if c in "\\`*_{}[]<>()#+!|~$" else c for c in text)
 
 
 # --------------------------------------------------------------------------- sections
@@ -255,15 +258,8 @@ st.caption("Check training images and their masks before you train: are the obje
 
 with st.container(border=True):
     chosen = choose_dataset("datasets")
-if chosen is None:
-    st.stop()
-source, ds = chosen
-
-if len(ds) == 0:
-    st.error(f"**{md_escape(source.title)}** has no usable image with a mask. Every image needs a mask of "
-             "the same size and name; see the list below.", icon=":material/error:")
-    show_problems(ds.problems)
-    st.stop()
+source, ds = dataset_or_stop(chosen, "**{title}** has no usable image with a mask. Every image needs a mask of "
+                             "the same size and name; see the list below.", lambda d: show_problems(d.problems))
 
 stats = stats_of(source)
 problems = [*ds.problems, *stats.failed]

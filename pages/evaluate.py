@@ -11,6 +11,7 @@ import streamlit as st
 from pages._common import (
     active_model,
     choose_dataset,
+    dataset_or_stop,
     metric_help,
     metric_label,
     predictor_or_stop,
@@ -223,14 +224,9 @@ with model_col:
                     "the paper's ISBI entry: slightly better, 8× slower.")
 with data_col, st.container(border=True):
     chosen = choose_dataset("evaluate")
-if chosen is None:
-    st.stop()
-source, ds = chosen
-if len(ds) == 0:
-    st.error(f"**{source.title}** has no image with a mask: evaluation compares the model with hand-drawn masks. "
-             "Put each mask in `masks/` with the same name as its image, or choose another data set.",
-             icon=":material/error:")
-    st.stop()
+source, ds = dataset_or_stop(chosen, "**{title}** has no image with a mask: evaluation compares the model with "
+                             "hand-drawn masks. Put each mask in `masks/` with the same name as its image, or "
+                             "choose another data set.")
 
 part, indices, split_text = choose_split(predictor, source, ds)
 if not indices:

@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._common import choose_dataset, choose_sample, load_sample_cached
+from pages._common import choose_dataset, choose_sample, dataset_or_stop, load_sample_cached
 from unet_core import browse
 from unet_core import visualize as viz
 from unet_core.browse import BorderDistances, BrowseError, DataSource
@@ -60,13 +60,8 @@ controls, maps = st.columns([1, 2], gap="large")
 with controls:
     with st.container(border=True):
         chosen = choose_dataset("weights")
-    if chosen is None:
-        st.stop()
-    source, ds = chosen
-    if len(ds) == 0:
-        st.error("This data set has no usable image with a mask: see the **Datasets** page for its problems.",
-                 icon=":material/error:")
-        st.stop()
+    source, ds = dataset_or_stop(chosen, "This data set has no usable image with a mask: see the **Datasets** page "
+                                 "for its problems.")
     i = choose_sample(ds, "weights_image")
     objects_line = st.empty()  # filled once the image is loaded
     w0 = st.slider("w₀: border weight", *W0_RANGE, 10.0, 0.5, key="weights_w0",

@@ -142,6 +142,32 @@ def test_a_folder_that_is_no_data_set_says_what_is_expected(data_root: Path) -> 
     assert "is not a data set this program knows" in texts(at.error) and "masks/" in texts(at.error)
 
 
+def test_a_data_set_without_one_usable_mask_stops_each_page_with_its_reason(
+    data_root: Path, studio_dirs, tiny_model_dir: Path
+) -> None:
+    (studio_dirs.models / "tiny.onnx").symlink_to(tiny_model_dir / "tiny.onnx")  # Evaluate needs a model
+    folder = write_dataset(data_root / "no_masks", 2, SMALL, seed=4)
+    for mask in (folder / "masks").iterdir():
+        mask.unlink()
+    at = open_page("pages/datasets.py")
+    at.radio(key="datasets_kind").set_value("folder").run()
+    at.text_input(key="datasets_folder_typed").input("no_masks").run()
+    assert not at.exception
+    (error,) = at.error
+    assert "no\\_masks" in error.value and "has no usable image with a mask" in error.value  # name escaped
+    assert "000.png" in texts(at.warning)  # the problems are listed below the error
+    assert not any(m.label == "Images" for m in at.metric)  # the page stopped there
+
+    at.switch_page("pages/weight_maps.py").run()
+    assert not at.exception
+    assert "no usable image with a mask" in texts(at.error) and "Datasets" in texts(at.error)
+
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception
+    assert "has no image with a mask" in texts(at.error) and "no\\_masks" in texts(at.error)
+    assert not at.button  # nothing to evaluate
+
+
 def test_an_uploaded_zip_is_opened_as_a_data_set(data_root: Path, tmp_path: Path) -> None:
     folder = write_dataset(tmp_path / "mine" / "my cells", 3, SMALL, seed=9)
     at = open_page("pages/datasets.py")
