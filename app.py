@@ -26,9 +26,13 @@ def navigation() -> StreamlitPage:
 
 def model_chooser() -> None:
     """The active model for every page, kept in ``st.session_state[MODEL_KEY]``."""
-    models = list_models()
+    listed = list_models()
+    models = [m for m in listed if m.usable]  # an invalid model file cannot be made active
     if not models:
-        st.info("No model yet: see **Home** for how to get one.", icon=":material/info:")
+        if listed:
+            st.warning("No usable model: see **Models** for what is wrong.", icon=":material/warning:")
+        else:
+            st.info("No model yet: see **Home** for how to get one.", icon=":material/info:")
         return
     paths = [str(m.path) for m in models]
     labels = {str(m.path): m.label for m in models}

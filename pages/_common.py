@@ -72,13 +72,20 @@ def available_pages() -> list[PageSpec]:
 
 
 def active_model() -> ModelEntry | None:
-    """The model chosen in the sidebar, else the default one, else the first there is."""
-    models = list_models()
+    """The model chosen in the sidebar, else the default one, else the first there is.
+
+    An invalid model (``entry.error``) is never chosen while a usable one exists; when none is
+    usable the default is returned, so that the page says what is wrong with it.
+    """
+    models = [m for m in list_models() if m.usable]
     chosen = st.session_state.get(MODEL_KEY)
     for entry in models:
         if str(entry.path) == chosen:
             return entry
-    return default_model() or (models[0] if models else None)
+    default = default_model()
+    if default is not None and default.usable:
+        return default
+    return models[0] if models else default
 
 
 @st.cache_resource(show_spinner=False)

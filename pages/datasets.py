@@ -229,6 +229,15 @@ def stats_figures(stats: DatasetStats) -> list[tuple[str, go.Figure]]:
         ticks = log_ticks(edges[0], edges[-1])
         fig_areas.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:,.0f}" for t in ticks])
     figures = [("objects", fig_objects), ("areas", fig_areas)]
+    diameters = stats.diameters()
+    if diameters.size > 1:
+        fig_diam = go.Figure(go.Histogram(x=diameters, nbinsx=30, marker_color=TRAIN_COLOR,
+                                          hovertemplate="%{x} px: %{y} images<extra></extra>"))
+        spread = float(diameters.max() / max(diameters.min(), 1e-6))
+        fig_diam.update_layout(
+            title={"text": f"Object diameter per image (median; {spread:.1f}x range)", "font": {"size": 14}},
+            xaxis_title="median diameter of the objects in an image (px)", yaxis_title="images", **layout)
+        figures.append(("diameters", fig_diam))
     if len(sizes) > 1:  # one size is said in words above; a single bar says nothing more
         figures.insert(0, ("sizes", fig_sizes))
     return figures

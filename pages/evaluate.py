@@ -20,12 +20,18 @@ from pages._common import (
 )
 from unet_core import browse, jobs
 from unet_core import visualize as viz
+from unet_core.baseline import BaselineOptions
 from unet_core.browse import DataSource
 from unet_core.datasets import Dataset
-from unet_core.evaluate import LOWER_IS_BETTER, TABLE_METRICS, EvalOptions, EvalReport, evaluate
-from unet_core.inference import InferenceOptions, segment
-from unet_core.instances import instances
-from unet_core.io import ImageFile
+from unet_core.evaluate import (
+    LOWER_IS_BETTER,
+    TABLE_METRICS,
+    EvalOptions,
+    EvalReport,
+    comparison_rows,
+    evaluate,
+    predict_sample,
+)
 from unet_core.registry import ModelEntry, list_models
 from unet_core.runtime import Predictor
 
@@ -36,7 +42,8 @@ MODEL_CHOICE = "evaluate_model"
 LAST_ACTIVE = "evaluate_last_active"
 SPLIT_FOR = "evaluate_split_for"  # the (model, data) the split choice was made for
 N_WORST = 3
-SPLITS = {"val": "Validation images", "train": "Training images", "all": "All images"}
+SPLITS = {"val": "Validation images", "val_random": "Validation: random part",
+          "val_groups": "Validation: held-out experiments", "train": "Training images", "all": "All images"}
 KIND_TEXT = {
     "instance": "objects: each hand-drawn object is matched with one of the model's objects",
     "semantic": "class maps, as in the ISBI 2012 challenge (cell interiors and the membranes between them)",
@@ -77,10 +84,11 @@ def choose_split(predictor: Predictor, source: DataSource, ds: Dataset) -> tuple
     else:
         how = ("The model was not trained on these images, so all of them are new to it. The validation and "
                f"training parts follow the data set's own rule ({browse.describe_split(rule, len(ds))}).")
-    part = st.radio("Images to score", list(SPLITS), format_func=SPLITS.__getitem__, horizontal=True,
+    parts = [p for p in SPLITS if rule.groups or not p.startswith("val_")]
+    part = st.radio("Images to score", parts, format_func=SPLITS.__getitem__, horizontal=True,
                     key="evaluate_split")
     st.caption(how)
-    indices = list(range(len(ds))) if part == "all" else rule.indices(len(ds), part)
+    indices = list(range(len(ds))) if part == "all" else ds.split_indices(part, rule)
     text = "all images" if part == "all" else f"{SPLITS[part].lower()} ({rule.to_dict()['kind']} rule)"
     return part, indices, text
 
@@ -88,7 +96,8 @@ def choose_split(predictor: Predictor, source: DataSource, ds: Dataset) -> tuple
 # --------------------------------------------------------------------------- work
 
 
-def run_evaluation(predictor: Predictor, ds: Dataset, indices: list[int], options: EvalOptions) -> EvalReport:
+def run_evaluation(predictor: Predictor | BaselineOptions, ds: Dataset, indices: list[int],
+                   options: EvalOptions) -> EvalReport:
     bar = st.progress(0.0, text=f"Scoring 0 of {len(indices)} images…")
 
     def progress(done: int, total: int) -> None:
@@ -100,11 +109,8 @@ def run_evaluation(predictor: Predictor, ds: Dataset, indices: list[int], option
 
 
 def prediction_of(predictor: Predictor, ds: Dataset, i: int, options: EvalOptions) -> np.ndarray:
-    """The model's objects in image ``i`` (as evaluate scored them: argmax, connected components)."""
-    pixels = ds.load_image(i)
-    seg = segment(ImageFile(name=ds.samples[i].name, data=pixels[None]), predictor,
-                  InferenceOptions(tile=options.tile, tta=options.tta))
-    return instances(seg.labels[0], list(predictor.meta.foreground_classes), options.instance_options)
+    """The model's objects in image ``i`` (as evaluate scored them)."""
+    return predict_sample(predictor, ds, i, options)[1]
 
 
 def worst_views(predictor: Predictor, ds: Dataset, report: EvalReport, options: EvalOptions) -> list[dict]:
@@ -191,6 +197,12 @@ def show_report(state: dict) -> None:
             "likely (no threshold tuned). Objects are the connected regions of the object classes. Metrics: "
             f"{KIND_TEXT[report.kind]}.", icon=":material/info:")
     show_means(report)
+    if state.get("comparison"):
+        st.markdown("**The U-Net beside the classical method** (Otsu threshold + distance-transform watershed, "
+                    "on the same images)")
+        st.dataframe(state["comparison"], hide_index=True, width="stretch",
+                     column_config={k: st.column_config.NumberColumn(k, format="%.3f")
+                                    for k in state["comparison"][0] if "(" in k})
     st.markdown(f"**Per image, worst first** (by {metric_label(report.primary)}; "
                 f"{report.seconds:.1f} s in all)")
     show_table(report)
@@ -222,6 +234,9 @@ with model_col:
     tta = st.toggle("Test-time augmentation", key="evaluate_tta",
                     help="Average the model over the 8 flips and rotations of each image before the argmax, as in "
                     "the paper's ISBI entry: slightly better, 8× slower.")
+    compare = st.toggle("Compare with the classical method", key="evaluate_baseline", value=True,
+                        help="Also score Otsu threshold + distance-transform watershed (what you would do in Fiji "
+                        "without deep learning) on the same images, to see what the U-Net adds.")
 with data_col, st.container(border=True):
     chosen = choose_dataset("evaluate")
 source, ds = dataset_or_stop(chosen, "**{title}** has no image with a mask: evaluation compares the model with "
@@ -234,7 +249,7 @@ if not indices:
     st.stop()
 
 options = EvalOptions(tta=tta)
-settings = (str(entry.path), predictor.fingerprint, source, part, tuple(indices), tta)
+settings = (str(entry.path), predictor.fingerprint, source, part, tuple(indices), tta, compare)
 state = st.session_state.get(STATE_KEY)
 holder = jobs.busy()
 count = f"{len(indices)} image{'s' if len(indices) != 1 else ''}"
@@ -243,6 +258,7 @@ if holder is not None:
 if st.button(f"Evaluate on {count}", type="primary", icon=":material/fact_check:", key="evaluate_run"):
     try:
         report = run_evaluation(predictor, ds, indices, options)
+        baseline = run_evaluation(BaselineOptions(), ds, indices, options) if compare else None
         with st.spinner("Drawing the worst images…"):
             views = worst_views(predictor, ds, report, options)
     except (OSError, ValueError) as exc:  # an unreadable image or mask (ImageReadError, DatasetError)
@@ -255,7 +271,8 @@ if st.button(f"Evaluate on {count}", type="primary", icon=":material/fact_check:
                  "data set, and please report it.", icon=":material/error:")
         st.stop()
     report.model, report.split = str(entry.path), split_text
-    state = {"settings": settings, "report": report, "views": views}
+    comparison = comparison_rows(report, baseline) if baseline is not None else None
+    state = {"settings": settings, "report": report, "views": views, "comparison": comparison}
     st.session_state[STATE_KEY] = state
 
 if state and state["settings"] == settings:

@@ -57,12 +57,14 @@ def table_rows(infos: list[ModelInfo], active_path: str | None) -> list[dict]:
 def show_details(entry: ModelEntry, info: ModelInfo, is_active: bool) -> None:
     card_col, facts_col = st.columns([3, 2], gap="large")
     with facts_col:
-        if is_active:
+        if entry.error:
+            st.error(f"This model file cannot be used: {entry.error}.", icon=":material/error:")
+        if is_active and not entry.error:
             st.success("This is the active model: Segment and Evaluate use it.",
                        icon=":material/check_circle:")
         else:
             st.button("Use this model", type="primary", icon=":material/check:", key="models_use",
-                      on_click=use_model, args=(info.path,),
+                      on_click=use_model, args=(info.path,), disabled=bool(entry.error),
                       help="Segment and Evaluate use it from now on (also chosen in the sidebar).")
         if info.error:
             st.warning(f"The model's description cannot be read ({info.error}). It may be damaged or made by "

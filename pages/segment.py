@@ -133,8 +133,14 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
         help="Average the network's answer over the 8 flips and rotations of each piece: "
         "slightly smoother outlines, 8 times slower.",
     )
+    diameter = choose_diameter(predictor)
+    auto_size = st.checkbox(
+        "Automatic clean-up", value=True,
+        help="Remove specks far smaller than a typical object and give back the thin outline the "
+        "network leaves between touching objects (as chosen on validation images for this model).",
+    )
     min_size = st.number_input(
-        "Minimum object size (pixels)", min_value=0, value=0, step=10,
+        "Minimum object size (pixels)", min_value=0, value=0, step=10, disabled=auto_size,
         help="Smaller objects (debris, noise) are left out of the count and the table.",
     )
     drop_border = st.checkbox(
@@ -143,9 +149,27 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     fill_holes = st.checkbox("Fill holes inside objects")
     return (
         # Probabilities are kept (as float16, half the memory) only to draw the probability map.
-        InferenceOptions(tile=tile, tta=tta, keep_probs=True, probs_dtype="float16"),
-        InstanceOptions(min_size=int(min_size), fill_holes=fill_holes, drop_border=drop_border),
+        InferenceOptions(tile=tile, tta=tta, keep_probs=True, probs_dtype="float16", diameter=diameter),
+        InstanceOptions(min_size=None if auto_size else int(min_size), fill_holes=fill_holes,
+                        drop_border=drop_border, expand=None if auto_size else 0),
     )
+
+
+def choose_diameter(predictor: Predictor) -> str | float:
+    """The object diameter: estimated from the image (default) or typed, for scale-aware models."""
+    canonical = predictor.meta.diameter
+    if not canonical:
+        st.caption("This model works at the image's own scale (it declares no object size).")
+        return "off"
+    typed = st.number_input(
+        "Object diameter (pixels)", min_value=0.0, max_value=1000.0, value=0.0, step=1.0, format="%.1f",
+        key="segment_diameter",
+        help=f"The typical diameter of one nucleus or cell in your image. 0 = estimate it from the image "
+        f"(a first pass finds the objects and measures them). The image is rescaled so that objects are "
+        f"{canonical:g} px across, the size this model was trained at; results come back at the "
+        "image's own size.",
+    )
+    return float(typed) if typed > 0 else "auto"
 
 
 # --------------------------------------------------------------------------- segmenting
@@ -228,7 +252,11 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     numbers[2].metric("Time", f"{outcome.seconds:.1f} s")
     tile_h, tile_w = result.segmentation.tile
     numbers[3].metric("Tile", f"{tile_w} × {tile_h} px", help="the pieces the image was processed in")
-    for note in result.segmentation.notes:
+    seg = result.segmentation
+    if seg.diameter_source in ("given", "estimated") and seg.diameter:
+        st.caption(f"Object diameter **{seg.diameter:.1f} px** ({seg.diameter_source}); the image was segmented "
+                   f"at {seg.factor:.2f}× its size.")
+    for note in seg.notes:
         st.caption(note)
     download_buttons(outcome.files, key=outcome.name)
 

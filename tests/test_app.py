@@ -207,3 +207,32 @@ def test_display_stretches_16_bit_and_overlay_outlines_every_object() -> None:
     assert not (colors[3, 3] == colors[12, 12]).all()
     probs = viz.probability_image(np.array([[0.0, 1.0]]))
     assert probs.shape == (1, 2, 3) and probs[0, 0].sum() < probs[0, 1].sum()
+
+
+@pytest.fixture
+def scale_aware_installed(studio_dirs, tiny_model: tuple) -> Path:
+    """The tiny network exported with a canonical diameter of 24 px, as the only model."""
+    from unet_core.export import to_onnx
+    from unet_core.metadata import ModelMeta
+
+    net, _ = tiny_model
+    path = studio_dirs.models / "tiny-scaled.onnx"
+    to_onnx(net, ModelMeta(name="tiny-scaled", unet=net.config, diameter=24.0), path)
+    return path
+
+
+def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed: Path, cells_image) -> None:
+    at = segment_page()
+    assert "Object diameter (pixels)" in [n.label for n in at.number_input]
+    next(n for n in at.number_input if n.label == "Object diameter (pixels)").set_value(12.0).run()
+    at = segment(at, ("cells.png", png_bytes(cells_image((120, 140))), "image/png"))
+    assert not at.exception
+    captions = texts(at.caption)
+    assert "Object diameter **12.0 px** (given)" in captions and "2.00×" in captions
+
+
+def test_segment_page_estimates_the_diameter_by_default(scale_aware_installed: Path, cells_image) -> None:
+    at = segment(segment_page(), ("cells.png", png_bytes(cells_image((120, 140))), "image/png"))
+    assert not at.exception
+    captions = texts(at.caption)
+    assert "(estimated)" in captions or "could not be estimated" in captions

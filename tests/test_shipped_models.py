@@ -46,3 +46,38 @@ def test_isbi_model_on_a_held_out_slice() -> None:
     assert [ds.samples[i].name for i in val][0].startswith("25")
     report = evaluate(predictor, ds, val[:1], EvalOptions(tile=260, kind="semantic"))
     assert report.means["pixel_error"] < 0.15 and report.means["rand_error"] < 0.3, report.means
+
+
+def _scaled(image, truth, factor: float):
+    from unet_core.scale import rescale_image, rescale_labels, scaled_shape
+
+    shape = scaled_shape(truth.shape, factor)
+    return rescale_image(image, shape).round().clip(0, 255).astype("uint8"), rescale_labels(truth, shape)
+
+
+def test_nuclei_model_segments_half_and_double_size_alike_with_automatic_diameter() -> None:
+    """The same synthetic nuclei at 0.5x, 1x and 2x their size: foreground IoU within 0.05 of the 1x
+    result, and the estimated diameter within 10 % of the true one, with ``diameter="auto"``."""
+    from unet_core.inference import InferenceOptions, segment_objects
+    from unet_core.io import ImageFile
+    from unet_core.metrics import evaluate_pair
+    from unet_core.scale import median_diameter
+    from unet_core.synthetic import SynthConfig, generate
+
+    predictor = OnnxPredictor(MODELS / "unet-nuclei.onnx", "cpu")
+    canonical = predictor.meta.diameter
+    assert canonical, "the nuclei model declares a canonical diameter"
+    r = canonical / 2
+    image, truth = generate(SynthConfig(height=320, width=320, radius=(0.9 * r, 1.1 * r), n_cells=(15, 25),
+                                        touching_fraction=0.3), seed=11)
+    ious = {}
+    for factor in (0.5, 1.0, 2.0):
+        img, gt = _scaled(image, truth, factor)
+        seg, ids = segment_objects(ImageFile("s.png", img[None, ..., None]), predictor,
+                                   InferenceOptions(tile=244, diameter="auto"))
+        assert seg.diameter_source == "estimated"
+        true_d = median_diameter(gt)
+        assert abs(seg.diameter - true_d) <= 0.1 * true_d, (factor, seg.diameter, true_d)
+        ious[factor] = evaluate_pair(ids[0], gt, "instance")["foreground_iou"]
+    assert ious[1.0] >= 0.8, ious
+    assert abs(ious[0.5] - ious[1.0]) <= 0.05 and abs(ious[2.0] - ious[1.0]) <= 0.05, ious

@@ -32,13 +32,13 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "AugmentConfig",
-    "augment_tile",
-    "sample_warp",
-    "identity_coords",
-    "elastic_displacement",
-    "bicubic_upsample",
     "apply_warp",
+    "augment_tile",
+    "bicubic_upsample",
+    "elastic_displacement",
     "gray_value",
+    "identity_coords",
+    "sample_warp",
 ]
 
 # Largest pole magnitude of the B-spline prefilter of each order (Unser 1999). The
@@ -61,6 +61,10 @@ class AugmentConfig:
         rotate: apply a random rotation about the tile centre.
         rotation_range: (min, max) rotation angle in degrees, sampled uniformly.
         flip: mirror each axis independently with probability 0.5.
+        scale: zoom the tile by a random factor (not in the paper; off by default): a model
+            trained on images rescaled to one canonical object diameter then tolerates the
+            error of an estimated diameter.
+        scale_range: (min, max) zoom factor, sampled log-uniformly.
         shift: shift the tile by a random offset.
         max_shift: maximal shift in pixels per axis, sampled uniformly in [-max_shift, max_shift].
         image_order: spline order for the image, 3 (cubic) or 1 (linear).
@@ -81,6 +85,8 @@ class AugmentConfig:
     rotate: bool = True
     rotation_range: tuple[float, float] = (0.0, 360.0)
     flip: bool = True
+    scale: bool = False
+    scale_range: tuple[float, float] = (0.8, 1.25)
     shift: bool = True
     max_shift: float = 16.0
     image_order: int = 3
@@ -100,12 +106,12 @@ class AugmentConfig:
             raise ValueError("elastic_sigma, max_shift and noise_std must be >= 0")
         if self.image_order not in (1, 3):
             raise ValueError(f"image_order must be 1 or 3, got {self.image_order}")
-        for name in ("rotation_range", "gamma_range", "contrast_range", "brightness_range"):
+        for name in ("rotation_range", "gamma_range", "contrast_range", "brightness_range", "scale_range"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name} must be (min, max), got {(low, high)}")
-        if self.gamma_range[0] <= 0 or self.contrast_range[0] <= 0:
-            raise ValueError("gamma_range and contrast_range must be positive (order-preserving)")
+        if self.gamma_range[0] <= 0 or self.contrast_range[0] <= 0 or self.scale_range[0] <= 0:
+            raise ValueError("gamma_range, contrast_range and scale_range must be positive")
 
 
 # --------------------------------------------------------------------------- geometry
@@ -219,6 +225,10 @@ def _rotation_flip_matrix(cfg: AugmentConfig, rng: np.random.Generator) -> np.nd
         cos, sin = math.cos(theta), math.sin(theta)
         # Positive angles rotate the content counter-clockwise, like np.rot90.
         matrix = np.array([[cos, sin], [-sin, cos]]) @ matrix
+    if cfg.scale:
+        # Source offsets grow with the factor: a factor above 1 shows more of the image (zoom out).
+        low, high = np.log(cfg.scale_range)
+        matrix = float(np.exp(rng.uniform(low, high))) * matrix
     return matrix
 
 

@@ -53,6 +53,7 @@ from . import visualize as viz
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
 from .io import LUMA, ImageReadError
 from .registry import RUN_MODEL_FILE, ModelEntry, runs_dir
+from .scale import median_diameter
 from .weights import (
     ClassWeights,
     WeightMapParts,
@@ -538,6 +539,7 @@ class SampleStats:
     width: int
     n_objects: int
     median_area: float | None
+    median_diameter: float | None = None  # equal-area diameter in px (unet_core.scale)
 
 
 @dataclass(frozen=True)
@@ -560,6 +562,10 @@ class DatasetStats:
     def capped(self) -> bool:
         return len(self.rows) + len(self.failed) < self.n_samples
 
+    def diameters(self) -> np.ndarray:
+        """The median object diameter (px) of every image that has objects."""
+        return np.array([r.median_diameter for r in self.rows if r.median_diameter], dtype=np.float64)
+
     def size_counts(self) -> list[tuple[str, int]]:
         """``("W × H", images)`` per image size, the most frequent first."""
         counts: dict[str, int] = {}
@@ -577,7 +583,7 @@ def dataset_stats(ds: Dataset, limit: int | None = None,
     """
     limit = MAX_STATS_SAMPLES if limit is None else limit
     n = min(len(ds), limit)
-    val = set(ds.split_rule.val_indices(len(ds)))
+    val = set(ds.split_indices("val"))
     rows: list[SampleStats] = []
     failed: list[str] = []
     areas: list[np.ndarray] = []
@@ -592,7 +598,7 @@ def dataset_stats(ds: Dataset, limit: int | None = None,
         areas.append(a)
         rows.append(SampleStats(i, sample.name, "validation" if i in val else "train",
                                 int(instances.shape[0]), int(instances.shape[1]), int(a.size),
-                                float(np.median(a)) if a.size else None))
+                                float(np.median(a)) if a.size else None, median_diameter(instances)))
         if progress is not None:
             progress(i + 1, n)
     all_areas = np.concatenate(areas) if areas else np.zeros(0, np.int64)

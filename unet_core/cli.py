@@ -7,6 +7,7 @@ the file; the other files are still processed and the exit status is non-zero at
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from .io import ImageReadError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "unet-nuclei.onnx"
+
+log = logging.getLogger(__name__)
 
 
 class ProgressBar:
@@ -62,34 +65,128 @@ def _tile_arg(value: str) -> int | None:
     return tile
 
 
+def _diameter_arg(value: str):
+    from .scale import Diameter
+
+    try:
+        return Diameter.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size_arg(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("takes a number of pixels or 'auto'") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return size
+
+
+def _instance_options(args: argparse.Namespace):
+    from .instances import InstanceOptions
+
+    return InstanceOptions(min_size=args.min_size, fill_holes=args.fill_holes, drop_border=args.drop_border,
+                           expand=args.expand)
+
+
+def _add_object_options(p: argparse.ArgumentParser) -> None:
+    """Scale and post-processing options shared by predict and evaluate."""
+    p.add_argument("--diameter", type=_diameter_arg, default="auto", metavar="PX|auto|off",
+                   help="object diameter in input pixels; auto (default) estimates it from a first pass; "
+                        "off segments at the input's scale (models without a canonical diameter ignore it)")
+    p.add_argument("--min-size", type=_size_arg, default=None, metavar="PX|auto",
+                   help="remove smaller objects (default auto: a tenth of the expected object area)")
+    p.add_argument("--expand", type=_size_arg, default=None, metavar="PX|auto",
+                   help="grow objects by PX into the background without merging them "
+                        "(default auto: 1 px, the training separation line, for models with a diameter)")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
+    p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
+
+
+def _file_message(name: str, exc: BaseException) -> str:
+    """``NAME: problem`` in one line for an input as the user typed it (``a/x.png``, not ``x.png``).
+
+    Engine messages start with the file's base name; two inputs ``a/x.png`` and ``b/x.png`` must
+    still be told apart.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for prefix in (f"{name}: ", f"{Path(name)}: ", f"{Path(name).name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return f"{name}: {text}"
+
+
+def _resolved(name: str) -> Path | None:
+    try:
+        return Path(name).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import InferenceOptions
-    from .instances import InstanceOptions
     from .io import read_image
-    from .predict import run, write_outputs
+    from .predict import check_outputs, output_names, output_stems, run, write_outputs
     from .runtime import ModelLoadError, load_predictor
 
+    out = Path(args.out)
+    # Before any work: a file given as --out would fail only after the first image is segmented.
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a folder; give the folder the results go to", file=sys.stderr)
+        return 2
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     try:
         predictor = load_predictor(model_path, args.device)
     except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --out {out}: cannot create the folder ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(f"model {model_path.name} on {predictor.device_name}", file=sys.stderr)
-    options = InferenceOptions(tile=args.tile, batch=args.batch, tta=args.tta, keep_probs=args.probs)
-    inst = InstanceOptions(min_size=args.min_size, fill_holes=args.fill_holes, drop_border=args.drop_border)
+    options = InferenceOptions(tile=args.tile, batch=args.batch, tta=args.tta, keep_probs=args.probs,
+                               diameter=args.diameter)
+    inst = _instance_options(args)
     bar = ProgressBar(len(args.images))
+    stems = output_stems(args.images)
+    inputs = {p for p in map(_resolved, args.images) if p is not None}
     failed = 0
-    for i, name in enumerate(args.images):
+    for i, (name, stem) in enumerate(zip(args.images, stems)):
         bar.start_file(i, Path(name).name)
         try:
             image = read_image(name)
+            # Checked before segmenting too: a refused output should not cost the segmentation.
+            check_outputs(out, output_names(stem, image.is_stack, args.probs), args.overwrite, inputs)
             result = run(image, predictor, options, inst, bar.tiles)
-            written = write_outputs(result, args.out)
+            written = write_outputs(result, out, stem, args.overwrite, inputs)
         except (ImageReadError, ValueError, OSError) as exc:
             failed += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_file_message(name, exc)}", file=sys.stderr)
             continue
+        except MemoryError:
+            failed += 1
+            print(f"error: {name}: not enough memory to segment this image (try a smaller --tile)", file=sys.stderr)
+            continue
+        except Exception as exc:  # a bug: this file fails, the others are still segmented
+            failed += 1
+            log.exception("internal error while segmenting %s", name)
+            print(f"error: {name}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                  "please report it, with the traceback logged above", file=sys.stderr)
+            continue
+        if stem != Path(name).stem:
+            print(f"note: {name}: results named {stem}_* (another input has the same name)", file=sys.stderr)
+        seg = result.segmentation
+        if seg.diameter_source in ("given", "estimated"):
+            print(f"note: {name}: object diameter {seg.diameter:.1f} px ({seg.diameter_source}), "
+                  f"segmented at {seg.factor:.2f}x" if seg.diameter else
+                  f"note: {name}: object diameter could not be estimated", file=sys.stderr)
         for note in written.notes:
             print(f"note: {name}: {note}", file=sys.stderr)
         print(f"{name}: {written.n_objects} objects -> " + ", ".join(p.name for p in written.outputs))
@@ -107,7 +204,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = to_onnx(model, meta, args.out)
+    try:
+        out = to_onnx(model, meta, args.out)
+    except OSError as exc:
+        print(f"error: --out {args.out}: cannot write the model ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     geometry = meta.geometry
     sizes = [geometry.input_size(geometry.floor_output(s)) for s in (100, 196)]
     diff = parity(model, out, sizes)
@@ -154,7 +255,7 @@ def _train_config(args: argparse.Namespace):
                   "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma",
                   "min_lr_factor", "w0", "sigma", "val_every", "val_tile", "val_metric", "val_max_images",
                   "checkpoint_every", "device", "amp", "workers", "threads", "init", "name", "invert_prob",
-                  "synth_mix", "synth_n", "synth_seed", "split", "export")
+                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter")
         if getattr(args, k, None) is not None
     }
     cfg = {**base, **given, "data": args.data, "out": args.out}
@@ -174,6 +275,13 @@ def _train_config(args: argparse.Namespace):
         aug["enabled"] = False
     if args.no_elastic:
         aug["elastic"] = False
+    if args.scale_jitter:
+        lo, hi = args.scale_jitter
+        aug.update(scale=True, scale_range=[lo, hi])
+    if args.hold_out_groups:
+        rule = dict(cfg.get("split") or {"kind": "every_kth", "k": 5})
+        rule["groups"] = [g.strip() for g in args.hold_out_groups.split(",") if g.strip()]
+        cfg["split"] = rule
     if aug:
         cfg["augment"] = aug
     if args.percentiles:
@@ -219,6 +327,7 @@ def _open_eval_data(spec: str, n: int, seed: int, mode: str | None):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .baseline import BaselineOptions
     from .datasets import DatasetError, SplitRule
     from .evaluate import EvalOptions, evaluate
     from .runtime import ModelLoadError, load_predictor
@@ -231,29 +340,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         print(f"error: {args.data}: no usable image/mask pairs", file=sys.stderr)
         return 2
-    try:
-        predictor = load_predictor(args.model, args.device)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (args.model is None) == (args.baseline is None):
+        print("error: give --model or --baseline", file=sys.stderr)
         return 2
-    rule_dict = predictor.meta.training.get("split_rule")
+    if args.baseline:
+        segmenter = BaselineOptions(method=args.baseline)
+        training: dict = {}
+        if args.rule_from:
+            try:
+                training = load_predictor(args.rule_from, "cpu").meta.training
+            except ModelLoadError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+    else:
+        try:
+            segmenter = load_predictor(args.model, args.device)
+        except ModelLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        training = segmenter.meta.training
+    rule_dict = training.get("split_rule")
     rule = SplitRule.from_dict(rule_dict) if rule_dict and args.data != "synthetic" else dataset.split_rule
     if args.split == "all":
         indices = list(range(len(dataset)))
     else:
-        indices = rule.indices(len(dataset), args.split)
+        try:
+            indices = dataset.split_indices(args.split, rule)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not indices:
         print(f"error: the {args.split} split of {args.data} ({rule.to_dict()}) is empty", file=sys.stderr)
         return 2
     bar = ProgressBar(1)
     bar.start_file(0, f"{args.split} split")
     try:
-        report = evaluate(predictor, dataset, indices, EvalOptions(tile=args.tile, tta=args.tta, kind=args.kind),
-                          progress=bar.tiles)
+        options = EvalOptions(tile=args.tile, tta=args.tta, kind=args.kind, diameter=args.diameter,
+                              instance_options=_instance_options(args))
+        report = evaluate(segmenter, dataset, indices, options, progress=bar.tiles)
     except (ImageReadError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    report.model = str(args.model)
+    report.model = str(args.model) if args.model else f"baseline: {args.baseline}"
     report.split = f"{args.split} split, rule {rule.to_dict()}" if args.split != "all" else "all images"
     print(report.to_json(images=args.per_image))
     if args.report:
@@ -288,19 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unet_core", description="U-Net Studio engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="segment images with an ONNX model (overlap-tile)")
-    p.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files (8/16-bit, float, stacks)")
+    p = sub.add_parser("predict", help="segment images with an ONNX model (overlap-tile)",
+                       epilog="File names starting with '-': put the images last, after '--', e.g. "
+                              "predict --out results/ -- -scan1.tif scan2.tif")
+    p.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files (8/16-bit, float, stacks); "
+                   "inputs with the same name get distinct result names (x.tif -> x.tif_labels.png)")
     p.add_argument("--model", help=f"model .onnx (default: {DEFAULT_MODEL.relative_to(REPO_ROOT)})")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results already in --out (default: such an image is refused, the others run)")
     p.add_argument("--tile", type=_tile_arg, default=None, metavar="N|auto",
                    help="output tile edge in px, rounded down to a valid size (default: auto)")
     p.add_argument("--batch", type=int, default=None, help="tiles per network call (default: auto)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--probs", action="store_true", help="also write <stem>_probs.tif (float32)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
-    p.add_argument("--min-size", type=int, default=0, metavar="PX", help="remove smaller objects")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
-    p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
+    _add_object_options(p)
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX (with metadata and a parity check)")
@@ -343,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), help="normalisation percentiles")
     t.add_argument("--split", type=_split_arg, help="validation split: every_kth:K or last_n:N "
                    "(default: the data set's rule)")
+    t.add_argument("--hold-out-groups", metavar="G1,G2", help="also hold out these acquisition groups "
+                   "as a whole (e.g. 'gray_lightbg 1024x1024'; a group is CATEGORY HxW from index.csv, else HxW)")
+    t.add_argument("--diameter", type=float, help="canonical object diameter in px: every image is rescaled "
+                   "so that its median object diameter is this (default: no rescaling)")
+    t.add_argument("--scale-jitter", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random zoom of each tile by a factor in [MIN, MAX] (log-uniform)")
     t.add_argument("--synth-mix", type=float, help="fraction of tiles from synthetic images (with a data folder)")
     t.add_argument("--synth-n", type=int, help="number of synthetic images")
     t.add_argument("--synth-seed", type=int)
@@ -363,10 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("evaluate", help="evaluate a model on a data set (metrics JSON + markdown report)")
-    v.add_argument("--model", required=True, help="model .onnx (or .pt checkpoint)")
+    v.add_argument("--model", help="model .onnx (or .pt checkpoint)")
+    v.add_argument("--baseline", choices=("otsu-watershed", "otsu"),
+                   help="score the classical baseline instead of a model (Otsu threshold [+ watershed])")
+    v.add_argument("--rule-from", metavar="MODEL", help="with --baseline: take the split rule from this model, "
+                   "so the baseline is scored on exactly the model's validation images")
     v.add_argument("--data", required=True, help="data set folder, or 'synthetic[:fluorescence|phase]'")
-    v.add_argument("--split", choices=("val", "train", "all"), default="val",
-                   help="which images (the split rule comes from the model's metadata; default val)")
+    v.add_argument("--split", choices=("val", "val_random", "val_groups", "train", "all"), default="val",
+                   help="which images (the split rule comes from the model's metadata; default val; "
+                        "val_random / val_groups: only the random or only the held-out-group part)")
+    _add_object_options(v)
     v.add_argument("--tile", type=_tile_arg, default=None, metavar="N|auto")
     v.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     v.add_argument("--kind", choices=("auto", "semantic", "instance"), default="auto")

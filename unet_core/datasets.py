@@ -33,9 +33,12 @@ train/validation split (:class:`SplitRule`) is a pure function of the file names
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import os
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +52,10 @@ LAYOUTS = ("isbi2012", "ctc", "generic", "synthetic")
 MASK_ENCODINGS = ("binary_0_255", "binary_0_1", "class_indexes", "instance_ids")
 BINARY_ENCODINGS = ("binary_0_255", "binary_0_1")
 SPLIT_KINDS = ("every_kth", "last_n")
+SPLIT_PARTS = ("train", "val", "val_random", "val_groups")
+#: A file beside images/ + masks/ that says which images were acquired together (DSB 2018 style:
+#: ``id,category,height,width,...``); see :func:`_acquisition_groups`.
+INDEX_FILE = "index.csv"
 DATA_ENV = "UNET_STUDIO_DATA"
 
 # A mask with at most this many distinct non-zero values, all of them <= this number, may be a
@@ -79,39 +86,64 @@ class SplitRule:
         kind: ``"every_kth"``: items 0, k, 2k, ... are validation (every k-th, starting with the
             first); ``"last_n"``: the last ``k`` items are validation (ISBI 2012: slices 25-29).
         k: the k of ``every_kth`` or the n of ``last_n``; at least 1.
+        groups: acquisition groups (:attr:`Sample.group`, e.g. ``"gray_lightbg 1024x1024"``)
+            held out *as a whole* besides the rule above, so that validation also measures how a
+            model does on a new experiment, not only on new images of experiments it has seen.
+
+    Parts (:meth:`indices`): ``"train"``, ``"val"`` (everything held out), ``"val_random"`` (the
+    every-k-th / last-n part alone) and ``"val_groups"`` (the held-out groups alone).
     """
 
     kind: str = "every_kth"
     k: int = 5
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in SPLIT_KINDS:
             raise ValueError(f"split rule kind must be one of {SPLIT_KINDS}, not {self.kind!r}")
         if int(self.k) < 1:
             raise ValueError(f"split rule k must be >= 1, not {self.k}")
+        object.__setattr__(self, "groups", tuple(str(g) for g in self.groups))
 
-    def val_indices(self, n_items: int) -> list[int]:
-        """Validation indices among ``n_items`` items, ascending."""
+    def val_indices(self, n_items: int, sample_groups: Sequence[str | None] | None = None) -> list[int]:
+        """Validation indices among ``n_items`` items, ascending (``sample_groups``: see :meth:`indices`)."""
+        return self.indices(n_items, "val", sample_groups)
+
+    def indices(self, n_items: int, part: str, sample_groups: Sequence[str | None] | None = None) -> list[int]:
+        """Indices of ``part`` among ``n_items`` items, ascending.
+
+        Args:
+            n_items: number of samples.
+            part: one of :data:`SPLIT_PARTS`.
+            sample_groups: the acquisition group of each sample; needed when the rule holds out groups.
+        """
+        if part not in SPLIT_PARTS:
+            raise ValueError(f"part must be one of {SPLIT_PARTS}, not {part!r}")
         if self.kind == "every_kth":
-            return list(range(0, n_items, self.k))
-        return list(range(max(0, n_items - self.k), n_items))
-
-    def indices(self, n_items: int, part: str) -> list[int]:
-        """Indices of ``part`` (``"train"`` or ``"val"``) among ``n_items`` items, ascending."""
-        if part not in ("train", "val"):
-            raise ValueError(f"part must be 'train' or 'val', not {part!r}")
-        val = self.val_indices(n_items)
-        if part == "val":
-            return val
-        held_out = set(val)
-        return [i for i in range(n_items) if i not in held_out]
+            random = set(range(0, n_items, self.k))
+        else:
+            random = set(range(max(0, n_items - self.k), n_items))
+        grouped: set[int] = set()
+        if self.groups:
+            if sample_groups is None or len(sample_groups) != n_items:
+                raise ValueError("this split holds out acquisition groups: the samples' groups are needed")
+            held = set(self.groups)
+            grouped = {i for i, g in enumerate(sample_groups) if g in held}
+        chosen = {"val_random": random, "val_groups": grouped, "val": random | grouped}.get(part)
+        if chosen is None:  # train
+            held_out = random | grouped
+            return [i for i in range(n_items) if i not in held_out]
+        return sorted(chosen)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "k": int(self.k)}
+        d: dict[str, Any] = {"kind": self.kind, "k": int(self.k)}
+        if self.groups:
+            d["groups"] = list(self.groups)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SplitRule:
-        return cls(kind=str(d["kind"]), k=int(d["k"]))
+        return cls(kind=str(d["kind"]), k=int(d["k"]), groups=tuple(d.get("groups") or ()))
 
 
 def default_split_rule(layout: str) -> SplitRule:
@@ -261,12 +293,17 @@ class Sample:
         image_path: the image file (for a stack, the whole stack).
         mask_path: the mask file, None when there is none.
         slice_index: which slice of a stack file, None for a 2-D file.
+        group: the acquisition group: images taken together (same experiment, same size);
+            ``"CATEGORY HxW"`` from the data set's ``index.csv``, else ``"HxW"``.
+        category: the image category from ``index.csv`` (``color``, ``gray_darkbg``, ...), else None.
     """
 
     name: str
     image_path: Path
     mask_path: Path | None
     slice_index: int | None = None
+    group: str | None = None
+    category: str | None = None
 
 
 class SampleSource(Protocol):
@@ -349,6 +386,15 @@ class Dataset:
     def name(self) -> str:
         return self.root.name
 
+    @property
+    def groups(self) -> list[str | None]:
+        """The acquisition group of every sample, in sample order."""
+        return [s.group for s in self.samples]
+
+    def split_indices(self, part: str, rule: SplitRule | None = None) -> list[int]:
+        """Indices of ``part`` under ``rule`` (default: the data set's own rule)."""
+        return (rule or self.split_rule).indices(len(self), part, self.groups)
+
     def load_image(self, i: int) -> np.ndarray:
         """Image ``i`` as ``(H, W, C)`` in its stored dtype."""
         return self.source.image(self.samples[i])
@@ -394,7 +440,7 @@ def split(
         raise ValueError("give k or rule, not both")
     if k is not None:
         rule = SplitRule("every_kth", k)
-    return (rule or dataset.split_rule).indices(len(dataset), part)
+    return dataset.split_indices(part, rule)
 
 
 # --------------------------------------------------------------------------- data root
@@ -478,7 +524,7 @@ def open_dataset(path: str | Path, verify: bool = False) -> Dataset:
     if found is None:
         raise DatasetError(f"{root}: no data set layout found; expected {_EXPECTED}")
     layout, pairs, problems = found
-    samples = _check_pairs(pairs, root, problems)
+    samples = _acquisition_groups(root, _check_pairs(pairs, root, problems), problems)
     ds = Dataset(root, layout, samples, problems, split_rule=default_split_rule(layout))
     _detect_dataset_encoding(ds)
     if verify:
@@ -621,10 +667,31 @@ def _pair_samples(pair: _Pair, root: Path) -> list[Sample]:
         return [Sample(pair.name, pair.image, pair.mask, pair.slice_index)]
     if image_shape[0] != mask_shape[0]:
         raise DatasetError(f"{mask_rel}: has {mask_shape[0]} slices but {image_rel} has {image_shape[0]}")
+    group = f"{image_shape[1]}x{image_shape[2]}"
     if image_shape[0] == 1:
-        return [Sample(pair.name, pair.image, pair.mask, None)]
+        return [Sample(pair.name, pair.image, pair.mask, None, group)]
     width = max(2, len(str(image_shape[0] - 1)))
-    return [Sample(f"{pair.name}_z{z:0{width}d}", pair.image, pair.mask, z) for z in range(image_shape[0])]
+    return [Sample(f"{pair.name}_z{z:0{width}d}", pair.image, pair.mask, z, group) for z in range(image_shape[0])]
+
+
+def _acquisition_groups(root: Path, samples: list[Sample], problems: list[str]) -> list[Sample]:
+    """Samples with category and group from ``root/index.csv`` (columns ``id`` or ``name``, and
+    ``category``), when the data set has one; others keep their size as their group."""
+    index = root / INDEX_FILE
+    if not index.is_file():
+        return samples
+    try:
+        with index.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"{INDEX_FILE}: cannot be read ({exc}); image groups are their sizes")
+        return samples
+    category = {(r.get("id") or r.get("name") or ""): (r.get("category") or "").strip() for r in rows}
+    out = []
+    for s in samples:
+        cat = category.get(s.name) or None
+        out.append(dataclasses.replace(s, category=cat, group=f"{cat} {s.group}" if cat else s.group))
+    return out
 
 
 def _shape(path: Path, rel: str) -> tuple[int, int, int, int]:

@@ -24,12 +24,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .baseline import BaselineOptions, segment_baseline
 from .datasets import Dataset
-from .inference import InferenceOptions, segment
-from .instances import InstanceOptions, instances
+from .inference import InferenceOptions, segment_objects
+from .instances import InstanceOptions
 from .io import ImageFile
 from .metrics import evaluate_pair
 from .runtime import Predictor
+from .scale import Diameter
 
 Kind = Literal["auto", "semantic", "instance"]
 
@@ -57,6 +59,8 @@ class EvalOptions:
         tta: average the probabilities over the 8 flips/rotations before the argmax.
         kind: ``"semantic"``, ``"instance"`` or ``"auto"`` (:func:`metric_kind` of the data set).
         instance_options: post-processing of the predicted instances (instance kind only).
+        diameter: object scale for models with a canonical diameter (``"auto"``, ``"off"`` or
+            pixels; :class:`~unet_core.scale.Diameter`).
     """
 
     tile: int | None = None
@@ -64,6 +68,7 @@ class EvalOptions:
     tta: bool = False
     kind: Kind = "auto"
     instance_options: InstanceOptions = field(default_factory=InstanceOptions)
+    diameter: Diameter | str | float | None = "auto"
 
 
 @dataclass
@@ -76,6 +81,8 @@ class ImageResult:
     width: int
     metrics: dict[str, float]
     seconds: float
+    category: str | None = None
+    diameter: float | None = None  # the object diameter inference used (given or estimated)
 
 
 @dataclass
@@ -106,6 +113,13 @@ class EvalReport:
 
         return sorted(self.rows, key=key)
 
+    def by_category(self) -> dict[str, dict[str, float]]:
+        """Mean metrics per image category (rows without a category count as ``"all"``)."""
+        groups: dict[str, list[ImageResult]] = {}
+        for row in self.rows:
+            groups.setdefault(row.category or "all", []).append(row)
+        return {name: {"n_images": float(len(rows)), **mean_metrics(rows)} for name, rows in sorted(groups.items())}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -117,6 +131,7 @@ class EvalReport:
             "options": self.options,
             "seconds": round(self.seconds, 3),
             "metrics": {k: _json_float(v) for k, v in self.means.items()},
+            "by_category": {c: {k: _json_float(v) for k, v in m.items()} for c, m in self.by_category().items()},
             "images": [
                 {**asdict(r), "metrics": {k: _json_float(v) for k, v in r.metrics.items()}} for r in self.rows
             ],
@@ -150,6 +165,12 @@ class EvalReport:
             "|---|---|",
         ]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in self.means.items()]
+        categories = self.by_category()
+        if len(categories) > 1:
+            lines += ["", "## By image category", "", "| category | images | " + " | ".join(cols) + " |",
+                      "|---|---|" + "---|" * len(cols)]
+            lines += [f"| {c} | {int(m['n_images'])} | " + " | ".join(_fmt(m.get(k, math.nan)) for k in cols) + " |"
+                      for c, m in categories.items()]
         lines += [
             "",
             f"## Per image (worst first by {self.primary}, "
@@ -179,8 +200,12 @@ def metric_kind(dataset: Dataset) -> str:
     return "instance"
 
 
+#: What :func:`evaluate` scores: a U-Net predictor, or the classical baseline's options.
+Segmenter = Predictor | BaselineOptions
+
+
 def evaluate(
-    predictor: Predictor,
+    segmenter: Segmenter,
     dataset: Dataset,
     indices: Sequence[int] | None = None,
     options: EvalOptions | None = None,
@@ -189,51 +214,83 @@ def evaluate(
     """Segment the images ``indices`` of ``dataset`` (default: all) and score them.
 
     Args:
-        predictor: any :class:`~unet_core.runtime.Predictor` (ONNX Runtime or PyTorch).
+        segmenter: any :class:`~unet_core.runtime.Predictor` (ONNX Runtime or PyTorch), or
+            :class:`~unet_core.baseline.BaselineOptions` for the classical baseline.
         dataset: the data set (images + masks).
         indices: which samples; default all.
-        options: tiling, TTA, metric kind.
+        options: tiling, TTA, object scale, post-processing, metric kind.
         progress: called with (images done, total) after each image.
 
     Returns:
-        :class:`EvalReport` with one row per image and the NaN-skipping means.
+        :class:`EvalReport` with one row per image (with its category) and the NaN-skipping means.
     """
     options = options or EvalOptions()
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     kind = metric_kind(dataset) if options.kind == "auto" else options.kind
     if kind not in PRIMARY_METRIC:
         raise ValueError(f"kind must be 'auto', 'semantic' or 'instance', not {options.kind!r}")
-    meta = predictor.meta
-    fg = list(meta.foreground_classes)
-    inference = InferenceOptions(tile=options.tile, batch=options.batch, tta=options.tta)
     rows: list[ImageResult] = []
     started = time.perf_counter()
     for n, i in enumerate(indices):
         t0 = time.perf_counter()
-        pixels = dataset.load_image(i)
-        name = dataset.samples[i].name
-        seg = segment(ImageFile(name=name, data=pixels[None]), predictor, inference)
-        labels = seg.labels[0]
+        sample = dataset.samples[i]
+        labels, pred, diameter = predict_sample(segmenter, dataset, i, options)
         if kind == "semantic":
             gt = dataset.load_classes(i)
-            metrics = evaluate_pair(labels, gt, "semantic", foreground_class=fg[0],
-                                    num_classes=meta.unet.n_classes)
+            fg = 1 if isinstance(segmenter, BaselineOptions) else segmenter.meta.foreground_classes[0]
+            n_classes = 2 if isinstance(segmenter, BaselineOptions) else segmenter.meta.unet.n_classes
+            metrics = evaluate_pair(labels, gt, "semantic", foreground_class=fg, num_classes=n_classes)
         else:
-            gt = dataset.load_instances(i)
-            pred = instances(labels, fg, options.instance_options)
-            metrics = evaluate_pair(pred, gt, "instance")
-        rows.append(ImageResult(i, name, int(labels.shape[0]), int(labels.shape[1]),
-                                {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0))
+            metrics = evaluate_pair(pred, dataset.load_instances(i), "instance")
+        rows.append(ImageResult(i, sample.name, int(labels.shape[0]), int(labels.shape[1]),
+                                {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0,
+                                sample.category, diameter))
         if progress:
             progress(n + 1, len(indices))
     return EvalReport(
         kind=kind,
         rows=rows,
         means=mean_metrics(rows),
+        model=str(segmenter.method) if isinstance(segmenter, BaselineOptions) else "",
         data=str(dataset.root),
-        options={"tile": options.tile, "tta": options.tta, "batch": options.batch},
+        options={"tile": options.tile, "tta": options.tta, "batch": options.batch, "diameter": str(options.diameter)},
         seconds=time.perf_counter() - started,
     )
+
+
+def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,
+                   options: EvalOptions) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(class labels, instance ids, diameter used) of sample ``i``, as :func:`evaluate` scores it."""
+    pixels = dataset.load_image(i)
+    if isinstance(segmenter, BaselineOptions):
+        ids = segment_baseline(pixels, segmenter)
+        return (ids > 0).astype(np.uint8), ids, None
+    inference = InferenceOptions(tile=options.tile, batch=options.batch, tta=options.tta, diameter=options.diameter)
+    seg, ids = segment_objects(ImageFile(name=dataset.samples[i].name, data=pixels[None]), segmenter, inference,
+                               options.instance_options)
+    return seg.labels[0], ids[0], seg.diameter
+
+
+def comparison_rows(model: EvalReport, baseline: EvalReport,
+                    metrics: Sequence[str] = ("dsb_ap", "foreground_iou")) -> list[dict[str, Any]]:
+    """Model and baseline side by side, one row for all images and one per image category.
+
+    Both reports must score the same images (e.g. the model's validation images).
+    """
+    if [r.index for r in model.rows] != [r.index for r in baseline.rows]:
+        raise ValueError("the model and the baseline were scored on different images")
+    rows = []
+    groups = {"all images": (model.means, baseline.means, len(model.rows))}
+    m_cat, b_cat = model.by_category(), baseline.by_category()
+    if len(m_cat) > 1:
+        groups.update({c: (m_cat[c], b_cat[c], int(m_cat[c]["n_images"])) for c in m_cat})
+    for name, (m, b, n) in groups.items():
+        row: dict[str, Any] = {"images": name, "n": n}
+        for k in metrics:
+            row[f"{k} (model)"] = _json_float(m.get(k, math.nan))
+            row[f"{k} (baseline)"] = _json_float(b.get(k, math.nan))
+        rows.append(row)
+    return rows
 
 
 def mean_metrics(rows: Sequence[ImageResult]) -> dict[str, float]:

@@ -56,6 +56,9 @@ def _quiet_exporter():
 def to_onnx(model: UNet, meta: ModelMeta, path: str | Path) -> Path:
     """Export ``model`` to ``path`` (written atomically) with ``meta`` embedded; returns the path."""
     path = Path(path)
+    # Never write a model that loading would refuse (metadata out of range, e.g. made by hand):
+    # raises MetadataError before any work.
+    ModelMeta.from_dict(meta.to_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     geometry = meta.geometry
     base = geometry.input_size(geometry.min_output)

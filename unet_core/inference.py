@@ -1,8 +1,18 @@
 """Overlap-tile segmentation of whole images and stacks: the path shared by the CLI, app and evaluation.
 
-image -> channel conversion + percentile stretch (fitted once per image or stack) -> tile plan ->
-predictor on batches of mirrored input tiles (optionally averaged over the 8 flips/rotations) ->
-stitch -> argmax.
+image -> channel conversion + percentile stretch (fitted once per image or stack) -> rescale to the
+model's canonical object diameter (when it declares one) -> tile plan -> predictor on batches of
+mirrored input tiles (optionally averaged over the 8 flips/rotations) -> stitch -> argmax -> back
+to the input's pixel grid.
+
+Object scale (:mod:`unet_core.scale`): with ``diameter="auto"`` (the default) a model with a
+canonical diameter ``D`` first segments the image as it is, measures the median diameter ``d`` of
+the objects found, and when ``D / d`` differs from the current factor by more than
+:data:`~unet_core.scale.TOLERANCE` segments again at that factor (at most
+:data:`AUTO_PASSES` passes). Overlap-tile stays exact at the rescaled size: the result does not
+depend on the tile size. Instances are derived at the working scale (where the network's
+one-pixel separation lines live) and mapped back to the input grid by nearest neighbour; the
+label image likewise; kept probabilities are resized linearly.
 
 Memory is O(tile x batch) besides the input, the label image and -- only when asked for -- one
 probability array (memory-mapped to a temporary file when large).
@@ -21,8 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .runtime import Predictor
+from .scale import (
+    TOLERANCE,
+    Diameter,
+    clamp_factor,
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    scaled_shape,
+)
 from .tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, stitch
 
 #: progress(done, total): tiles processed so far out of all tiles of the image (or stack).
@@ -34,6 +54,10 @@ PROBS_IN_MEMORY_LIMIT = 1 << 30
 # their last tile, for instances and the object table (~10 bytes per pixel). Smaller ones keep it:
 # faulting it in again costs the next image about a second on a paper-width network.
 RELEASE_MIN_PIXELS = 4096 * 4096
+# Passes of the automatic diameter estimate (the first at the input's scale).
+AUTO_PASSES = 3
+# A rescaled image is never larger than this many pixels per slice (the factor is lowered).
+MAX_WORK_PIXELS = 1 << 28
 
 
 @dataclass
@@ -46,6 +70,9 @@ class InferenceOptions:
         tta: average the probabilities over the 8 flips/rotations (as for the paper's ISBI entry).
         keep_probs: also return the class probabilities.
         probs_dtype: "float32" or "float16" for the kept probabilities.
+        diameter: object scale (:class:`~unet_core.scale.Diameter`): ``"auto"`` (estimate, the
+            default), ``"off"`` or the objects' diameter in input pixels. Ignored by models
+            without a canonical diameter.
     """
 
     tile: int | None = None
@@ -53,11 +80,25 @@ class InferenceOptions:
     tta: bool = False
     keep_probs: bool = False
     probs_dtype: str = "float32"
+    diameter: Diameter | str | float | None = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.diameter, Diameter):
+            self.diameter = Diameter.parse(self.diameter)
 
 
 @dataclass
 class Segmentation:
-    """Result for an image or stack: ``labels`` (Z, H, W) uint8 class indexes, ``probs`` (Z, K, H, W)."""
+    """Result for an image or stack: ``labels`` (Z, H, W) uint8 class indexes, ``probs`` (Z, K, H, W).
+
+    Attributes:
+        labels, probs: on the input's pixel grid.
+        work_labels: the labels at the working scale (``labels`` itself when ``factor`` is 1).
+        factor: working scale / input scale (1.0 = no rescaling).
+        diameter: the object diameter in input pixels that was used (given or estimated), None
+            when the model has no canonical diameter or scale handling was off.
+        diameter_source: ``"given"``, ``"estimated"``, ``"off"`` or ``"model has none"``.
+    """
 
     labels: np.ndarray
     probs: np.ndarray | None
@@ -65,6 +106,14 @@ class Segmentation:
     tile: tuple[int, int]
     batch: int
     notes: list[str] = field(default_factory=list)
+    work_labels: np.ndarray | None = None
+    factor: float = 1.0
+    diameter: float | None = None
+    diameter_source: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.work_labels is None:
+            self.work_labels = self.labels
 
 
 def resolve_tile(requested: int, geometry: Geometry) -> tuple[int, str | None]:
@@ -81,13 +130,112 @@ def segment(
     options: InferenceOptions | None = None,
     progress: Progress | None = None,
 ) -> Segmentation:
-    """Segment every slice of ``image`` (normalised once over the whole stack)."""
+    """Segment every slice of ``image`` (normalised once over the whole stack), at the model's
+    canonical object scale when it has one (see the module docstring)."""
     options = options or InferenceOptions()
+    meta = predictor.meta
+    stretch = fit_stretch(image.data, meta.unet.in_channels, meta.normalisation, image.name)
+    canonical = meta.diameter
+    mode = options.diameter.mode if canonical else "off"
+    if mode == "off":
+        seg = _segment_at(image.data, 1.0, predictor, options, stretch, progress)
+        seg.diameter_source = "off" if canonical else "model has none"
+        return seg
+    if mode == "given":
+        factor = _work_factor(canonical / options.diameter.pixels, image.shape2d)
+        seg = _segment_at(image.data, factor, predictor, options, stretch, progress)
+        seg.diameter, seg.diameter_source = options.diameter.pixels, "given"
+        return _to_input_grid(seg, image.shape2d)
+    return _to_input_grid(_segment_auto(image, canonical, predictor, options, stretch, progress), image.shape2d)
+
+
+def _segment_auto(image: ImageFile, canonical: float, predictor: Predictor, options: InferenceOptions,
+                  stretch: Stretch, progress: Progress | None) -> Segmentation:
+    """Segment, measure the objects' diameter, rescale, segment again until the scale settles."""
+    factor, seg, estimate = 1.0, None, None
+    for _ in range(AUTO_PASSES):
+        seg = _segment_at(image.data, factor, predictor, options, stretch, progress)
+        work_diameter = median_diameter(np.stack([
+            object_ids(seg.work_labels[s], predictor.meta.foreground_classes, InstanceOptions(), canonical)
+            for s in range(seg.work_labels.shape[0])]))
+        if work_diameter is None:  # nothing found: keep this pass
+            break
+        estimate = work_diameter / factor
+        new_factor = _work_factor(canonical / estimate, image.shape2d)
+        if abs(np.log(new_factor / factor)) <= np.log(1 + TOLERANCE):
+            break
+        factor = new_factor
+    assert seg is not None
+    seg.diameter, seg.diameter_source = estimate, "estimated"
+    if estimate is None:
+        seg.notes.append("no objects found: the diameter could not be estimated")
+    return seg
+
+
+def _work_factor(factor: float, shape: tuple[int, int]) -> float:
+    """``factor`` within the scale bounds and the working-size limit."""
+    factor = clamp_factor(factor)
+    limit = float(np.sqrt(MAX_WORK_PIXELS / max(1, shape[0] * shape[1])))
+    return min(factor, limit)
+
+
+def _to_input_grid(seg: Segmentation, shape: tuple[int, int]) -> Segmentation:
+    """Labels (nearest) and probabilities (linear) of a rescaled segmentation on the input grid."""
+    if seg.work_labels.shape[1:] == tuple(shape):
+        seg.labels = seg.work_labels
+        return seg
+    seg.labels = np.stack([rescale_labels(s, shape) for s in seg.work_labels])
+    if seg.probs is not None:
+        probs = np.empty(seg.probs.shape[:2] + tuple(shape), seg.probs.dtype)
+        for z in range(probs.shape[0]):
+            probs[z] = rescale_image(seg.probs[z].transpose(1, 2, 0), shape).transpose(2, 0, 1)
+        seg.probs = probs
+    return seg
+
+
+def object_ids(labels: np.ndarray, foreground_classes: list[int], options: InstanceOptions | None,
+               diameter: float | None) -> np.ndarray:
+    """Instance ids of one working-scale label slice (``diameter``: the model's canonical one)."""
+    return instances(labels, foreground_classes, options, expected_diameter=diameter)
+
+
+def segment_objects(
+    image: ImageFile,
+    predictor: Predictor,
+    options: InferenceOptions | None = None,
+    instance_options: InstanceOptions | None = None,
+    progress: Progress | None = None,
+) -> tuple[Segmentation, np.ndarray]:
+    """:func:`segment` plus the instance ids (Z, H, W) int32 on the input's pixel grid.
+
+    Instances are derived at the working scale (objects separated by the network's one-pixel
+    gaps, boundary restored, specks removed) and mapped back by nearest neighbour.
+    """
+    seg = segment(image, predictor, options, progress)
+    fg = predictor.meta.foreground_classes
+    shape = image.shape2d
+    ids = np.empty(seg.labels.shape, dtype=np.int32)  # filled slice by slice: no stacked copy
+    for s in range(ids.shape[0]):
+        work = object_ids(seg.work_labels[s], fg, instance_options, predictor.meta.diameter)
+        ids[s] = rescale_labels(work, shape)
+    return seg, ids
+
+
+def _segment_at(
+    data: np.ndarray,
+    factor: float,
+    predictor: Predictor,
+    options: InferenceOptions,
+    stretch: Stretch,
+    progress: Progress | None,
+) -> Segmentation:
+    """Overlap-tile segmentation of ``data`` (Z, H, W, C) rescaled by ``factor`` (labels and
+    probabilities at that scale)."""
     meta = predictor.meta
     geometry = meta.geometry
     notes: list[str] = []
-    stretch = fit_stretch(image.data, meta.unet.in_channels, meta.normalisation, image.name)
-    z, height, width = image.data.shape[:3]
+    z = data.shape[0]
+    height, width = scaled_shape(data.shape[1:3], factor)
     if options.tile is None:
         best, batch = auto_tile(predictor)
         tile = (balanced_tile(height, best, geometry), balanced_tile(width, best, geometry))
@@ -104,7 +252,7 @@ def segment(
     total = z * len(tiles)
     done = 0
     for s in range(z):
-        source = image.data[s]
+        source = data[s] if factor == 1.0 else rescale_image(data[s], (height, width))
         release = s == z - 1 and z * height * width >= RELEASE_MIN_PIXELS
         for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
@@ -114,7 +262,7 @@ def segment(
             done += len(group)
             if progress:
                 progress(done, total)
-    return Segmentation(labels, probs, stretch, tile, batch, notes)
+    return Segmentation(labels, probs, stretch, tile, batch, notes, factor=factor)
 
 
 def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.ndarray:

@@ -5,8 +5,15 @@ single 2-D image is a stack of one slice, a gray image has one channel. Keeping 
 the rest of the engine never branches on "is this a stack / is this RGB".
 
 Supported: PNG and JPEG (Pillow; 8/16-bit, gray, gray+alpha, RGB(A), palette, 32-bit int/float
-modes) and TIFF (tifffile; any integer or float dtype, multi-page stacks, ImageJ hyperstacks,
-resolution tags kept so results can be written with the same pixel size).
+modes) and TIFF (tifffile + imagecodecs; any integer or float dtype, LZW/Deflate/JPEG/... compression,
+multi-page stacks, ImageJ hyperstacks, resolution tags kept so results can be written with the same
+pixel size).
+
+Reading is one front door (:func:`read_image`, :func:`read_image_bytes`) for files that may come
+from anywhere: the format is decided by the file's first bytes, not its name; the size is read from
+the header and checked against a pixel budget (:func:`pixel_budget`) *before* anything is decoded,
+so an 8 KB file claiming 65500 x 65500 pixels is refused instead of exhausting memory; and every
+decoder failure becomes an :class:`ImageReadError` naming the file, never a traceback.
 
 Normalisation is a per-image (per-stack) percentile stretch whose parameters travel with the
 model; it is computed once per image and applied lazily per tile so that a 20000 x 20000 image
@@ -16,21 +23,47 @@ never needs a float32 copy of itself.
 from __future__ import annotations
 
 import io as _io
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
-# Classic and BigTIFF headers, little and big endian: a TIFF is recognised even without its suffix.
+# The formats are recognised by their first bytes (a PNG named .tif is still a PNG). TIFF: classic
+# and BigTIFF headers, little and big endian.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
-# Pillow refuses images above ~179 Mpx as "decompression bombs"; microscopy mosaics are
-# legitimately that large, and the tiled predictor never needs more than the raw array in memory.
+#: environment variable: the most pixels (width x height x slices) one image may have; replaces
+#: the limit derived from the available memory (see :func:`pixel_budget`).
+MAX_PIXELS_ENV = "UNET_STUDIO_MAX_PIXELS"
+#: the derived limit never goes below this: a real 20000 x 20000 mosaic must open from the command
+#: line even on a machine whose free memory is tight at that moment.
+MIN_PIXEL_BUDGET = 20_000 * 20_000
+#: the default limit of :func:`read_image_bytes` (uploads in the app, which holds several images
+#: and their results per session); larger images go through the command line.
+UPLOAD_MAX_PIXELS = 100_000_000
+# One decoded image plus its working memory (per pixel: a float32 tile copy, labels, instance ids,
+# probabilities ~ 10 bytes) may take this share of the memory available when it is read.
+_MEMORY_SHARE = 0.4
+_WORK_BYTES_PER_PIXEL = 10
+
+# Pillow's own fixed ~179 Mpx "decompression bomb" limit would refuse legitimate microscopy
+# mosaics; the budget above, checked from the header before decoding, replaces it.
 Image.MAX_IMAGE_PIXELS = None
 
 # ITU-R BT.601 luma weights, the usual RGB -> gray conversion (also what Fiji uses when weighted).
@@ -75,54 +108,354 @@ class ImageFile:
         return int(self.data.shape[1]), int(self.data.shape[2])
 
 
-def read_image(path: str | Path) -> ImageFile:
-    """Read an image file into an :class:`ImageFile`; raises :class:`ImageReadError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        # tifffile reads straight from the file: no second in-memory copy of a huge stack.
-        try:
-            return _read_tiff(path, path.name)
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            if isinstance(exc, ImageReadError):
-                raise
-            raise ImageReadError(f"{path.name}: not a readable TIFF ({exc})") from exc
-    with open(path, "rb") as fh:
-        return read_image_bytes(fh.read(), path.name)
+# --------------------------------------------------------------------------- memory budget
 
 
-def read_image_bytes(raw: bytes, name: str) -> ImageFile:
-    """Read an image from its encoded bytes (an upload); ``name`` decides the format."""
-    if not raw:
-        raise ImageReadError(f"{name}: the file is empty")
-    suffix = Path(name).suffix.lower()
+def _meminfo_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux), else None."""
     try:
-        if suffix in TIFF_SUFFIXES or raw[:4] in _TIFF_MAGIC:
-            return _read_tiff(raw, name)
-        return _read_pillow(raw, name)
-    except ImageReadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-def _reason(exc: Exception) -> str:
-    """The decoder's complaint without Python internals (object reprs of in-memory buffers)."""
+def _cgroup_headroom() -> int | None:
+    """What the cgroup v2 memory limit still allows (containers), else None."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def _address_space_headroom() -> int | None:
+    """What ``RLIMIT_AS`` (ulimit -v) still allows this process to map, else None."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as fh:
+            used = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+        return max(0, soft - used)
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of the machine's available memory, the
+    container's limit and the address-space limit; None when none of them is known."""
+    known = [v for v in (_meminfo_available(), _cgroup_headroom(), _address_space_headroom()) if v is not None]
+    if not known and hasattr(os, "sysconf"):
+        try:
+            known.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    return min(known) if known else None
+
+
+def _env_budget() -> int | None:
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 1:
+        log.warning("%s=%r is not a positive number of pixels; ignored", MAX_PIXELS_ENV, text)
+        return None
+    return int(value)
+
+
+def pixel_budget(bytes_per_pixel: float = 1.0) -> int:
+    """The most pixels (width x height x slices) one image may have on this machine now.
+
+    ``UNET_STUDIO_MAX_PIXELS`` when set; otherwise as many as fit, with ``bytes_per_pixel`` for
+    the decoded pixels plus ~10 bytes of working memory each, into 40 % of :func:`available_memory`,
+    but never fewer than :data:`MIN_PIXEL_BUDGET` (20000 x 20000).
+    """
+    env = _env_budget()
+    if env is not None:
+        return env
+    available = available_memory()
+    if available is None:
+        return MIN_PIXEL_BUDGET
+    return max(MIN_PIXEL_BUDGET, int(_MEMORY_SHARE * available / (bytes_per_pixel + _WORK_BYTES_PER_PIXEL)))
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says about the image, read without decoding any pixel.
+
+    Attributes:
+        format: ``"PNG"``, ``"JPEG"`` or ``"TIFF"`` (from the file's first bytes).
+        shape: ``(Z, H, W, C)`` as :func:`read_image` will return it.
+        dtype: the pixel type :func:`read_image` will return.
+    """
+
+    format: str
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+
+    @property
+    def pixels(self) -> int:
+        z, h, w, _ = self.shape
+        return z * h * w
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        return self.shape[3] * self.dtype.itemsize
+
+    def describe(self) -> str:
+        """``4000 x 3000 pixels`` or ``12 slices of 2048 x 2048 pixels`` (width first)."""
+        z, h, w, _ = self.shape
+        plane = f"{w} x {h} pixels"
+        return plane if z == 1 else f"{z} slices of {plane}"
+
+
+def sniff_format(head: bytes) -> str | None:
+    """``"PNG"``, ``"JPEG"``, ``"TIFF"`` from a file's first bytes, or None for anything else."""
+    if head.startswith(_PNG_MAGIC):
+        return "PNG"
+    if head.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if head[:4] in _TIFF_MAGIC:
+        return "TIFF"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The decoder's complaint in one line, without Python internals (reprs of in-memory buffers)."""
     if isinstance(exc, UnidentifiedImageError):
         return "unknown or damaged file format"
-    text = str(exc).split(" <_io.")[0].strip()
+    text = " ".join(str(exc).split(" <_io.")[0].split())
+    if len(text) > 200:
+        text = text[:199] + "…"
+    # A bare ZeroDivisionError or struct.error says little without its kind.
+    if not isinstance(exc, (OSError, ValueError, EOFError, SyntaxError, tifffile.TiffFileError)):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text or type(exc).__name__
 
 
-def _read_pillow(raw: bytes, name: str) -> ImageFile:
-    with Image.open(_io.BytesIO(raw)) as im:
-        im.load()
-        if im.mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        arr = np.asarray(im)
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype.kind == "c":
+        raise ImageReadError(f"{name}: the pixels are complex numbers ({dtype}), which cannot be segmented; "
+                             "save the magnitude or the real part as a real-valued image")
+    if dtype.kind not in "biuf":
+        raise ImageReadError(f"{name}: pixel type {dtype} is not supported (integers or floats only)")
+
+
+def _pillow_header(im: Image.Image, kind: str, name: str) -> ImageHeader:
+    w, h = im.size
+    if im.mode == "P":  # read_image converts palettes to RGB(A)
+        c = 4 if "transparency" in im.info else 3
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        c = 3
+    else:
+        c = len(im.getbands())
+    if im.mode.startswith("I;16"):
+        dtype = np.dtype(np.uint16)
+    elif im.mode in ("I", "F"):
+        dtype = np.dtype(np.int32 if im.mode == "I" else np.float32)
+    else:
+        dtype = np.dtype(np.uint8)
+    if w <= 0 or h <= 0:
+        raise ImageReadError(f"{name}: the image has no pixels ({w} x {h})")
+    return ImageHeader(kind, (1, int(h), int(w), int(c)), dtype)
+
+
+def _first_series(tif: tifffile.TiffFile, name: str) -> tifffile.TiffPageSeries:
+    if not tif.pages:
+        raise ImageReadError(f"{name}: the TIFF holds no image")
+    page = tif.pages.first
+    # tifffile divides by the width to lay out strips: say what is wrong instead.
+    for attribute, tag in (("imagewidth", "ImageWidth"), ("imagelength", "ImageLength")):
+        if getattr(page, attribute, 1) == 0:
+            raise ImageReadError(f"{name}: the TIFF is damaged: its {tag} is 0 (no pixels)")
+    if not tif.series:
+        raise ImageReadError(f"{name}: the TIFF holds no image")
+    return tif.series[0]
+
+
+def _tiff_header(series: tifffile.TiffPageSeries, name: str) -> ImageHeader:
+    shape, axes = tuple(int(n) for n in series.shape), series.axes
+    if "Y" not in axes or "X" not in axes:
+        raise ImageReadError(f"{name}: TIFF axes {axes!r} have no Y/X plane")
+    channel_axis = _channel_axis(shape, axes)
+    h, w = shape[axes.index("Y")], shape[axes.index("X")]
+    c = shape[axes.index(channel_axis)] if channel_axis else 1
+    z = math.prod(n for n, a in zip(shape, axes) if a not in ("Y", "X", channel_axis))
+    if min(h, w, c, z) <= 0:
+        raise ImageReadError(f"{name}: the TIFF image has no pixels (shape {shape}, axes {axes})")
+    dtype = np.dtype(series.dtype)
+    return ImageHeader("TIFF", (int(z), int(h), int(w), int(c)), np.dtype(np.uint8) if dtype == bool else dtype)
+
+
+def _check_budget(header: ImageHeader, name: str, max_pixels: int | None) -> None:
+    """Refuse an image whose header claims more pixels than may be decoded here."""
+    budget = pixel_budget(header.bytes_per_pixel)
+    if max_pixels is not None and max_pixels < budget:
+        if header.pixels > max_pixels:
+            raise ImageReadError(
+                f"{name}: {header.describe()} ({header.pixels:,} px) is more than the {max_pixels:,} px an "
+                "uploaded image may have; segment it with the command line instead: "
+                "python -m unet_core predict IMAGE --out FOLDER")
+        return
+    if header.pixels <= budget:
+        return
+    if _env_budget() is not None:
+        why = f"set by {MAX_PIXELS_ENV}; raise it to read this image"
+    else:
+        available = available_memory()
+        memory = f"{available / 1e9:.1f} GB of available memory" if available else "its memory"
+        why = (f"for one image on this machine (from its {memory}); to try anyway, set the environment "
+               f"variable {MAX_PIXELS_ENV}={header.pixels}")
+    raise ImageReadError(f"{name}: {header.describe()} ({header.pixels:,} px) is more than the limit of "
+                         f"{budget:,} px {why}")
+
+
+def _memory_error(header: ImageHeader, name: str) -> ImageReadError:
+    gb = header.pixels * header.bytes_per_pixel / 1e9
+    return ImageReadError(f"{name}: not enough memory to decode {header.describe()} ({gb:.1f} GB); close other "
+                          "programs or split the image into smaller files")
+
+
+def _tiff_data_end(series: tifffile.TiffPageSeries) -> int:
+    """The byte just after the series' last stored segment (strip or tile)."""
+    if series.dataoffset is not None:  # contiguous, uncompressed
+        return int(series.dataoffset) + int(series.nbytes)
+    end = 0
+    for page in series.pages:
+        if page is None:
+            continue
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            if count:
+                end = max(end, int(offset) + int(count))
+    return end
+
+
+@contextmanager
+def _tifffile_warnings() -> Iterator[list[str]]:
+    """The warnings tifffile logs in this thread while the block runs (it warns, for example, when a
+    page offset points past the end of a truncated file, and then quietly reads fewer pages)."""
+    seen: list[str] = []
+    me = threading.get_ident()
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == me and record.levelno >= logging.WARNING:
+                seen.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
+def _check_tiff_complete(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, name: str,
+                         warnings: list[str]) -> None:
+    """Refuse a truncated TIFF before decoding it: decoders fill missing data silently (JPEG) or
+    stop with obscure errors (LZW), and a broken page chain silently drops slices."""
+    size = int(tif.filehandle.size)
+    end = _tiff_data_end(series)
+    if end > size:
+        raise ImageReadError(f"{name}: the TIFF is truncated or corrupt: its pixel data ends at byte {end:,}, "
+                             f"the file has {size:,} bytes")
+    for text in warnings:
+        match = re.search(r"invalid page offset (\d+)", text)
+        if match and int(match.group(1)) >= size:
+            raise ImageReadError(f"{name}: the TIFF is truncated or corrupt: a page lies at byte "
+                                 f"{int(match.group(1)):,}, the file has {size:,} bytes")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> ImageFile:
+    """Read an image file into an :class:`ImageFile`; raises :class:`ImageReadError`.
+
+    Args:
+        path: a PNG, JPEG or TIFF file, recognised by its content whatever its suffix.
+        max_pixels: a limit below the machine's :func:`pixel_budget` (None: the budget).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise ImageReadError(f"{path.name}: cannot be opened ({exc.strerror or exc})") from exc
+    if not head:
+        raise ImageReadError(f"{path.name}: the file is empty")
+    # From the path, not from bytes: tifffile reads a huge stack straight from the file.
+    return _read(path, head, path.name, max_pixels)
+
+
+def read_image_bytes(raw: bytes, name: str, max_pixels: int | None = UPLOAD_MAX_PIXELS) -> ImageFile:
+    """Read an image from its encoded bytes (an upload); the content decides the format.
+
+    Args:
+        raw: the file's bytes.
+        name: the file name, for messages and output names.
+        max_pixels: the most pixels accepted (default :data:`UPLOAD_MAX_PIXELS`, for uploads);
+            None: the machine's :func:`pixel_budget`.
+    """
+    if not raw:
+        raise ImageReadError(f"{name}: the file is empty")
+    return _read(_io.BytesIO(raw), raw[:16], name, max_pixels)
+
+
+def _read(source: Path | IO[bytes], head: bytes, name: str, max_pixels: int | None) -> ImageFile:
+    kind = sniff_format(head)
+    if kind is None:
+        raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image (unknown or damaged file format)")
+    try:
+        if kind == "TIFF":
+            return _read_tiff(source, name, max_pixels)
+        return _read_pillow(source, name, kind, max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError as exc:  # numpy's _ArrayMemoryError included
+        raise ImageReadError(f"{name}: not enough memory to read this image") from exc
+    except Exception as exc:  # the last line of defence: a file never causes a traceback
+        log.debug("reading %s failed", name, exc_info=True)
+        raise ImageReadError(f"{name}: not a readable {kind} image ({_reason(exc)})") from exc
+
+
+def _read_pillow(source: Path | IO[bytes], name: str, kind: str, max_pixels: int | None) -> ImageFile:
+    try:
+        im = Image.open(source, formats=[kind])  # lazy: reads the header only
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ...
+        raise ImageReadError(f"{name}: not a readable {kind} image (damaged header: {_reason(exc)})") from exc
+    with im:
+        header = _pillow_header(im, kind, name)
+        _check_budget(header, name, max_pixels)
+        try:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+        except MemoryError as exc:
+            raise _memory_error(header, name) from exc
+        except Exception as exc:  # decoder errors of every kind
+            raise ImageReadError(f"{name}: the {kind} image is truncated or corrupt ({_reason(exc)})") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if arr.ndim == 2:
@@ -130,14 +463,36 @@ def _read_pillow(raw: bytes, name: str) -> ImageFile:
     return ImageFile(name=name, data=arr[None])
 
 
-def _read_tiff(source: bytes | Path, name: str) -> ImageFile:
-    with tifffile.TiffFile(_io.BytesIO(source) if isinstance(source, bytes) else source) as tif:
-        if not tif.series:
-            raise ImageReadError(f"{name}: the TIFF holds no image")
-        series = tif.series[0]
-        arr = series.asarray()
+def _read_tiff(source: Path | IO[bytes], name: str, max_pixels: int | None) -> ImageFile:
+    try:
+        tif = tifffile.TiffFile(source)
+    except Exception as exc:  # tifffile raises TiffFileError, struct.error, ValueError, ...
+        raise ImageReadError(f"{name}: not a readable TIFF image (damaged header: {_reason(exc)})") from exc
+    with tif, _tifffile_warnings() as warnings:
+        try:
+            series = _first_series(tif, name)
+            header = _tiff_header(series, name)
+        except ImageReadError:
+            raise
+        except Exception as exc:  # ZeroDivisionError for a zero width, KeyError, ...
+            raise ImageReadError(f"{name}: not a readable TIFF image (damaged header: {_reason(exc)})") from exc
+        _check_dtype(np.dtype(series.dtype), name)
+        _check_budget(header, name, max_pixels)
+        _check_tiff_complete(tif, series, name, warnings)
+        try:
+            arr = series.asarray()
+        except MemoryError as exc:
+            raise _memory_error(header, name) from exc
+        except Exception as exc:  # imagecodecs' LzwError, DeflateError, JpegError, ...
+            raise ImageReadError(f"{name}: the TIFF is truncated or corrupt ({_reason(exc)})") from exc
         axes = series.axes
-        resolution = _tiff_resolution(tif)
+        try:
+            resolution = _tiff_resolution(tif)
+        except Exception:  # odd resolution tags cost the pixel size, never the image
+            log.debug("%s: resolution tags ignored", name, exc_info=True)
+            resolution = None
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
     data, is_stack = _to_zyxc(arr, axes, name)
     return ImageFile(name=name, data=data, is_stack=is_stack, resolution=resolution)
 
@@ -166,6 +521,33 @@ def _channel_axis(shape: tuple[int, ...], axes: str) -> str:
     return "C" if "C" in axes and shape[axes.index("C")] <= 4 else ""
 
 
+def read_image_header(path: str | Path) -> ImageHeader:
+    """The :class:`ImageHeader` of an image file: format, shape and dtype, nothing decoded.
+
+    Raises:
+        ImageReadError: missing file, unknown format or unreadable header; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+        kind = sniff_format(head)
+        if kind is None:
+            raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image "
+                                 f"({'the file is empty' if not head else 'unknown or damaged file format'})")
+        if kind == "TIFF":
+            with tifffile.TiffFile(path) as tif:
+                return _tiff_header(_first_series(tif, path.name), path.name)
+        with Image.open(path, formats=[kind]) as im:
+            return _pillow_header(im, kind, path.name)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # any decoder complaint about a damaged header
+        raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
+
+
 def read_image_shape(path: str | Path) -> tuple[int, int, int, int]:
     """The ``(Z, H, W, C)`` shape :func:`read_image` would return, from the file header only.
 
@@ -176,45 +558,7 @@ def read_image_shape(path: str | Path) -> tuple[int, int, int, int]:
     Raises:
         ImageReadError: missing file or unreadable header; the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if path.suffix.lower() in TIFF_SUFFIXES or magic in _TIFF_MAGIC:
-            return _tiff_shape(path)
-        return _pillow_shape(path)
-    except ImageReadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
-
-
-def _pillow_shape(path: Path) -> tuple[int, int, int, int]:
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.mode == "P":  # read_image converts palettes to RGB(A)
-            c = 4 if "transparency" in im.info else 3
-        elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            c = 3
-        else:
-            c = len(im.getbands())
-    return 1, int(h), int(w), c
-
-
-def _tiff_shape(path: Path) -> tuple[int, int, int, int]:
-    with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ImageReadError(f"{path.name}: the TIFF holds no image")
-        shape, axes = tuple(tif.series[0].shape), tif.series[0].axes
-    if "Y" not in axes or "X" not in axes:
-        raise ImageReadError(f"{path.name}: TIFF axes {axes!r} have no Y/X plane")
-    channel_axis = _channel_axis(shape, axes)
-    h, w = shape[axes.index("Y")], shape[axes.index("X")]
-    c = shape[axes.index(channel_axis)] if channel_axis else 1
-    z = int(np.prod([n for n, a in zip(shape, axes) if a not in ("Y", "X", channel_axis)], dtype=np.int64))
-    return z, int(h), int(w), int(c)
+    return read_image_header(path).shape
 
 
 def _tiff_resolution(tif: tifffile.TiffFile) -> Resolution | None:

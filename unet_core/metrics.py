@@ -560,8 +560,32 @@ def _evaluate_semantic(
     }
 
 
+def merges_and_splits(pred_labels: NDArray, gt_labels: NDArray) -> tuple[int, int]:
+    """(merges, splits): how often touching objects were wrongly joined or one object cut up.
+
+    A *merge* is a predicted object that holds more than half of each of two or more true
+    objects (it swallowed them); a *split* is a true object that holds more than half of each of
+    two or more predicted objects (it was cut into pieces). "More than half" makes every count
+    unambiguous: an object's majority lies in at most one object of the other map.
+    """
+    _check_same_shape(pred_labels, gt_labels)
+    pred, n_pred = _relabel_consecutive(pred_labels)
+    gt, n_gt = _relabel_consecutive(gt_labels)
+    if n_pred == 0 or n_gt == 0:
+        return 0, 0
+    pred_area = np.bincount(pred, minlength=n_pred + 1)
+    gt_area = np.bincount(gt, minlength=n_gt + 1)
+    both = (pred > 0) & (gt > 0)
+    pair_ids, intersection = np.unique(gt[both] * (n_pred + 1) + pred[both], return_counts=True)
+    g, p = np.divmod(pair_ids, n_pred + 1)
+    swallowed = np.bincount(p[2 * intersection > gt_area[g]], minlength=n_pred + 1)
+    pieces = np.bincount(g[2 * intersection > pred_area[p]], minlength=n_gt + 1)
+    return int((swallowed >= 2).sum()), int((pieces >= 2).sum())
+
+
 def _evaluate_instances(pred: NDArray, gt: NDArray) -> dict[str, float]:
     rand = rand_scores(pred, gt)
+    merges, splits = merges_and_splits(pred, gt)
     return {
         "pixel_error": pixel_error(pred != 0, gt != 0),
         "foreground_iou": foreground_iou(pred, gt),
@@ -570,4 +594,6 @@ def _evaluate_instances(pred: NDArray, gt: NDArray) -> dict[str, float]:
         "rand_recall": rand.recall,
         "dsb_ap": dsb_average_precision(pred, gt),
         "seg": seg_score(pred, gt),
+        "merges": float(merges),
+        "splits": float(splits),
     }

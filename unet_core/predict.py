@@ -4,22 +4,34 @@ Per input ``<stem>`` the outputs are ``<stem>_labels.png`` (uint8 class indexes;
 stacks), ``<stem>_instances.tif`` (uint16 instance ids, ImageJ-readable), ``<stem>_objects.csv``
 and, when asked, ``<stem>_probs.tif`` (float32, classes x H x W). TIFF outputs keep the input's
 resolution tags.
+
+Results are never lost to a name clash: inputs with the same stem get distinct output stems
+(:func:`output_stems`), and an existing file is not overwritten unless asked (``overwrite``).
+Each file is written under a temporary name and then moved into place, so an interrupted run
+leaves no half-written result under a real name.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tempfile
+import uuid
 import zipfile
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .inference import InferenceOptions, Progress, Segmentation, segment
-from .instances import InstanceOptions, instances, object_table, objects_csv
-from .io import ImageFile, write_image, write_tiff
+from .inference import InferenceOptions, Progress, Segmentation, segment_objects
+from .instances import InstanceOptions, object_table, objects_csv
+from .io import ImageFile, write_png, write_tiff
 from .runtime import Predictor
+
+
+class OutputExistsError(FileExistsError):
+    """An output file that would overwrite an existing file (or an input); names the file."""
 
 
 @dataclass
@@ -67,38 +79,144 @@ def run(
     progress: Progress | None = None,
 ) -> Result:
     """Segment ``image`` and derive instances and object measurements for every slice."""
-    seg = segment(image, predictor, options, progress)
-    fg = predictor.meta.foreground_classes
-    ids = np.empty(seg.labels.shape, dtype=np.int32)  # filled slice by slice: no stacked copy
-    for s in range(ids.shape[0]):
-        ids[s] = instances(seg.labels[s], fg, instance_options)
+    seg, ids = segment_objects(image, predictor, options, instance_options, progress)
     objects = [object_table(ids[s], image.data[s]) for s in range(ids.shape[0])]
     return Result(image, seg, ids, objects)
 
 
-def write_outputs(result: Result, out_dir: str | Path) -> FileResult:
-    """Write labels, instances, object table (and probabilities, if kept) for one image."""
+def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:
+    """The names :func:`write_outputs` writes for ``stem``: labels, instances, objects (, probs)."""
+    names = [f"{stem}_labels.tif" if is_stack else f"{stem}_labels.png", f"{stem}_instances.tif",
+             f"{stem}_objects.csv"]
+    return names + [f"{stem}_probs.tif"] if probs else names
+
+
+def output_stems(inputs: Sequence[str | Path]) -> list[str]:
+    """A distinct output stem for every input, decided by the list alone (deterministic).
+
+    The first input with a stem keeps it (``x.png`` -> ``x``). A later one with the same stem
+    but another suffix takes its full name (``x.tif`` -> ``x.tif``); one with the same name in
+    another folder takes its folders (``b/x.png`` -> ``b_x``, then ``c_b_x``); the same path
+    given twice gets a number (``x_2``). Compared case-insensitively, since macOS and Windows
+    file systems are.
+    """
+    paths = [Path(p) for p in inputs]
+    names = [p.name.casefold() for p in paths]
+    folders = [[part for part in p.parent.parts if part not in (p.anchor, ".", "..")] for p in paths]
+    taken: set[str] = set()
+    stems: list[str] = []
+    for i, path in enumerate(paths):
+        candidates = [path.stem]
+        twins = [folders[j] for j in range(len(paths)) if j != i and names[j] == names[i]]
+        if not twins:
+            candidates.append(path.name)
+        # The fewest trailing folders that tell this input from its namesakes: c/b/x, d/b/x -> d_b_x.
+        mine = folders[i]
+        start = next((k for k in range(1, len(mine) + 1)
+                      if all([f.casefold() for f in t[-k:]] != [f.casefold() for f in mine[-k:]] for t in twins)),
+                     len(mine) + 1)
+        candidates += ["_".join([*mine[-k:], path.stem]) for k in range(start, len(mine) + 1)]
+        stem = next((c for c in candidates if c.casefold() not in taken), None)
+        n = 2
+        while stem is None:
+            stem = f"{path.stem}_{n}" if f"{path.stem}_{n}".casefold() not in taken else None
+            n += 1
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def check_outputs(out_dir: str | Path, names: Sequence[str], overwrite: bool = False,
+                  protected: Collection[Path] = ()) -> None:
+    """Refuse to write ``names`` into ``out_dir`` when one exists (unless ``overwrite``) or is one
+    of the ``protected`` (resolved) paths, such as the inputs, which are never overwritten.
+
+    Raises:
+        OutputExistsError: naming the file and how to proceed.
+    """
+    out_dir = Path(out_dir)
+    for name in names:
+        path = out_dir / name
+        if path.resolve() in protected:
+            raise OutputExistsError(f"{path} is one of the input images and is never overwritten; "
+                                    "choose another --out folder")
+        if path.is_dir() or (not overwrite and (path.exists() or path.is_symlink())):
+            raise OutputExistsError(f"{path} already exists and was not overwritten (give --overwrite to "
+                                    "replace it, or choose another --out folder)")
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move a finished temporary file to its real name; without ``overwrite``, never over a file."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic, and fails when the name exists (even if created meanwhile)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise OutputExistsError(f"{path} already exists and was not overwritten (give --overwrite to replace "
+                                "it)") from None
+    except OSError:  # a file system without hard links (FAT, some network shares)
+        if path.exists():
+            tmp.unlink(missing_ok=True)
+            raise OutputExistsError(f"{path} already exists and was not overwritten") from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def write_outputs(
+    result: Result,
+    out_dir: str | Path,
+    stem: str | None = None,
+    overwrite: bool = False,
+    protected: Collection[Path] = (),
+) -> FileResult:
+    """Write labels, instances, object table (and probabilities, if kept) for one image.
+
+    Args:
+        result: the segmented image.
+        out_dir: the output folder (created if missing).
+        stem: output names start with this (default: the image's stem; see :func:`output_stems`).
+        overwrite: replace existing files; otherwise nothing is written when one exists.
+        protected: resolved paths that are never written (the inputs).
+
+    Raises:
+        OutputExistsError: an output exists (without ``overwrite``) or is protected.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image, seg = result.image, result.segmentation
-    stem = image.stem
+    stem = stem or image.stem
     res = image.resolution
+    names = output_names(stem, image.is_stack, seg.probs is not None)
+    check_outputs(out_dir, names, overwrite, protected)
     written = FileResult(source=image.name, n_objects=result.n_objects, notes=list(seg.notes))
-    labels_path = out_dir / (f"{stem}_labels.tif" if image.is_stack else f"{stem}_labels.png")
-    write_image(labels_path, seg.labels if image.is_stack else seg.labels[0], res)
     inst = result.instance_image()
-    inst_path = out_dir / f"{stem}_instances.tif"
-    write_tiff(inst_path, inst if image.is_stack else inst[0], res)
     if inst.dtype == np.uint32:
         written.notes.append("more than 65535 objects: instances written as 32-bit TIFF (not ImageJ-readable)")
-    csv_path = out_dir / f"{stem}_objects.csv"
-    csv_path.write_text(result.csv_text())
-    written.outputs += [labels_path, inst_path, csv_path]
+    writers: list[Callable[[Path], None]] = [
+        (lambda p: write_tiff(p, seg.labels, res)) if image.is_stack else (lambda p: write_png(p, seg.labels[0])),
+        lambda p: write_tiff(p, inst if image.is_stack else inst[0], res),
+        lambda p: p.write_text(result.csv_text()),
+    ]
     if seg.probs is not None:
-        probs_path = out_dir / f"{stem}_probs.tif"
         probs = seg.probs.astype(np.float32, copy=False)
-        write_tiff(probs_path, probs if image.is_stack else probs[0], res, "ZCYX" if image.is_stack else "CYX")
-        written.outputs.append(probs_path)
+        writers.append(lambda p: write_tiff(p, probs if image.is_stack else probs[0], res,
+                                            "ZCYX" if image.is_stack else "CYX"))
+    # Everything is written under temporary names first: a full disk or a crash half-way leaves
+    # no torn file under a result's name.
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temps = [out_dir / f".{name}.{tag}.tmp" for name in names]
+    try:
+        for write, tmp in zip(writers, temps):
+            write(tmp)
+        for tmp, name in zip(temps, names):
+            _publish(tmp, out_dir / name, overwrite)
+            written.outputs.append(out_dir / name)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return written
 
 

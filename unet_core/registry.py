@@ -10,10 +10,16 @@ Two places hold models:
 Both folders can be moved with the environment variables ``UNET_STUDIO_MODELS`` and
 ``UNET_STUDIO_RUNS`` (tests point the app at temporary folders this way). A model without a card
 file still gets one: :func:`read_card` writes it from the metadata embedded in the ONNX file.
+
+Every model is checked when listed (:func:`unet_core.runtime.inspect_onnx`: metadata in range,
+graph matching it): an invalid one is still listed, with the reason in ``error``, so the app can
+say what is wrong with it, but it is never chosen as the active model.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,8 @@ RUN_MODEL_FILE = "model.onnx"
 
 Source = Literal["shipped", "run"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -38,17 +46,26 @@ class ModelEntry:
         path: the ``.onnx`` file.
         card_path: the model card (Markdown) beside it, if there is one.
         source: ``"shipped"`` (``models/``) or ``"run"`` (trained, ``runs/<run>/``).
+        error: why the model file cannot be used (damaged, metadata out of range, graph not
+            matching its metadata), else None. An entry with an error is never made active.
     """
 
     name: str
     path: Path
     card_path: Path | None
     source: Source
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """True when the file passed the checks on load (it may still fail to start a session)."""
+        return self.error is None
 
     @property
     def label(self) -> str:
         """How the model is named in menus, e.g. ``unet-nuclei (shipped)``."""
-        return f"{self.name} ({'shipped' if self.source == 'shipped' else 'trained here'})"
+        origin = "shipped" if self.source == "shipped" else "trained here"
+        return f"{self.name} ({origin}{', invalid' if self.error else ''})"
 
 
 def models_dir() -> Path:
@@ -66,26 +83,63 @@ def _card(path: Path) -> Path | None:
     return card if card.is_file() else None
 
 
+def model_problem(path: Path) -> str | None:
+    """Why the model file at ``path`` cannot be used, or None; checked once per file version."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return _problem(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _problem(path: str, mtime_ns: int, size: int) -> str | None:
+    # mtime and size are part of the key: a model exported again in place is checked again.
+    from .runtime import ModelLoadError, inspect_onnx
+
+    try:
+        inspect_onnx(path)
+    except ModelLoadError as exc:
+        text = str(exc)
+        return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+    except Exception as exc:  # a listing must never fail because of one file
+        log.debug("checking %s failed", path, exc_info=True)
+        return f"cannot be checked ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _entry(name: str, path: Path, source: Source) -> ModelEntry:
+    return ModelEntry(name, path, _card(path), source, model_problem(path))
+
+
 def list_models() -> list[ModelEntry]:
     """Shipped models by name, then trained ones, the most recently written first.
 
-    Missing folders simply contribute nothing: a fresh checkout has no ``runs/`` yet.
+    Missing folders simply contribute nothing: a fresh checkout has no ``runs/`` yet. Invalid
+    model files are listed too, with ``error`` saying why (see :class:`ModelEntry`).
     """
     shipped_dir, run_root = models_dir(), runs_dir()
     shipped = sorted(shipped_dir.glob("*.onnx")) if shipped_dir.is_dir() else []
-    entries = [ModelEntry(p.stem, p, _card(p), "shipped") for p in shipped if p.is_file()]
+    entries = [_entry(p.stem, p, "shipped") for p in shipped if p.is_file()]
     if run_root.is_dir():
         trained = [p for p in run_root.glob(f"*/{RUN_MODEL_FILE}") if p.is_file()]
         trained.sort(key=lambda p: (-p.stat().st_mtime, p.parent.name))
-        entries += [ModelEntry(p.parent.name, p, _card(p), "run") for p in trained]
+        entries += [_entry(p.parent.name, p, "run") for p in trained]
     return entries
 
 
 def default_model() -> ModelEntry | None:
-    """``models/unet-nuclei.onnx`` when shipped, else the first shipped model, else None."""
+    """``models/unet-nuclei.onnx`` when shipped, else the first shipped model, else None.
+
+    Usable models come first; when every shipped model is invalid the preferred one is returned
+    anyway, so that the app can say what is wrong with it.
+    """
     shipped = [e for e in list_models() if e.source == "shipped"]
-    preferred = [e for e in shipped if e.name == DEFAULT_MODEL_NAME]
-    return (preferred or shipped or [None])[0]
+    for candidates in ([e for e in shipped if e.usable], shipped):
+        preferred = [e for e in candidates if e.name == DEFAULT_MODEL_NAME]
+        if preferred or candidates:
+            return (preferred or candidates)[0]
+    return None
 
 
 def read_card(entry: ModelEntry) -> str:

@@ -13,20 +13,125 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from .metadata import ModelMeta
+from .metadata import MetadataError, ModelMeta
+
+log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
+#: the graph output the predictor reads (see :mod:`unet_core.export`).
+PROBS_OUTPUT = "probabilities"
+_FLOAT = 1  # onnx.TensorProto.FLOAT, without importing onnx at module level
 
 
 class ModelLoadError(ValueError):
     """A model file that cannot be served; the message names the file and what to do."""
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A library's (often multi-line) message as one line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _graph_dims(value_info: Any) -> list[int | str | None]:
+    """The shape of a graph input/output: ints for fixed sizes, names for symbolic ones."""
+    dims: list[int | str | None] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or None)
+    return dims
+
+
+def check_onnx_graph(proto: Any, meta: ModelMeta, path: str | Path) -> None:
+    """Refuse a graph that does not match its metadata (or is no U-Net Studio U-Net at all).
+
+    Checked without running anything: one float32 image input of rank 4 with the metadata's
+    channels, a rank-4 ``probabilities`` output with its classes, one max-pool per level (the
+    depth), the first convolution's features (the width) and weights stored inside the file.
+
+    Raises:
+        ModelLoadError: naming ``path`` and the mismatch.
+    """
+    import onnx
+
+    graph = proto.graph
+    net = meta.unet
+    initializers = {t.name: t for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{path}: the graph has {len(inputs)} inputs; a U-Net Studio model has one image input")
+    image = inputs[0]
+    dims = _graph_dims(image)
+    if not image.type.HasField("tensor_type") or len(dims) != 4:
+        raise ModelLoadError(f"{path}: the graph's input has rank {len(dims)} (shape {dims}), not 4 "
+                             "(batch, channels, height, width)")
+    if image.type.tensor_type.elem_type != _FLOAT:
+        raise ModelLoadError(f"{path}: the graph's input is not float32")
+    if isinstance(dims[1], int) and dims[1] != net.in_channels:
+        raise ModelLoadError(f"{path}: the graph takes {dims[1]} channels, its metadata says "
+                             f"in_channels {net.in_channels}")
+    outputs = {o.name: o for o in graph.output}
+    if PROBS_OUTPUT not in outputs:
+        raise ModelLoadError(f"{path}: the graph has no '{PROBS_OUTPUT}' output (it has {sorted(outputs)})")
+    out_dims = _graph_dims(outputs[PROBS_OUTPUT])
+    if len(out_dims) != 4:
+        raise ModelLoadError(f"{path}: the graph's '{PROBS_OUTPUT}' output has rank {len(out_dims)}, not 4")
+    if isinstance(out_dims[1], int) and out_dims[1] != net.n_classes:
+        raise ModelLoadError(f"{path}: the graph gives {out_dims[1]} classes, its metadata says "
+                             f"n_classes {net.n_classes}")
+    nodes = list(graph.node) + [n for f in proto.functions for n in f.node]
+    pools = sum(n.op_type == "MaxPool" for n in nodes)
+    if pools != net.depth:
+        raise ModelLoadError(f"{path}: the graph has {pools} pooling steps, its metadata says depth {net.depth}")
+    first = next((n for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] == image.name), None)
+    weight = initializers.get(first.input[1]) if first is not None and len(first.input) > 1 else None
+    if weight is not None and len(weight.dims) == 4 and weight.dims[0] != net.width:
+        raise ModelLoadError(f"{path}: the graph's first convolution has {weight.dims[0]} features, its metadata "
+                             f"says width {net.width}")
+    # A U-Net Studio export keeps its weights inside the .onnx file; external data would make
+    # ONNX Runtime open further files named by the model.
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise ModelLoadError(f"{path}: the model's weights are stored in separate files (ONNX external data); "
+                             "U-Net Studio models keep them inside the .onnx file")
+
+
+def inspect_onnx(path: str | Path) -> ModelMeta:
+    """The metadata of an ``.onnx`` file after checking it and its graph; nothing is run.
+
+    Cheap enough for listing models (parses the file once, builds no session).
+
+    Raises:
+        ModelLoadError: missing, unreadable, no or invalid metadata, graph not matching it.
+    """
+    import onnx
+
+    from .metadata import metadata_from_proto
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except MemoryError as exc:
+        raise ModelLoadError(f"{path}: not enough memory to read the model file") from exc
+    except Exception as exc:  # protobuf and onnx raise many unrelated types
+        raise ModelLoadError(f"{path}: not a readable ONNX file ({one_line(exc) or type(exc).__name__})") from exc
+    try:
+        meta = metadata_from_proto(proto, path)
+    except MetadataError as exc:
+        raise ModelLoadError(f"{one_line(exc)}; export the model again with python -m unet_core export") from exc
+    check_onnx_graph(proto, meta, path)
+    return meta
 
 
 class Predictor(ABC):
@@ -84,15 +189,8 @@ class OnnxPredictor(Predictor):
     def __init__(self, path: str | Path, device: Device = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from .metadata import read_metadata
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelLoadError(f"{self.path}: model file not found")
-        try:
-            self.meta = read_metadata(self.path)
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: not a U-Net Studio ONNX model ({exc})") from exc
+        self.meta = inspect_onnx(self.path)
         # Warnings (severity 2) would include harmless notes on CPU-only machines; errors still show.
         ort.set_default_logger_severity(3)
         want_cuda = device in ("auto", "cuda") and cuda_driver_available()
@@ -114,8 +212,9 @@ class OnnxPredictor(Predictor):
         options.intra_op_num_threads = self.threads
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load this model ({exc})") from exc
+        except Exception as exc:  # onnxruntime's errors share no base class
+            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load this model ({one_line(exc)})") from exc
+        self._check_session()
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise ModelLoadError("device 'cuda' requested, but ONNX Runtime could not start its CUDA provider "
                                  "(needs CUDA 13 and cuDNN 9); use --device cpu")
@@ -129,10 +228,19 @@ class OnnxPredictor(Predictor):
         if self.device == "cpu":
             self._run_release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
+    def _check_session(self) -> None:
+        """What ONNX Runtime made of the graph agrees with the checks on the file."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelLoadError(f"{self.path}: ONNX Runtime sees inputs {[i.shape for i in inputs]}, "
+                                 "expected one of rank 4")
+        if PROBS_OUTPUT not in {o.name for o in outputs}:
+            raise ModelLoadError(f"{self.path}: ONNX Runtime sees no '{PROBS_OUTPUT}' output")
+
     def predict_batch(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         run_options = self._run_release if release else self._run_keep
-        return self.session.run(["probabilities"], {self._input: batch}, run_options)[0]
+        return self.session.run([PROBS_OUTPUT], {self._input: batch}, run_options)[0]
 
 
 # The CPU arena shared by all sessions: a 1 GB first region, then regions of up to 2 GB. Measured
@@ -172,7 +280,10 @@ class TorchPredictor(Predictor):
         use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         self.device = "cuda" if use_cuda else "cpu"
         self.device_name = _gpu_name() if use_cuda else f"CPU ({torch.get_num_threads()} threads)"
-        self.model = model.to(self.device).eval()
+        try:
+            self.model = model.to(self.device).eval()
+        except (RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory
+            raise ModelLoadError(f"the network cannot be moved to {self.device} ({one_line(exc)})") from exc
         self.meta = meta
         digest = hashlib.sha256()
         for tensor in self.model.state_dict().values():
@@ -188,11 +299,20 @@ class TorchPredictor(Predictor):
 
 
 def load_predictor(path: str | Path, device: Device = "auto") -> Predictor:
-    """A predictor for a model file: ``.onnx`` via ONNX Runtime, ``.pt`` checkpoints via PyTorch."""
+    """A predictor for a model file: ``.onnx`` via ONNX Runtime, ``.pt`` checkpoints via PyTorch.
+
+    Every failure while loading (including the libraries' own exceptions for damaged or hostile
+    files) becomes a :class:`ModelLoadError` naming the file: a model file may come from anywhere.
+    """
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return OnnxPredictor(path, device)
-    if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".pt", ".pth", ".ckpt"):
+        raise ModelLoadError(f"{path}: unknown model format (expected .onnx or a .pt checkpoint)")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    try:
+        if suffix == ".onnx":
+            return OnnxPredictor(path, device)
         from .checkpoint import CheckpointError, load_checkpoint
 
         try:
@@ -200,7 +320,13 @@ def load_predictor(path: str | Path, device: Device = "auto") -> Predictor:
         except CheckpointError as exc:
             raise ModelLoadError(str(exc)) from exc
         return TorchPredictor(model, meta, device)
-    raise ModelLoadError(f"{path}: unknown model format (expected .onnx or a .pt checkpoint)")
+    except ModelLoadError:
+        raise
+    except MemoryError as exc:
+        raise ModelLoadError(f"{path}: not enough memory to load this model") from exc
+    except Exception as exc:  # the last line of defence: never a traceback for a bad file
+        log.debug("loading %s failed", path, exc_info=True)
+        raise ModelLoadError(f"{path}: cannot be loaded ({type(exc).__name__}: {one_line(exc)})") from exc
 
 
 def device_summary() -> str:

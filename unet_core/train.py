@@ -76,6 +76,7 @@ from .io import Normalisation, fit_stretch, to_channels
 from .jobs import parse_log_lines
 from .metadata import ModelMeta
 from .model import UNet, UNetConfig
+from .scale import clamp_factor, median_diameter, rescale_image, rescale_labels, scaled_shape
 from .tiling import Geometry
 from .weights import separate_touching, weight_map
 
@@ -109,6 +110,10 @@ class TrainConfig:
         synth_mix: fraction of training tiles drawn from synthetic images when ``data`` is a
             folder (0 = none), for generalisation to the generator's look.
         normalisation: the percentile stretch (travels with the model).
+        diameter: the canonical object diameter in pixels (:mod:`unet_core.scale`): every image
+            with instances is rescaled (image linear, labels nearest, weight maps computed after
+            rescaling) so that its median object diameter equals this; stored in the model's
+            metadata so that inference rescales the same way. None = no rescaling (EM, ISBI).
 
     Network (:class:`~unet_core.model.UNet`): width (64 in the paper; CPU runs use <= 32),
         depth, dropout, in_channels. With ``init`` the architecture comes from the init model.
@@ -163,6 +168,7 @@ class TrainConfig:
     synth: dict[str, Any] = field(default_factory=dict)
     synth_mix: float = 0.0
     normalisation: Normalisation = field(default_factory=Normalisation)
+    diameter: float | None = None
     width: int = 64
     depth: int = 4
     dropout: float = 0.5
@@ -214,6 +220,8 @@ class TrainConfig:
             raise TrainError("synth_mix and invert_prob must lie in [0, 1]")
         if self.lr <= 0:
             raise TrainError(f"lr must be > 0, not {self.lr}")
+        if self.diameter is not None and not 4 <= self.diameter <= 256:
+            raise TrainError(f"diameter must lie in [4, 256] pixels (or be None), not {self.diameter}")
         geometry = Geometry(self.depth, "valid")
         for name in ("tile", "val_tile"):
             t = getattr(self, name)
@@ -316,7 +324,8 @@ class TrainImage:
 
 
 def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
-    """Normalise image ``i``, and compute its class map and weight map (once per image)."""
+    """Normalise image ``i``, rescale it to the canonical diameter, and compute its class map and
+    weight map (once per image)."""
     raw = dataset.load_image(i)
     name = dataset.samples[i].name
     stretch = fit_stretch(raw[None], cfg.in_channels, cfg.normalisation, name)
@@ -326,12 +335,27 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
     if classes.size and int(classes.max()) >= n_classes:
         raise TrainError(f"{name}: mask has class {int(classes.max())} but the model has {n_classes} classes")
     instances = dataset.load_instances(i)
+    image, classes, instances = _to_canonical_scale(image, classes, instances, cfg.diameter)
     if cfg.separate_touching:
         separated = separate_touching(instances)
         classes = np.where((instances > 0) & (separated == 0), 0, classes)
         instances = separated
     weights = weight_map(instances, cfg.w0, cfg.sigma, cfg.class_weights)
     return TrainImage(name, np.ascontiguousarray(image, np.float32), classes.astype(np.uint8), weights)
+
+
+def _to_canonical_scale(image: np.ndarray, classes: np.ndarray, instances: np.ndarray,
+                        diameter: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image (linear), classes and instances (nearest) rescaled so that the median object
+    diameter becomes ``diameter``; unchanged without a diameter or without objects."""
+    measured = median_diameter(instances) if diameter else None
+    if not measured:
+        return image, classes, instances
+    factor = clamp_factor(diameter / measured)
+    shape = scaled_shape(classes.shape, factor)
+    if shape == classes.shape:
+        return image, classes, instances
+    return rescale_image(image, shape), rescale_labels(classes, shape), rescale_labels(instances, shape)
 
 
 def _inside(coords: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -442,8 +466,11 @@ def open_training_data(cfg: TrainConfig) -> TrainData:
     if len(dataset) == 0:
         raise TrainError(f"{cfg.data}: the data set has no usable samples ({'; '.join(dataset.problems[:3])})")
     rule = SplitRule.from_dict(cfg.split) if cfg.split else dataset.split_rule
-    train_idx = rule.indices(len(dataset), "train")
-    val_idx = rule.indices(len(dataset), "val")
+    try:
+        train_idx = dataset.split_indices("train", rule)
+        val_idx = dataset.split_indices("val", rule)
+    except ValueError as exc:
+        raise TrainError(f"{cfg.data}: {exc}") from exc
     if not train_idx:
         raise TrainError(f"{cfg.data}: the split {rule.to_dict()} leaves no training images")
     synthetic = None
@@ -669,7 +696,7 @@ def make_meta(cfg: TrainConfig, data: TrainData, training: dict[str, Any]) -> Mo
     names = list(cfg.class_names or default_class_names(data.dataset.layout))
     unet = dataclasses.replace(cfg.unet, n_classes=len(names))
     return ModelMeta(name=cfg.run_name, unet=unet, class_names=names, foreground_classes=[1],
-                     normalisation=cfg.normalisation, training=training)
+                     normalisation=cfg.normalisation, training=training, diameter=cfg.diameter)
 
 
 def _training_record(cfg: TrainConfig, data: TrainData, step: int, elapsed: float,
@@ -983,6 +1010,11 @@ def model_card(cfg: TrainConfig, data: TrainData, meta: ModelMeta, step: int, el
          f"{data.dataset.mask_encoding})"),
         f"- split: {data.rule.to_dict()} -> {len(data.train_indices)} train / {len(data.val_indices)} val images",
     ]
+    if data.rule.groups:
+        lines.append(f"- held out as whole acquisition groups (never trained on): {', '.join(data.rule.groups)}")
+    if cfg.diameter:
+        lines.append(f"- every image rescaled so that its median object diameter is {cfg.diameter:g} px "
+                     "(the model's canonical diameter; inference rescales the same way)")
     if data.synthetic is not None:
         lines.append(f"- mixed in: {cfg.synth_n} synthetic images ({cfg.synth_mix:.0%} of the tiles)")
     lines += [
