@@ -6,13 +6,20 @@ sidebar. The pages themselves live in ``pages/`` and are listed in ``pages/_comm
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
 from pages._common import MODEL_KEY, active_model, available_pages, device_line
 from unet_core.registry import list_models
 
-st.set_page_config(page_title="U-Net Studio", page_icon=":material/biotech:", layout="wide")
+#: The browser tab's icon, served by the app itself: a ``:material/...:`` page icon makes the browser
+#: fetch it from fonts.gstatic.com (the icons inside the pages come with Streamlit's own font), and
+#: the app must work offline.
+APP_ICON = Path(__file__).resolve().parent / "assets" / "icon.png"
+
+st.set_page_config(page_title="U-Net Studio", page_icon=str(APP_ICON), layout="wide")
 
 
 def navigation() -> StreamlitPage:

@@ -12,6 +12,12 @@ convolution FLOPs per output pixel for an infinitely large tile.
 
 ``--rss N`` measures the peak resident memory of ``python -m unet_core predict`` on an N x N image
 in a child process (8192 for the issue's figure).
+
+``--int8 MODEL-int8.onnx`` (from ``python -m unet_core quantize``) also times that int8 model
+against its fp32 parent (named in its quantization record, beside it; or ``--int8-parent``) on the
+same image and tiles, best of ``--repeats`` after a warm-up each, and prints the ratio int8 / fp32
+and the int8 rate against the fp32 limit above (for the int8 model's own width). It can exceed
+100 %: the limit is the CPU's fp32 peak.
 """
 
 from __future__ import annotations
@@ -85,6 +91,51 @@ def rss_child(size: int, width: int, tile: str) -> float:
     return peak_kb / 1e6
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call."""
+    fn()
+    return min(_timed(fn) for _ in range(max(1, repeats)))
+
+
+def int8_parent(int8_path: Path, given: str | None) -> Path:
+    """The fp32 model an int8 model is compared with: ``given``, else its recorded parent beside it."""
+    if given:
+        return Path(given)
+    from unet_core.metadata import read_metadata
+
+    record = read_metadata(int8_path).quantization or {}
+    if not record.get("parent"):
+        raise SystemExit(f"error: {int8_path} has no quantization record naming its parent; give --int8-parent")
+    parent = int8_path.with_name(str(record["parent"]))
+    if not parent.is_file():
+        raise SystemExit(f"error: the parent {parent} of {int8_path} is not there; give --int8-parent")
+    return parent
+
+
+def compare_int8(int8_path: Path, parent_path: Path, img: ImageFile, options: InferenceOptions,
+                 peak_gflops: float, repeats: int) -> None:
+    """Time the int8 model and its fp32 parent on the same image and tiles; print the ratios."""
+    int8_pred = OnnxPredictor(int8_path, device="cpu")
+    fp32_pred = OnnxPredictor(parent_path, device="cpu")
+    if int8_pred.meta.unet != fp32_pred.meta.unet:
+        print(f"note: {int8_path.name} and {parent_path.name} describe different networks; the ratio compares unlike work")
+    mpx = img.data[0, ..., 0].size / 1e6
+    seg_int8 = segment(img, int8_pred, options)
+    t_int8 = best_seconds(lambda: segment(img, int8_pred, options), repeats)
+    seg_fp32 = segment(img, fp32_pred, options)
+    t_fp32 = best_seconds(lambda: segment(img, fp32_pred, options), repeats)
+    rate_int8, rate_fp32 = mpx / t_int8, mpx / t_fp32
+    limit = peak_gflops * 1e9 / flops_per_pixel_limit(int8_pred.meta.unet) / 1e6
+    agree = float((seg_int8.labels == seg_fp32.labels).mean())
+    print(f"int8: {int8_path.name} vs fp32 parent {parent_path.name} (width {int8_pred.meta.unet.width}), "
+          f"tile {seg_int8.tile[0]} x {seg_int8.tile[1]}, best of {max(1, repeats)}")
+    print(f"(i) int8 ONNX Runtime:   {rate_int8:.4f} Mpx/s  ({t_int8:.2f} s)")
+    print(f"(f) fp32 parent:         {rate_fp32:.4f} Mpx/s  ({t_fp32:.2f} s)")
+    print(f"i/f = {rate_int8 / rate_fp32:.2f}; argmax agreement {100 * agree:.2f} % of the pixels")
+    print(f"i = {100 * rate_int8 / limit:.1f} % of the fp32 limit ({limit:.3f} Mpx/s at width "
+          f"{int8_pred.meta.unet.width})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=2048)
@@ -95,7 +146,15 @@ def main() -> None:
     parser.add_argument("--rss-tile", default="auto")
     parser.add_argument("--rss-width", type=int, default=None,
                         help="network width for --rss (default: --width; the paper width takes ~10 min at 8192)")
+    parser.add_argument("--int8", metavar="MODEL_INT8.onnx", help="also time this int8 model against its fp32 "
+                        "parent on the same image and tiles (see the module docstring)")
+    parser.add_argument("--int8-parent", metavar="MODEL.onnx",
+                        help="the fp32 model for --int8 (default: the parent its quantization record names, beside it)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model for --int8, the best counts "
+                        "(default 3, after a warm-up)")
     args = parser.parse_args()
+    int8_path = Path(args.int8) if args.int8 else None
+    parent_path = int8_parent(int8_path, args.int8_parent) if int8_path else None  # fail before the long part
     if args.only_rss:
         width = args.rss_width or args.width
         print(f"peak RSS of `predict` on {args.rss} x {args.rss} (width {width}, tile {args.rss_tile}): "
@@ -148,6 +207,8 @@ def main() -> None:
         print(f"(c) MONAI sliding_window (same, roi 512, overlap 0.25, gaussian): {c:.4f} Mpx/s")
         print(f"a/c = {a / c:.2f}")
     print(f"a = {100 * a / limit:.1f} % of the limit")
+    if int8_path is not None:
+        compare_int8(int8_path, parent_path, img, options, peak, args.repeats)
     if args.rss:
         width = args.rss_width or args.width
         print(f"peak RSS of `predict` on {args.rss} x {args.rss} (width {width}, tile {args.rss_tile}): "

@@ -15,41 +15,64 @@ from pages._common import active_model, predictor_or_stop, show_no_model
 from unet_core import visualize as viz
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
-from unet_core.io import ImageFile, read_image_bytes
+from unet_core.io import (
+    CONVERT_FIRST,
+    ChannelChoiceError,
+    ImageFile,
+    ImageHeader,
+    ImageReadError,
+    channels_for_model,
+    read_image_bytes,
+    read_image_header_bytes,
+)
 from unet_core.predict import Result, result_files, run, zip_files
 from unet_core.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
+# Vendor formats are accepted by the uploader only to say how to convert them (a refused suffix
+# would get nothing but the uploader's red icon).
+IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", *(suffix.lstrip(".") for suffix in CONVERT_FIRST)]
 # Tile sizes offered besides "Automatic" (rounded down to sizes the model accepts).
 TILE_TARGETS = (100, 196, 388, 516, 708, 900)
 STATE_KEY = "segment_results"
+#: session_state: file name -> the channels chosen for it (numbered from 1), kept for the session so
+#: that the same file uploaded again keeps its channel.
+CHANNELS_KEY = "segment_channels"
+#: session_state: upload id -> (header, channel thumbnails); read once per upload, not per rerun.
+LAYOUT_KEY = "segment_channel_layouts"
+#: session_state: the pixel size (µm) typed for images whose file does not say (0 = unknown).
+PIXEL_SIZE_KEY = "segment_pixel_size_um"
 EXAMPLE_NAME = "example_nuclei.png"
 
 # Download buttons per output file, by the end of the name the CLI gives it: label, mime, help.
 DOWNLOADS = {
     "_labels.png": ("Labels (PNG)", "image/png", (
-        "One value per pixel: the class index (0 = background). It looks black in an ordinary "
-        "viewer; in Fiji use Image > Adjust > Brightness/Contrast.")),
+        "Objects white (255) on black (0) for a model with one object class; for a model with more "
+        "classes, the class index of every pixel (0 = background: in Fiji use Image > Adjust > "
+        "Brightness/Contrast).")),
     "_labels.tif": ("Labels (TIFF stack)", "image/tiff",
-                    "Class index per pixel (0 = background), per slice."),
+                    "Per slice: objects 255 on background 0 (one object class), else the class index."),
     "_instances.tif": ("Objects (TIFF)", "image/tiff", (
         "Each object has its own number (1, 2, 3, …; 0 = background): a label image for Fiji, "
         "napari or CellProfiler.")),
-    "_objects.csv": ("Measurements (CSV)", "text/csv",
-                     "One row per object: area in pixels, centroid, bounding box, mean intensity."),
+    "_objects.csv": ("Measurements (CSV)", "text/csv", (
+        "One row per object: area in pixels (and µm² when the pixel size is known), centroid, bounding "
+        "box, mean intensity; stacks: a slice column counting from 1, ids unique in the stack.")),
 }
 
 # The object table on screen: plain names, the most used measurements first (the CSV keeps the
 # CLI's column names and order).
 TABLE_COLUMNS = {
     "id": st.column_config.NumberColumn("Object", help="Its number in the Objects TIFF"),
+    "area_um2": st.column_config.NumberColumn("Area (µm²)", format="%.2f"),
     "area": st.column_config.NumberColumn("Area (px)"),
     "mean_intensity": st.column_config.NumberColumn("Mean intensity", format="%.1f",
                                                     help="In the image's own units (RGB: luminance)"),
     "centroid_x": st.column_config.NumberColumn("Centre x", format="%.1f"),
     "centroid_y": st.column_config.NumberColumn("Centre y", format="%.1f"),
+    "centroid_x_um": st.column_config.NumberColumn("Centre x (µm)", format="%.2f"),
+    "centroid_y_um": st.column_config.NumberColumn("Centre y (µm)", format="%.2f"),
     "bbox_min_x": st.column_config.NumberColumn("Left"),
     "bbox_min_y": st.column_config.NumberColumn("Top"),
     "bbox_max_x": st.column_config.NumberColumn("Right", help="Exclusive: first column after the object"),
@@ -72,6 +95,9 @@ class Outcome:
 
     name: str
     error: str | None = None
+    # What to do about an error (the general advice for unreadable files by default).
+    advice: str = ("Check that it is a PNG, JPEG or TIFF microscope image; if it opens in Fiji, save it "
+                   "again there as TIFF and retry.")
     result: Result | None = None
     foreground: np.ndarray | None = None  # (Z, H, W) float16 probability of the object classes
     limits: tuple[float, float] = (0.0, 255.0)  # display contrast of the whole image or stack
@@ -93,24 +119,86 @@ def example_pixels() -> np.ndarray | None:
     return image
 
 
-def upload_source(upload: UploadedFile) -> Source:
-    return Source(upload.file_id, upload.name, lambda: read_image_bytes(upload.getvalue(), upload.name))
+def upload_source(upload: UploadedFile, in_channels: int = 1, channels: tuple[int, ...] | None = None) -> Source:
+    """An upload, read with the chosen ``channels`` (numbered from 1) for a model taking ``in_channels``."""
+    key = upload.file_id + (f":channels={','.join(map(str, channels))}" if channels else "")
+    return Source(key, upload.name,
+                  lambda: channels_for_model(read_image_bytes(upload.getvalue(), upload.name), in_channels, channels))
 
 
 def example_source(pixels: np.ndarray) -> Source:
     return Source("example", EXAMPLE_NAME, lambda: ImageFile(EXAMPLE_NAME, pixels[None, :, :, None]))
 
 
-def choose_inputs() -> list[Source]:
-    """The uploader and, when the generator exists, the example image."""
+def channel_layout(upload: UploadedFile) -> tuple[ImageHeader | None, list[np.ndarray]]:
+    """The upload's header and, for images with separate channels, a thumbnail per channel.
+
+    Kept per upload in the session: reruns (every slider move) do not read the file again. A file
+    that cannot be read gives ``(None, [])``: its error is reported when it is segmented.
+    """
+    layouts = st.session_state.setdefault(LAYOUT_KEY, {})
+    if upload.file_id not in layouts:
+        header, thumbnails = None, []
+        try:
+            header = read_image_header_bytes(upload.getvalue(), upload.name)
+            if header.mode == "channels" and header.shape[3] > 1:
+                image = read_image_bytes(upload.getvalue(), upload.name)
+                thumbnails = viz.channel_thumbnails(image.data[image.data.shape[0] // 2])
+        except (ImageReadError, MemoryError):
+            log.debug("no channel layout for %s", upload.name, exc_info=True)
+        layouts[upload.file_id] = (header, thumbnails)
+    return layouts[upload.file_id]
+
+
+def choose_channels(upload: UploadedFile, in_channels: int) -> tuple[int, ...] | None:
+    """For an image with more separate channels (not RGB) than the model takes: a warning, a
+    thumbnail per channel and a picker. The choice (numbered from 1) or None while there is none;
+    None also for images that need no choice."""
+    header, thumbnails = channel_layout(upload)
+    if header is None or header.mode != "channels" or header.shape[3] in (1, in_channels):
+        return None
+    n = header.shape[3]
+    chosen_before = st.session_state.setdefault(CHANNELS_KEY, {}).get(upload.name)
+    if chosen_before and (max(chosen_before) > n or len(chosen_before) != in_channels):
+        chosen_before = None  # another file of the same name
+    warning = st.empty()  # above the picker, filled once the picker says whether a choice is made
+    if thumbnails:
+        st.image(thumbnails, caption=[f"Channel {c}" for c in range(1, n + 1)], width=120)
+    options = list(range(1, n + 1))
+    label = f"Channel of {upload.name} to segment" if in_channels == 1 else f"Channels of {upload.name} to segment"
+    widget_key = f"segment_channel:{upload.file_id}"
+    if in_channels == 1:
+        picked = st.selectbox(label, options, index=options.index(chosen_before[0]) if chosen_before else None,
+                              format_func=lambda c: f"Channel {c}", placeholder="Choose a channel",
+                              key=widget_key, help="Numbered from 1, as in Fiji.")
+        chosen = (int(picked),) if picked is not None else None
+    else:
+        picked = st.multiselect(label, options, default=list(chosen_before or []), max_selections=in_channels,
+                                format_func=lambda c: f"Channel {c}", key=widget_key,
+                                help=f"{in_channels} channels, in the order the model was trained on.")
+        chosen = tuple(int(c) for c in picked) if len(picked) == in_channels else None
+    if chosen:
+        st.session_state[CHANNELS_KEY][upload.name] = chosen
+    else:
+        what = "the channel" if in_channels == 1 else f"the {in_channels} channels"
+        warning.warning(f"**{upload.name}** has {n} separate channels (not RGB) and the model takes "
+                        f"{in_channels}: choose {what} with the objects (for nuclei, the DNA stain such as "
+                        "DAPI) before segmenting.", icon=":material/warning:")
+    return chosen
+
+
+def choose_inputs(in_channels: int = 1) -> list[Source]:
+    """The uploader, a channel picker per multi-channel image and, when the generator exists, the
+    example image."""
     uploads = st.file_uploader(
         "Microscope images: drop files here or click Upload",
         type=IMAGE_TYPES,
         accept_multiple_files=True,
-        help="PNG, JPEG or TIFF, 8- or 16-bit; TIFF stacks are segmented slice by slice. "
-        "Several files at once are fine. Larger than the limit? Use `python -m unet_core predict`.",
+        help="PNG, JPEG or TIFF, 8- or 16-bit; TIFF stacks are segmented slice by slice, multi-channel "
+        "TIFFs on the channel you choose. Several files at once are fine. Larger than the limit? Use "
+        "`python -m unet_core predict`. CZI, ND2 and LIF files: convert them to TIFF in Fiji first.",
     )
-    sources = [upload_source(u) for u in uploads or []]
+    sources = [upload_source(u, in_channels, choose_channels(u, in_channels)) for u in uploads or []]
     pixels = example_pixels()
     if pixels is not None and st.toggle("Add the example image (synthetic nuclei)", key="segment_example"):
         sources.append(example_source(pixels))
@@ -181,6 +269,10 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
     start = time.perf_counter()
     try:
         result = run(source.load(), predictor, options, instance_options, progress)
+    except ChannelChoiceError as exc:
+        return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: ")
+                       + ": pick it under the uploader (a picker shows each channel), then press Segment again",
+                       advice="")
     except ValueError as exc:  # ImageReadError included: unreadable, empty, constant images
         # Engine messages start with the file name; the page prints the name itself.
         return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: "))
@@ -256,7 +348,7 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     if seg.diameter_source in ("given", "estimated") and seg.diameter:
         st.caption(f"Object diameter **{seg.diameter:.1f} px** ({seg.diameter_source}); the image was segmented "
                    f"at {seg.factor:.2f}× its size.")
-    for note in seg.notes:
+    for note in [*result.image.notes, *seg.notes]:  # the channel segmented, NaN pixels, tile changes
         st.caption(note)
     download_buttons(outcome.files, key=outcome.name)
 
@@ -273,8 +365,52 @@ def show_result(outcome: Outcome, class_names: str) -> None:
                 width="stretch")
     left.image(viz.fit_for_screen(viz.probability_image(outcome.foreground[s])), width="stretch",
                caption=f"Probability of {class_names}: dark = 0, yellow = 1")
+    physical = result.image.pixel_size_um is not None
+    order = [c for c in TABLE_COLUMNS if physical or not c.endswith(("_um", "_um2"))]
     right.dataframe(result.objects[s], hide_index=True, width="stretch", height=420,
-                    column_config=TABLE_COLUMNS, column_order=list(TABLE_COLUMNS))
+                    column_config=TABLE_COLUMNS, column_order=order)
+
+
+def choose_pixel_size(outcomes: list[Outcome]) -> float:
+    """A typed pixel size (µm) for the results whose file has none; 0 when there is none or none
+    is needed. Kept in the session (:data:`PIXEL_SIZE_KEY`)."""
+    unknown = [o.name for o in outcomes if o.result is not None and o.result.image.pixel_size_um is None]
+    if not unknown:
+        return 0.0
+    names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    typed = st.number_input(
+        "Pixel size (µm)", min_value=0.0, max_value=1000.0, value=float(st.session_state.get(PIXEL_SIZE_KEY, 0.0)),
+        step=0.01, format="%.4f", key="segment_pixel_size",
+        help="The width of one pixel in micrometres, for areas in µm² in the table and the CSV of the "
+        f"images whose file does not say (no TIFF resolution or OME pixel size): {names}. 0 = unknown, "
+        "measurements in pixels only. Fiji shows it in Image > Properties.")
+    st.session_state[PIXEL_SIZE_KEY] = float(typed)
+    return float(typed)
+
+
+def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
+    """``outcome`` with µm columns in its table and CSV for a typed ``pixel_size`` (µm), when its
+    file does not say; unchanged otherwise (the other files are the CLI's)."""
+    result = outcome.result
+    if result is None or pixel_size <= 0 or result.image.pixel_size_um is not None:
+        return outcome
+    result = result.with_pixel_size(pixel_size)
+    files = {name: (result.csv_text().encode() if name.endswith("_objects.csv") else data)
+             for name, data in outcome.files.items()}
+    return replace(outcome, result=result, files=files)
+
+
+def typed_outcomes(state: dict, pixel_size: float) -> tuple[list[Outcome], bytes | None]:
+    """The outcomes and the zip with a typed pixel size applied, computed once per size."""
+    outcomes = list(state["outcomes"].values())
+    if pixel_size <= 0:
+        return outcomes, state["zip"]
+    cached = state.get("typed")
+    if cached is None or cached[0] != pixel_size:
+        typed = [with_typed_pixel_size(o, pixel_size) for o in outcomes]
+        file_sets = [o.files for o in typed if o.files]
+        state["typed"] = cached = (pixel_size, typed, zip_files(file_sets) if state["zip"] is not None else None)
+    return cached[1], cached[2]
 
 
 def show_results(outcomes: list[Outcome], zip_bytes: bytes | None, class_names: str) -> None:
@@ -283,8 +419,7 @@ def show_results(outcomes: list[Outcome], zip_bytes: bytes | None, class_names: 
         if outcome.error:
             st.error(
                 f"**{outcome.name}** was not segmented: {outcome.error}.  \n"
-                "Check that it is a PNG, JPEG or TIFF microscope image; if it opens in Fiji, save it "
-                "again there as TIFF and retry. The other images were processed.",
+                f"{outcome.advice + ' ' if outcome.advice else ''}The other images were processed.",
                 icon=":material/error:",
             )
     done = [o for o in outcomes if o.result is not None]
@@ -323,7 +458,7 @@ with options_col, st.expander("Options", expanded=True, icon=":material/tune:"):
 settings = (predictor.fingerprint, repr(options), repr(instance_options))
 state = st.session_state.get(STATE_KEY)
 with inputs_col:
-    sources = choose_inputs()
+    sources = choose_inputs(predictor.meta.unet.in_channels)
     keys = tuple(s.key for s in sources)
     st.caption(f"Model **{entry.label}** on {predictor.device_name}.")
     count = f"{len(sources)} image{'s' if len(sources) != 1 else ''}"
@@ -338,7 +473,8 @@ with inputs_col:
 
 if state and state["settings"] == settings and state["keys"] == keys:
     class_names = " or ".join(predictor.meta.class_names[k] for k in predictor.meta.foreground_classes)
-    show_results(list(state["outcomes"].values()), state["zip"], class_names)
+    outcomes, zip_bytes = typed_outcomes(state, choose_pixel_size(list(state["outcomes"].values())))
+    show_results(outcomes, zip_bytes, class_names)
 elif state and sources:
     st.info("The images or options changed: press **Segment** to update the results.",
             icon=":material/refresh:")

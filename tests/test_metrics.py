@@ -318,8 +318,11 @@ def test_evaluate_pair_instance_kind() -> None:
         "rand_recall",
         "dsb_ap",
         "seg",
+        "merges",
+        "splits",
     }
     assert scores["dsb_ap"] == 1.0 and scores["seg"] == 1.0 and scores["pixel_error"] == 0.0
+    assert scores["merges"] == scores["splits"] == 0.0
 
 
 def test_evaluate_pair_semantic_multiclass() -> None:

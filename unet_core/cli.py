@@ -1,4 +1,4 @@
-"""Command line: ``python -m unet_core {predict,export,train,evaluate,synth}``.
+"""Command line: ``python -m unet_core {predict,export,quantize,train,evaluate,synth}``.
 
 Errors that a user can act on (unreadable image, wrong model file) are printed as one line naming
 the file; the other files are still processed and the exit status is non-zero at the end.
@@ -74,6 +74,31 @@ def _diameter_arg(value: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _channels_arg(value: str) -> list[int]:
+    """``2`` or ``1,2``: channels numbered from 1, as Fiji numbers them."""
+    try:
+        channels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channels are numbers from 1 (as in Fiji), e.g. 2 or 1,2; not {value!r}"
+                                         ) from None
+    if not channels or min(channels) < 1:
+        raise argparse.ArgumentTypeError(f"channels are numbered from 1 (as in Fiji), e.g. 2 or 1,2; not {value!r}")
+    return channels
+
+
+def _channel_hint(exc: BaseException) -> str:
+    """What to type after a refusal to guess the channel (empty for other errors)."""
+    from .io import ChannelChoiceError
+
+    if not isinstance(exc, ChannelChoiceError):
+        return ""
+    if exc.in_channels == 1:
+        return (f": give the channel with the objects with --channel N (1 to {exc.n_channels}, numbered as in Fiji), "
+                "e.g. --channel 2")
+    example = ",".join(str(c) for c in range(1, exc.in_channels + 1))
+    return f": give {exc.in_channels} channels (1 to {exc.n_channels}, numbered as in Fiji), e.g. --channels {example}"
+
+
 def _size_arg(value: str) -> int | None:
     if value == "auto":
         return None
@@ -130,7 +155,7 @@ def _resolved(name: str) -> Path | None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import InferenceOptions
-    from .io import read_image
+    from .io import channels_for_model, read_image
     from .predict import check_outputs, output_names, output_stems, run, write_outputs
     from .runtime import ModelLoadError, load_predictor
 
@@ -162,13 +187,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar.start_file(i, Path(name).name)
         try:
             image = read_image(name)
+            # --channel is for the multi-channel images of a batch: gray and RGB images are read as always.
+            chosen = args.channels if image.has_separate_channels else None
+            image = channels_for_model(image, predictor.meta.unet.in_channels, chosen)
             # Checked before segmenting too: a refused output should not cost the segmentation.
             check_outputs(out, output_names(stem, image.is_stack, args.probs), args.overwrite, inputs)
             result = run(image, predictor, options, inst, bar.tiles)
             written = write_outputs(result, out, stem, args.overwrite, inputs)
         except (ImageReadError, ValueError, OSError) as exc:
             failed += 1
-            print(f"error: {_file_message(name, exc)}", file=sys.stderr)
+            print(f"error: {_file_message(name, exc)}{_channel_hint(exc)}", file=sys.stderr)
             continue
         except MemoryError:
             failed += 1
@@ -213,6 +241,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     sizes = [geometry.input_size(geometry.floor_output(s)) for s in (100, 196)]
     diff = parity(model, out, sizes)
     print(f"wrote {out} (max |ONNX - PyTorch| = {diff:.2e} at inputs {sizes})")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``quantize MODEL.onnx [--data DATA] [--out MODEL-int8.onnx]``: an int8 copy for the CPU."""
+    from .quantize import QuantizeError, QuantizeOptions, quantize_model
+
+    try:
+        options = QuantizeOptions(calibration=args.calibration, tiles=args.tiles, tile=args.tile,
+                                  percentile=args.percentile, fp32_ends=not args.all_int8, seed=args.seed)
+        result = quantize_model(args.model, args.out, args.data, options)
+    except QuantizeError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    record = result.record
+    print(f"wrote {result.path} ({record['format']}, {record['calibration']} calibration on {record['tiles']} tiles "
+          f"of {record['tile_input']} px from {record['images']} training images of {record['data']}); "
+          f"{100 * result.agreement:.1f} % of the calibration pixels keep their fp32 class; "
+          f"convolutions left in fp32: {len(result.float_convs)}")
     return 0
 
 
@@ -431,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--probs", action="store_true", help="also write <stem>_probs.tif (float32)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    p.add_argument("--channel", "--channels", dest="channels", type=_channels_arg, action="extend", default=None,
+                   metavar="N[,N]",
+                   help="the channel(s) to segment in multi-channel (non-RGB) images, numbered from 1 as in "
+                        "Fiji; repeatable or comma-separated (--channels 1,2 for a 2-channel model). Needed when "
+                        "an image has more separate channels than the model takes; RGB images are converted "
+                        "to gray as always")
     _add_object_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -438,6 +494,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("quantize", help="make an int8 copy of an ONNX model for fast CPU inference "
+                       "(static, calibrated on its training images)")
+    q.add_argument("model", help="the fp32 .onnx model")
+    q.add_argument("--data", help="calibration data set folder, or 'synthetic' (default: the data set the model "
+                   "records as its training data); only its training images are used (the model's split rule)")
+    q.add_argument("--out", help="the int8 model to write (default: MODEL-int8.onnx next to MODEL.onnx)")
+    q.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="percentile",
+                   help="how activation ranges are set (default percentile)")
+    q.add_argument("--tiles", type=int, default=24, help="calibration tiles (default 24)")
+    q.add_argument("--tile", type=int, default=244, help="output edge of a calibration tile in px, rounded down to "
+                   "a valid size (default 244, i.e. 428 px input tiles for the paper's net)")
+    q.add_argument("--percentile", type=float, default=99.999, help="percentile of --calibration percentile "
+                   "(default 99.999)")
+    q.add_argument("--all-int8", action="store_true", help="quantize the first and the final convolution too "
+                   "(default: they stay fp32, under 1 %% of the work)")
+    q.add_argument("--seed", type=int, default=0, help="which images and tile positions are drawn (default 0)")
+    q.set_defaults(func=cmd_quantize)
 
     t = sub.add_parser("train", help="train a U-Net (the paper's recipe; resumable)")
     t.add_argument("--data", help="data set folder, or 'synthetic' (not needed with --resume)")

@@ -4,27 +4,127 @@ The exported graph takes ``image`` (N, C, H, W) float32, already normalised, and
 ``logits`` and ``probabilities`` (softmax over classes). H and W are symbolic but restricted to
 the sizes the network accepts (for the paper's net ``16k + 188``), so ONNX Runtime rejects an
 invalid tile with a clear shape error instead of silently mis-pooling.
+
+The 2x2 stride-2 up-convolutions can be exported as they are (``ConvTranspose``) or as the exactly
+equal 1x1 convolution to ``4 * c_out`` channels followed by ``DepthToSpace`` (mode CRD, what
+``nn.PixelShuffle`` exports to): ONNX Runtime has int8 CPU kernels for ``Conv`` but none for
+``ConvTranspose``, so the second form is the one :mod:`unet_core.quantize` starts from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 import torch
+from torch import nn
 from torch.export import Dim
 
 from .metadata import METADATA_KEY, ModelMeta, read_metadata  # noqa: F401  (re-exported)
 from .model import UNet
 
+log = logging.getLogger(__name__)
+
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
+
+Upconv = Literal["convtranspose", "depth_to_space"]
+#: how :func:`to_onnx` writes the up-convolutions (see the module docstring).
+UPCONV_MODES: tuple[str, ...] = ("convtranspose", "depth_to_space")
+#: the 1x1 convolution of a :class:`DepthToSpaceUpConv`; its parameters are named after it in the
+#: ONNX file (``net.up.0.up.conv1x1.weight``), which is how :func:`state_dict_from_onnx` finds them.
+DEPTH_TO_SPACE_CONV = "conv1x1"
+
+
+def upconv_to_1x1(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1x1 convolution equal to a 2x2 stride-2 ``ConvTranspose2d`` followed by PixelShuffle(2).
+
+    The transposed convolution writes ``y[o, 2i+a, 2j+b] = bias[o] + sum_c x[c, i, j] W[c, o, a, b]``
+    (``weight`` is ``(c_in, c_out, 2, 2)``). PixelShuffle (ONNX DepthToSpace, mode CRD) reads output
+    ``(o, 2i+a, 2j+b)`` from input channel ``4o + 2a + b``, so that channel's filter is
+    ``W[:, o, a, b]`` and its bias ``bias[o]``.
+
+    Returns:
+        ``(4 * c_out, c_in, 1, 1)`` weights and ``(4 * c_out,)`` biases.
+    """
+    c_in, c_out, kh, kw = weight.shape
+    if (kh, kw) != (2, 2):
+        raise ValueError(f"expected a 2x2 up-convolution kernel, not {kh}x{kw}")
+    w1 = weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in, 1, 1)
+    return w1.contiguous(), bias.repeat_interleave(4)
+
+
+def upconv_from_1x1(w1: torch.Tensor, b1: torch.Tensor, name: str = "up-convolution") -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`upconv_to_1x1`: ``ConvTranspose2d`` weights ``(c_in, c_out, 2, 2)`` and bias.
+
+    Raises:
+        ValueError: the shapes do not come from :func:`upconv_to_1x1`, or the four biases of an output
+            channel differ (then no transposed convolution equals the 1x1 one).
+    """
+    if w1.ndim != 4 or w1.shape[0] % 4 or tuple(w1.shape[2:]) != (1, 1) or b1.shape != (w1.shape[0],):
+        raise ValueError(f"{name}: weights {tuple(w1.shape)} / bias {tuple(b1.shape)} are no depth-to-space "
+                         "up-convolution (expected (4*c_out, c_in, 1, 1) and (4*c_out,))")
+    c_out, c_in = w1.shape[0] // 4, w1.shape[1]
+    weight = w1.reshape(c_out, 2, 2, c_in).permute(3, 0, 1, 2).contiguous()
+    bias = b1.reshape(c_out, 4)
+    if not torch.equal(bias, bias[:, :1].expand(-1, 4)):
+        raise ValueError(f"{name}: the four biases of an output channel differ; this 1x1 convolution has no "
+                         "equal 2x2 up-convolution")
+    return weight, bias[:, 0].contiguous()
+
+
+class DepthToSpaceUpConv(nn.Module):
+    """A 2x2 stride-2 up-convolution as a 1x1 convolution to ``4 * c_out`` channels + PixelShuffle(2).
+
+    Exactly equal to the ``nn.ConvTranspose2d(c_in, c_out, 2, stride=2)`` it is made from (same
+    multiply-adds, only their order in the sum differs).
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(c_in, 4 * c_out, kernel_size=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    @classmethod
+    def from_conv_transpose(cls, up: nn.ConvTranspose2d) -> DepthToSpaceUpConv:
+        """The equivalent of ``up`` (weights copied); ValueError for anything but 2x2, stride 2."""
+        plain = (tuple(up.kernel_size) == (2, 2) and tuple(up.stride) == (2, 2) and tuple(up.padding) == (0, 0)
+                 and tuple(up.output_padding) == (0, 0) and tuple(up.dilation) == (1, 1) and up.groups == 1
+                 and up.bias is not None)
+        if not plain:
+            raise ValueError(f"only 2x2 stride-2 up-convolutions with a bias can be rewritten, not {up}")
+        module = cls(up.in_channels, up.out_channels)
+        w1, b1 = upconv_to_1x1(up.weight.detach(), up.bias.detach())
+        with torch.no_grad():
+            module.conv1x1.weight.copy_(w1)
+            module.conv1x1.bias.copy_(b1)
+        return module.to(up.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv1x1(x))
+
+
+def with_depth_to_space(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``ConvTranspose2d`` replaced by its :class:`DepthToSpaceUpConv`.
+
+    The copy keeps the parameter names except for the up-convolutions (``up.0.up.weight`` becomes
+    ``up.0.up.conv1x1.weight``); ``model`` itself is not changed.
+    """
+    rewritten = copy.deepcopy(model)
+    targets = [(name, m) for name, m in rewritten.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    for name, module in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = rewritten.get_submodule(parent_name) if parent_name else rewritten
+        setattr(parent, attr, DepthToSpaceUpConv.from_conv_transpose(module))
+    return rewritten
 
 
 class _WithSoftmax(torch.nn.Module):
@@ -53,9 +153,20 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def to_onnx(model: UNet, meta: ModelMeta, path: str | Path) -> Path:
-    """Export ``model`` to ``path`` (written atomically) with ``meta`` embedded; returns the path."""
+def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "convtranspose") -> Path:
+    """Export ``model`` to ``path`` (written atomically) with ``meta`` embedded; returns the path.
+
+    Args:
+        model: the network (left unchanged, in its training mode).
+        meta: the metadata embedded in the file.
+        path: the ``.onnx`` file to write.
+        upconv: ``"convtranspose"`` (default: the up-convolutions as ``ConvTranspose``) or
+            ``"depth_to_space"`` (each as a 1x1 ``Conv`` + ``DepthToSpace``, exactly equal; the form
+            int8 quantization needs, see the module docstring).
+    """
     path = Path(path)
+    if upconv not in UPCONV_MODES:
+        raise ValueError(f"upconv must be one of {UPCONV_MODES}, not {upconv!r}")
     # Never write a model that loading would refuse (metadata out of range, e.g. made by hand):
     # raises MetadataError before any work.
     ModelMeta.from_dict(meta.to_dict())
@@ -67,7 +178,8 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path) -> Path:
     kh, kw = Dim("kh", min=0, max=4096), Dim("kw", min=0, max=4096)
     dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: step * kh + base, 3: step * kw + base}}
     was_training = model.training
-    wrapper = _WithSoftmax(model).eval()
+    net = with_depth_to_space(model) if upconv == "depth_to_space" else model
+    wrapper = _WithSoftmax(net).eval()
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -111,15 +223,48 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
     """The PyTorch weights embedded in an exported model (for fine-tuning from a shipped .onnx).
 
     The exporter names each initializer after its parameter (``net.<name>``); anything else in
-    the graph (constants folded by the exporter) is ignored.
+    the graph (constants folded by the exporter) is ignored. Up-convolutions exported as 1x1
+    convolution + depth-to-space (``upconv="depth_to_space"``) are turned back into the
+    ``ConvTranspose2d`` weights of :class:`~unet_core.model.UNet`.
+
+    Raises:
+        ValueError: an int8 (quantized) model, whose weights are no longer the trained ones (use
+            its fp32 parent), or a depth-to-space up-convolution that cannot be turned back.
     """
     proto = onnx.load_model(str(path))
+    quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in ("DequantizeLinear", "QLinearConv")})
+    if quantized:
+        parent = _quantization_parent(proto)
+        raise ValueError(f"{Path(path).name} is a quantized (int8) model ({', '.join(quantized)} in its graph): its "
+                         "weights are rounded copies of the trained ones; start from its fp32 parent model"
+                         + (f" ({parent})" if parent else ""))
     prefix = "net."
-    return {
+    weights = {
         init.name[len(prefix) :]: torch.from_numpy(onnx.numpy_helper.to_array(init).copy())
         for init in proto.graph.initializer
         if init.name.startswith(prefix)
     }
+    marker = f".{DEPTH_TO_SPACE_CONV}.weight"
+    for key in [k for k in weights if k.endswith(marker)]:
+        module = key[: -len(marker)]
+        bias_key = f"{module}.{DEPTH_TO_SPACE_CONV}.bias"
+        if bias_key not in weights:
+            raise ValueError(f"{Path(path).name}: the depth-to-space up-convolution {module} has no bias")
+        weight, bias = upconv_from_1x1(weights.pop(key), weights.pop(bias_key), f"{Path(path).name}: {module}")
+        weights[f"{module}.weight"], weights[f"{module}.bias"] = weight, bias
+    return weights
+
+
+def _quantization_parent(proto: onnx.ModelProto) -> str | None:
+    """The parent model file named in a quantized model's metadata, or None."""
+    from .metadata import metadata_from_proto
+
+    try:
+        record = metadata_from_proto(proto, "model").quantization or {}
+    except ValueError:
+        return None
+    parent = record.get("parent")
+    return str(parent) if parent else None
 
 
 def parity(model: UNet, onnx_path: str | Path, sizes: list[int], seed: int = 0) -> float:

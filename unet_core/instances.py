@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,18 +123,27 @@ OBJECT_COLUMNS = (
     "id", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
     "mean_intensity",
 )
+#: Columns in micrometres, added after :data:`OBJECT_COLUMNS` when the pixel size is known (last,
+#: so that scripts reading the pixel columns by position keep working).
+PHYSICAL_COLUMNS = ("area_um2", "centroid_y_um", "centroid_x_um")
 
 
 # Pixels per band of rows that object_table measures at once (its temporaries are ~5 x 8 bytes each).
 BAND_PIXELS = 1 << 22
 
 
-def object_table(ids: np.ndarray, intensity: np.ndarray) -> list[dict[str, float]]:
+def object_table(ids: np.ndarray, intensity: np.ndarray,
+                 pixel_size: tuple[float, float] | None = None) -> list[dict[str, float]]:
     """Per-object measurements: area, centroid, bounding box (max exclusive), mean intensity.
 
     ``intensity`` is the raw image, (H, W) or (H, W, C) (RGB measured as luminance). The sums
     behind area, centroid and intensity are taken with ``np.bincount`` over bands of rows, so time
     is O(pixels) however many objects there are, and memory O(band) however large one object is.
+
+    Coordinates are in pixels from the top-left corner (x to the right, y down, as in Fiji).
+    ``pixel_size``: ``(y, x)`` micrometres per pixel, when known; adds :data:`PHYSICAL_COLUMNS`
+    (:func:`with_physical_units`). The ids are those of ``ids``; :func:`unet_core.predict.run`
+    numbers the objects of a stack on from slice to slice, so that an id is unique in the stack.
     """
     boxes = ndi.find_objects(ids)
     if not boxes:
@@ -164,7 +174,21 @@ def object_table(ids: np.ndarray, intensity: np.ndarray) -> list[dict[str, float
             "bbox_max_x": sl[1].stop,
             "mean_intensity": round(float(sum_i[i] / area[i]), 4),
         })
-    return table
+    return with_physical_units(table, pixel_size) if pixel_size else table
+
+
+def with_physical_units(rows: list[dict[str, float]], pixel_size: tuple[float, float]) -> list[dict[str, float]]:
+    """Copies of :func:`object_table` rows with area (µm²) and centroid (µm) for ``(y, x)``
+    micrometres per pixel; the pixel columns are kept. Rows are not changed in place."""
+    size_y, size_x = (float(v) for v in pixel_size)
+    if not (size_y > 0 and size_x > 0 and math.isfinite(size_y) and math.isfinite(size_x)):
+        raise ValueError(f"a pixel size must be positive micrometres, not {pixel_size!r}")
+    return [{**row,
+             # 6 significant digits: a 0.1 µm pixel gives 0.01 µm² per pixel, and a nucleus ~100 µm².
+             "area_um2": float(f"{row['area'] * size_y * size_x:.6g}"),
+             "centroid_y_um": round(row["centroid_y"] * size_y, 4),
+             "centroid_x_um": round(row["centroid_x"] * size_x, 4)}
+            for row in rows]
 
 
 def _gray(pixels: np.ndarray) -> np.ndarray:
@@ -172,12 +196,46 @@ def _gray(pixels: np.ndarray) -> np.ndarray:
     return to_channels(pixels, 1)[..., 0] if pixels.ndim == 3 else pixels.astype(np.float64)
 
 
-def objects_csv(rows: list[dict[str, float]], slice_index: int | None = None) -> str:
-    """CSV text of :func:`object_table` rows (with a ``slice`` column for stacks)."""
+def objects_csv(rows: list[dict[str, float]], slice_index: int | None = None,
+                physical: bool | None = None) -> str:
+    """CSV text of :func:`object_table` rows (one image or one slice).
+
+    Args:
+        rows: the objects.
+        slice_index: the slice's index in its stack (0-based, as in Python); written in a ``slice``
+            column counting from 1, as Fiji numbers slices. None: no ``slice`` column.
+        physical: write :data:`PHYSICAL_COLUMNS` (the rows must have them); None: when they do.
+    """
+    if slice_index is not None:
+        return stack_objects_csv([rows], physical, first_slice=slice_index)
+    return _write_csv([(None, rows)], _csv_columns([rows], physical, stack=False))
+
+
+def stack_objects_csv(tables: Sequence[list[dict[str, float]]], physical: bool | None = None,
+                      first_slice: int = 0) -> str:
+    """One CSV for the object tables of a stack: one header, a ``slice`` column counting from 1
+    (Fiji's numbering; ``first_slice`` is the 0-based index of ``tables[0]``).
+
+    Object ids are written as they are: :func:`unet_core.predict.run` makes them unique across the
+    stack (slice 2 continues where slice 1 stopped), so an id names one object of the stack, as in
+    the instances TIFF.
+    """
+    columns = _csv_columns(tables, physical, stack=True)
+    return _write_csv([(first_slice + s + 1, rows) for s, rows in enumerate(tables)], columns)
+
+
+def _csv_columns(tables: Sequence[list[dict[str, float]]], physical: bool | None, stack: bool) -> tuple[str, ...]:
+    if physical is None:  # one header for all slices: µm columns when any row has them
+        physical = any("area_um2" in row for rows in tables for row in rows)
+    return (("slice",) if stack else ()) + OBJECT_COLUMNS + (PHYSICAL_COLUMNS if physical else ())
+
+
+def _write_csv(parts: list[tuple[int | None, list[dict[str, float]]]], columns: tuple[str, ...]) -> str:
     buf = _io.StringIO()
-    columns = (("slice",) if slice_index is not None else ()) + OBJECT_COLUMNS
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    # extrasaction="ignore": µm columns of rows are left out when the header has none (physical=False).
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({"slice": slice_index, **row} if slice_index is not None else row)
+    for number, rows in parts:
+        for row in rows:
+            writer.writerow(row if number is None else {"slice": number, **row})
     return buf.getvalue()

@@ -6,8 +6,15 @@ the rest of the engine never branches on "is this a stack / is this RGB".
 
 Supported: PNG and JPEG (Pillow; 8/16-bit, gray, gray+alpha, RGB(A), palette, 32-bit int/float
 modes) and TIFF (tifffile + imagecodecs; any integer or float dtype, LZW/Deflate/JPEG/... compression,
-multi-page stacks, ImageJ hyperstacks, resolution tags kept so results can be written with the same
-pixel size).
+multi-page stacks, ImageJ hyperstacks, resolution tags and OME physical sizes kept so results can be
+written with the same pixel size and objects measured in micrometres).
+
+Channels: every reader says what its channels are (:attr:`ImageFile.axes`, :attr:`ImageFile.mode`).
+Colour samples (RGB, RGBA, gray + alpha) are converted as before (luminance, alpha ignored);
+separate signals (an ImageJ or OME channel axis: DAPI, GFP, ...) are kept as channels and never
+mixed or dropped silently: :func:`channels_for_model` asks for a choice (:func:`select_channels`)
+when the image has more of them than the model takes. Zeiss CZI, Nikon ND2 and Leica LIF files are
+not read; the message says how to convert them with Fiji (:data:`CONVERT_FIRST`).
 
 Reading is one front door (:func:`read_image`, :func:`read_image_bytes`) for files that may come
 from anywhere: the format is decided by the file's first bytes, not its name; the size is read from
@@ -28,9 +35,9 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +54,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+#: microscope vendor formats that are not read here, by suffix: what they are called in messages.
+CONVERT_FIRST = {".czi": "Zeiss CZI", ".nd2": "Nikon ND2", ".lif": "Leica LIF"}
 
 #: environment variable: the most pixels (width x height x slices) one image may have; replaces
 #: the limit derived from the available memory (see :func:`pixel_budget`).
@@ -74,6 +83,20 @@ class ImageReadError(ValueError):
     """An image file that cannot be read or cannot be segmented; the message names the file."""
 
 
+class ChannelChoiceError(ImageReadError):
+    """An image with more separate channels than the model takes, and no channel chosen.
+
+    Attributes:
+        n_channels: the channels the image has.
+        in_channels: the channels the model takes.
+    """
+
+    def __init__(self, message: str, n_channels: int, in_channels: int) -> None:
+        super().__init__(message)
+        self.n_channels = n_channels
+        self.in_channels = in_channels
+
+
 @dataclass(frozen=True)
 class Resolution:
     """Pixels per ``unit`` along x and y, as stored in TIFF resolution tags."""
@@ -81,6 +104,10 @@ class Resolution:
     x: float
     y: float
     unit: str = "micron"
+
+
+#: What the channels (the last axis of :attr:`ImageFile.data`) of an image are.
+CHANNEL_MODES = ("gray", "gray+alpha", "rgb", "rgba", "channels")
 
 
 @dataclass
@@ -91,13 +118,39 @@ class ImageFile:
         name: file name (for messages and output names).
         data: pixels, ``(Z, H, W, C)`` in the file's dtype.
         is_stack: True when the file held several 2-D slices (written back as a stack).
-        resolution: pixel size from TIFF tags, if any.
+        resolution: pixel size from TIFF tags or OME metadata, if any (see :attr:`pixel_size_um`).
+        axes: the file's own axes, as tifffile names them: ``"YX"``, ``"YXS"`` (colour samples,
+            e.g. RGB), ``"CYX"`` or ``"ZCYX"`` (ImageJ/OME channels), ``"TZCYX"``, ... ``data`` is
+            always ``(Z, H, W, C)`` whatever they are. Filled in from ``data`` when not given.
+        mode: what the C axis holds, one of :data:`CHANNEL_MODES`: ``"gray"``, ``"gray+alpha"``,
+            ``"rgb"``, ``"rgba"`` (colour samples: converted to gray by luminance, alpha ignored) or
+            ``"channels"`` (separate signals such as DAPI and GFP: chosen, never mixed). When not
+            given it is guessed from C as before channels were told apart: 1 gray, 2 gray+alpha,
+            3 rgb, 4 rgba, more: channels.
+        notes: what reading changed and a user should know (NaN pixels set to background, the
+            channel kept by :func:`select_channels`); printed by the CLI, shown by the app.
+        channels_used: the file's channels (numbered from 1, as in Fiji) that ``data`` holds
+            after :func:`select_channels`; empty when ``data`` holds all of them.
     """
 
     name: str
     data: np.ndarray
     is_stack: bool = False
     resolution: Resolution | None = None
+    axes: str = ""
+    mode: str = ""
+    notes: list[str] = field(default_factory=list)
+    channels_used: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        c = int(self.data.shape[-1]) if self.data.ndim == 4 else 1
+        if not self.mode:
+            self.mode = {1: "gray", 2: "gray+alpha", 3: "rgb", 4: "rgba"}.get(c, "channels")
+        if self.mode not in CHANNEL_MODES:
+            raise ValueError(f"mode must be one of {CHANNEL_MODES}, not {self.mode!r}")
+        if not self.axes:
+            plane = "YX" if c == 1 else ("CYX" if self.mode == "channels" else "YXS")
+            self.axes = ("Z" if self.data.ndim == 4 and self.data.shape[0] > 1 else "") + plane
 
     @property
     def stem(self) -> str:
@@ -106,6 +159,21 @@ class ImageFile:
     @property
     def shape2d(self) -> tuple[int, int]:
         return int(self.data.shape[1]), int(self.data.shape[2])
+
+    @property
+    def n_channels(self) -> int:
+        """The number of channels in ``data`` (colour samples and alpha included)."""
+        return int(self.data.shape[-1])
+
+    @property
+    def has_separate_channels(self) -> bool:
+        """True for several separate signals (not colour): which one to segment must be chosen."""
+        return self.mode == "channels" and self.n_channels > 1
+
+    @property
+    def pixel_size_um(self) -> tuple[float, float] | None:
+        """``(y, x)`` size of one pixel in micrometres, or None when the file does not say."""
+        return pixel_size_um(self.resolution)
 
 
 # --------------------------------------------------------------------------- memory budget
@@ -202,11 +270,14 @@ class ImageHeader:
         format: ``"PNG"``, ``"JPEG"`` or ``"TIFF"`` (from the file's first bytes).
         shape: ``(Z, H, W, C)`` as :func:`read_image` will return it.
         dtype: the pixel type :func:`read_image` will return.
+        axes, mode: as :attr:`ImageFile.axes` and :attr:`ImageFile.mode` will be.
     """
 
     format: str
     shape: tuple[int, int, int, int]
     dtype: np.dtype
+    axes: str = ""
+    mode: str = ""
 
     @property
     def pixels(self) -> int:
@@ -256,14 +327,20 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
         raise ImageReadError(f"{name}: pixel type {dtype} is not supported (integers or floats only)")
 
 
+def _pillow_mode(im: Image.Image) -> str:
+    """The :data:`CHANNEL_MODES` entry of a Pillow image as :func:`read_image` returns it."""
+    if im.mode == "P":  # read_image converts palettes to RGB(A)
+        return "rgba" if "transparency" in im.info else "rgb"
+    if im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGB"):
+        return "rgb"
+    bands = len(im.getbands())
+    return {1: "gray", 2: "gray+alpha", 3: "rgb"}.get(bands, "rgba")
+
+
 def _pillow_header(im: Image.Image, kind: str, name: str) -> ImageHeader:
     w, h = im.size
-    if im.mode == "P":  # read_image converts palettes to RGB(A)
-        c = 4 if "transparency" in im.info else 3
-    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        c = 3
-    else:
-        c = len(im.getbands())
+    mode = _pillow_mode(im)
+    c = {"gray": 1, "gray+alpha": 2, "rgb": 3}.get(mode, 4)
     if im.mode.startswith("I;16"):
         dtype = np.dtype(np.uint16)
     elif im.mode in ("I", "F"):
@@ -272,7 +349,7 @@ def _pillow_header(im: Image.Image, kind: str, name: str) -> ImageHeader:
         dtype = np.dtype(np.uint8)
     if w <= 0 or h <= 0:
         raise ImageReadError(f"{name}: the image has no pixels ({w} x {h})")
-    return ImageHeader(kind, (1, int(h), int(w), int(c)), dtype)
+    return ImageHeader(kind, (1, int(h), int(w), int(c)), dtype, "YX" if c == 1 else "YXS", mode)
 
 
 def _first_series(tif: tifffile.TiffFile, name: str) -> tifffile.TiffPageSeries:
@@ -299,7 +376,36 @@ def _tiff_header(series: tifffile.TiffPageSeries, name: str) -> ImageHeader:
     if min(h, w, c, z) <= 0:
         raise ImageReadError(f"{name}: the TIFF image has no pixels (shape {shape}, axes {axes})")
     dtype = np.dtype(series.dtype)
-    return ImageHeader("TIFF", (int(z), int(h), int(w), int(c)), np.dtype(np.uint8) if dtype == bool else dtype)
+    return ImageHeader("TIFF", (int(z), int(h), int(w), int(c)), np.dtype(np.uint8) if dtype == bool else dtype,
+                       axes, _tiff_mode(series, channel_axis, int(c)))
+
+
+# TIFF photometric interpretations whose samples are colour components (converted by luminance).
+_COLOUR_PHOTOMETRIC = {tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR, tifffile.PHOTOMETRIC.SEPARATED,
+                       tifffile.PHOTOMETRIC.CIELAB, tifffile.PHOTOMETRIC.ICCLAB, tifffile.PHOTOMETRIC.ITULAB}
+# ExtraSamples values that mean alpha (associated, unassociated); 0 is "unspecified data".
+_ALPHA_EXTRASAMPLES = (1, 2)
+
+
+def _tiff_mode(series: tifffile.TiffPageSeries, channel_axis: str, c: int) -> str:
+    """What the channels of a TIFF series are (:data:`CHANNEL_MODES`).
+
+    An ImageJ/OME channel axis (C) holds separate signals; samples (S) are colour when the
+    photometric interpretation says so, gray + alpha when the extra sample is marked as alpha,
+    and separate signals otherwise (a 2-sample gray TIFF whose second sample is unspecified data).
+    """
+    if c == 1:
+        return "gray"
+    if channel_axis == "C":
+        return "channels"
+    page = series.keyframe
+    photometric = getattr(page, "photometric", None)
+    extras = tuple(int(e) for e in (getattr(page, "extrasamples", None) or ()))
+    if photometric in _COLOUR_PHOTOMETRIC and c in (3, 4):
+        return "rgb" if c == 3 else "rgba"
+    if c == 2 and extras[:1] and extras[0] in _ALPHA_EXTRASAMPLES:
+        return "gray+alpha"
+    return "channels"
 
 
 def _check_budget(header: ImageHeader, name: str, max_pixels: int | None) -> None:
@@ -395,6 +501,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> ImageFile:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: {'a folder, not an image file' if path.is_dir() else 'no such file'}")
+    _refuse_vendor_format(path.name)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -415,9 +522,20 @@ def read_image_bytes(raw: bytes, name: str, max_pixels: int | None = UPLOAD_MAX_
         max_pixels: the most pixels accepted (default :data:`UPLOAD_MAX_PIXELS`, for uploads);
             None: the machine's :func:`pixel_budget`.
     """
+    _refuse_vendor_format(name)
     if not raw:
         raise ImageReadError(f"{name}: the file is empty")
     return _read(_io.BytesIO(raw), raw[:16], name, max_pixels)
+
+
+def _refuse_vendor_format(name: str) -> None:
+    """Say how to convert a microscope vendor file (by its suffix: these formats have no magic
+    bytes this reader knows, and a guess at their content would only say "unknown format")."""
+    suffix = Path(name).suffix.lower()
+    if suffix in CONVERT_FIRST:
+        raise ImageReadError(
+            f"{name}: {CONVERT_FIRST[suffix]} files are not read directly; open it in Fiji with "
+            "File > Import > Bio-Formats, then save it with File > Save As > Tiff... and segment the TIFF")
 
 
 def _read(source: Path | IO[bytes], head: bytes, name: str, max_pixels: int | None) -> ImageFile:
@@ -426,8 +544,10 @@ def _read(source: Path | IO[bytes], head: bytes, name: str, max_pixels: int | No
         raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image (unknown or damaged file format)")
     try:
         if kind == "TIFF":
-            return _read_tiff(source, name, max_pixels)
-        return _read_pillow(source, name, kind, max_pixels)
+            image = _read_tiff(source, name, max_pixels)
+        else:
+            image = _read_pillow(source, name, kind, max_pixels)
+        return _nan_as_background(image)
     except ImageReadError:
         raise
     except MemoryError as exc:  # numpy's _ArrayMemoryError included
@@ -460,7 +580,7 @@ def _read_pillow(source: Path | IO[bytes], name: str, kind: str, max_pixels: int
         arr = arr.astype(np.uint8)
     if arr.ndim == 2:
         arr = arr[..., None]
-    return ImageFile(name=name, data=arr[None])
+    return ImageFile(name=name, data=arr[None], axes=header.axes, mode=header.mode)
 
 
 def _read_tiff(source: Path | IO[bytes], name: str, max_pixels: int | None) -> ImageFile:
@@ -494,7 +614,7 @@ def _read_tiff(source: Path | IO[bytes], name: str, max_pixels: int | None) -> I
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     data, is_stack = _to_zyxc(arr, axes, name)
-    return ImageFile(name=name, data=data, is_stack=is_stack, resolution=resolution)
+    return ImageFile(name=name, data=data, is_stack=is_stack, resolution=resolution, axes=axes, mode=header.mode)
 
 
 def _to_zyxc(arr: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, bool]:
@@ -515,10 +635,11 @@ def _to_zyxc(arr: np.ndarray, axes: str, name: str) -> tuple[np.ndarray, bool]:
 
 def _channel_axis(shape: tuple[int, ...], axes: str) -> str:
     """The tifffile axis that becomes channels ('S', 'C' or '' for none)."""
-    # Samples (S) or a short channel axis (C) become channels; every other axis becomes slices.
+    # Samples (S) or the channel axis (C, any length: a 6-channel ImageJ hyperstack is 6 signals,
+    # not 6 slices) become channels; every other axis becomes slices.
     if "S" in axes:
         return "S"
-    return "C" if "C" in axes and shape[axes.index("C")] <= 4 else ""
+    return "C" if "C" in axes else ""
 
 
 def read_image_header(path: str | Path) -> ImageHeader:
@@ -530,22 +651,37 @@ def read_image_header(path: str | Path) -> ImageHeader:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    _refuse_vendor_format(path.name)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
+    except OSError as exc:  # as any other complaint about the header (what it said before)
+        raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
+    return _header(path, head, path.name)
+
+
+def read_image_header_bytes(raw: bytes, name: str) -> ImageHeader:
+    """:func:`read_image_header` of an upload's bytes: what the image holds before decoding it
+    (the app asks for a channel before segmenting a multi-channel TIFF)."""
+    _refuse_vendor_format(name)
+    return _header(_io.BytesIO(raw), raw[:16], name)
+
+
+def _header(source: Path | IO[bytes], head: bytes, name: str) -> ImageHeader:
+    try:
         kind = sniff_format(head)
         if kind is None:
-            raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image "
+            raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image "
                                  f"({'the file is empty' if not head else 'unknown or damaged file format'})")
         if kind == "TIFF":
-            with tifffile.TiffFile(path) as tif:
-                return _tiff_header(_first_series(tif, path.name), path.name)
-        with Image.open(path, formats=[kind]) as im:
-            return _pillow_header(im, kind, path.name)
+            with tifffile.TiffFile(source) as tif:
+                return _tiff_header(_first_series(tif, name), name)
+        with Image.open(source, formats=[kind]) as im:
+            return _pillow_header(im, kind, name)
     except ImageReadError:
         raise
     except Exception as exc:  # any decoder complaint about a damaged header
-        raise ImageReadError(f"{path.name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
+        raise ImageReadError(f"{name}: not a readable PNG, JPEG or TIFF image ({_reason(exc)})") from exc
 
 
 def read_image_shape(path: str | Path) -> tuple[int, int, int, int]:
@@ -561,7 +697,53 @@ def read_image_shape(path: str | Path) -> tuple[int, int, int, int]:
     return read_image_header(path).shape
 
 
+# TIFF ResolutionUnit values (4 and 5 are tifffile's, beyond the TIFF standard's 1-3).
+_RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micron"}
+
+# Length units as ImageJ, OME and TIFF tags spell them -> micrometres per unit. ImageJ writes
+# "micron" or, in its TIFF description, the escaped "\\u00B5m". "inch" is left out on purpose:
+# microscope software does not use it, while image editors stamp every file with 72 or 300 dpi,
+# which would turn into a 350 or 85 um "pixel size".
+_UM_PER_UNIT = {
+    **dict.fromkeys(("micron", "microns", "um", "\u00b5m", "\u03bcm", "\\u00b5m", "micrometer", "micrometre"),
+                    1.0),
+    **dict.fromkeys(("nm", "nanometer", "nanometre"), 1e-3),
+    **dict.fromkeys(("mm", "millimeter", "millimetre"), 1e3),
+    **dict.fromkeys(("cm", "centimeter", "centimetre"), 1e4),
+    **dict.fromkeys(("m", "meter", "metre"), 1e6),
+}
+
+
+def um_per_unit(unit: str) -> float | None:
+    """Micrometres in one ``unit`` (``"micron"``, ``"nm"``, ``"mm"``, ...); None for a unit that is
+    no length (``"none"``, ``"pixel"``) or is not trusted as a pixel size (``"inch"``)."""
+    return _UM_PER_UNIT.get(unit.strip().lower())
+
+
+def pixel_size_um(resolution: Resolution | None) -> tuple[float, float] | None:
+    """``(y, x)`` size of a pixel in micrometres from a :class:`Resolution`, None when unknown."""
+    if resolution is None:
+        return None
+    um = um_per_unit(resolution.unit)
+    if um is None or not (resolution.x > 0 and resolution.y > 0):
+        return None
+    return um / resolution.y, um / resolution.x
+
+
+def resolution_from_um(pixel_size: float) -> Resolution:
+    """The :class:`Resolution` of square pixels ``pixel_size`` micrometres wide (a typed size)."""
+    if not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"a pixel size must be a positive number of micrometres, not {pixel_size!r}")
+    return Resolution(x=1.0 / pixel_size, y=1.0 / pixel_size, unit="micron")
+
+
 def _tiff_resolution(tif: tifffile.TiffFile) -> Resolution | None:
+    """The pixel size: OME's PhysicalSizeX/Y when the file has them, else the resolution tags (with
+    ImageJ's unit, else the ResolutionUnit tag)."""
+    if tif.is_ome and tif.ome_metadata:
+        ome = _ome_resolution(tif.ome_metadata)
+        if ome is not None:
+            return ome
     page = tif.pages[0]
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
@@ -577,10 +759,33 @@ def _tiff_resolution(tif: tifffile.TiffFile) -> Resolution | None:
     if tif.imagej_metadata and "unit" in tif.imagej_metadata:
         unit = str(tif.imagej_metadata["unit"])
     elif "ResolutionUnit" in tags:
-        unit = {2: "inch", 3: "centimeter"}.get(int(tags["ResolutionUnit"].value), "none")
+        unit = _RESOLUTION_UNITS.get(int(tags["ResolutionUnit"].value), "none")
     if x <= 0 or y <= 0:
         return None
     return Resolution(x=float(x), y=float(y), unit=unit)
+
+
+def _ome_resolution(xml: str) -> Resolution | None:
+    """PhysicalSizeX/Y of the first OME ``Pixels`` element, as pixels per micron.
+
+    Read with a regular expression, not an XML parser: only two attributes are needed, and the
+    description of an untrusted file is never expanded as XML.
+    """
+    element = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml[:1_000_000])
+    if element is None:
+        return None
+    attributes = dict(re.findall(r'(\w+)="([^"]*)"', element.group(0)))
+    sizes = []
+    for axis in ("X", "Y"):
+        try:
+            value = float(attributes.get(f"PhysicalSize{axis}") or attributes["PhysicalSizeX"])
+        except (KeyError, ValueError):
+            return None
+        um = um_per_unit(attributes.get(f"PhysicalSize{axis}Unit", "um"))
+        if um is None or not (math.isfinite(value) and value > 0):
+            return None
+        sizes.append(value * um)
+    return Resolution(x=1.0 / sizes[0], y=1.0 / sizes[1], unit="micron")
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
@@ -649,11 +854,15 @@ def encode_tiff(array: np.ndarray, resolution: Resolution | None = None, axes: s
 def to_channels(tile: np.ndarray, n_channels: int) -> np.ndarray:
     """Convert ``(..., C)`` pixels to ``n_channels`` channels, float32.
 
-    RGB(A) -> gray by luminance, gray -> RGB by replication, alpha dropped; a model is never
-    refused an image for its channel count.
+    As many channels as the model takes pass unchanged (two chosen channels for a 2-channel
+    model); otherwise RGB(A) -> gray by luminance, gray -> RGB by replication, alpha dropped.
+    Which channels of a multi-channel image reach this point is decided before, by
+    :func:`channels_for_model`.
     """
     tile = np.asarray(tile)
     c = tile.shape[-1]
+    if c == n_channels:
+        return tile.astype(np.float32, copy=False)
     if c in (2, 4):  # gray+alpha or RGBA: alpha carries no signal
         tile = tile[..., : c - 1]
         c -= 1
@@ -666,6 +875,105 @@ def to_channels(tile: np.ndarray, n_channels: int) -> np.ndarray:
     if n_channels == 1:
         return tile.astype(np.float32).mean(axis=-1, keepdims=True)
     raise ImageReadError(f"cannot convert a {c}-channel image to the model's {n_channels} channels")
+
+
+def select_channels(image: ImageFile, channels: Sequence[int] | None) -> ImageFile:
+    """A copy of ``image`` holding only ``channels``, in that order, numbered from 1 as in Fiji.
+
+    ``None`` or an empty list returns ``image`` itself. One channel gives a gray image. A note
+    says which channels were kept (the CLI prints it, the app shows it with the result).
+
+    Raises:
+        ImageReadError: a channel the image does not have, or one chosen twice; names the file.
+    """
+    if not channels:
+        return image
+    n = image.n_channels
+    for channel in channels:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 1 <= channel <= n:
+            raise ImageReadError(f"{image.name}: there is no channel {channel}: the image has {n} "
+                                 f"channel{'s' if n != 1 else ''} (axes {image.axes}), numbered 1 to {n} as in Fiji")
+    if len(set(channels)) != len(channels):
+        twice = next(c for c in channels if list(channels).count(c) > 1)
+        raise ImageReadError(f"{image.name}: channel {twice} is chosen twice")
+    index = [int(c) - 1 for c in channels]
+    origin = image.channels_used or tuple(range(1, n + 1))
+    used = tuple(origin[i] for i in index)
+    kept = ", ".join(map(str, used))
+    of = "" if image.channels_used else f" of {n}"  # a second choice no longer knows the file's count
+    note = f"segmented on channel{'s' if len(used) > 1 else ''} {kept}{of} (numbered from 1, as in Fiji)"
+    # One channel left: the C (or S) axis is gone from the file's axes as the rest of the engine sees them.
+    axes = image.axes.replace("C", "").replace("S", "") if len(index) == 1 else image.axes
+    return replace(image, data=image.data[..., index], axes=axes, mode="gray" if len(index) == 1 else "channels",
+                   notes=[*image.notes, note], channels_used=used)
+
+
+def channels_for_model(image: ImageFile, in_channels: int, channels: Sequence[int] | None = None) -> ImageFile:
+    """The image as a model taking ``in_channels`` channels should see it; never a silent guess.
+
+    Args:
+        image: as read.
+        in_channels: what the model takes (``meta.unet.in_channels``).
+        channels: the channels to segment, numbered from 1 as in Fiji (``--channel 2``); None:
+            all of them.
+
+    Without ``channels``: gray and colour images pass (colour becomes gray by luminance later,
+    alpha is ignored), as does an image with exactly the model's number of separate channels; an
+    image with more separate channels than the model takes is refused. With ``channels``: exactly
+    ``in_channels`` of them, or one (used like a gray image).
+
+    Raises:
+        ChannelChoiceError: separate channels and no choice; names the file and its channels.
+        ImageReadError: a channel that does not exist, or a choice of the wrong size.
+    """
+    if channels:
+        chosen = select_channels(image, channels)
+        if chosen.n_channels not in (1, in_channels):
+            raise ImageReadError(f"{image.name}: {chosen.n_channels} channels chosen, but the model takes "
+                                 f"{in_channels}")
+        return chosen
+    if image.has_separate_channels and image.n_channels != in_channels:
+        n = image.n_channels
+        raise ChannelChoiceError(
+            f"{image.name}: the image has {n} separate channels (axes {image.axes}, not RGB) but the model "
+            f"takes {in_channels}; which channel{'s' if in_channels > 1 else ''} to segment must be chosen",
+            n, in_channels)
+    if image.mode in ("gray+alpha", "rgba") and image.n_channels == in_channels:
+        # to_channels passes a matching channel count unchanged: the alpha must go here.
+        image = replace(image, data=image.data[..., :-1], mode="gray" if image.mode == "gray+alpha" else "rgb")
+    return image
+
+
+def _nan_as_background(image: ImageFile) -> ImageFile:
+    """Float pixels that are NaN (outside the field of view, masked out by another program) become
+    the image's smallest finite value, so they are segmented as background; a note says so.
+
+    Raises:
+        ImageReadError: every pixel is NaN.
+    """
+    data = image.data
+    if data.dtype.kind != "f":
+        return image
+    missing = 0
+    for z in range(data.shape[0]):  # per slice: the mask of a stack is never held at once
+        missing += int(np.count_nonzero(np.isnan(data[z])))
+    if missing == 0:
+        return image
+    if missing == data.size:
+        raise ImageReadError(f"{image.name}: every pixel is NaN (not a number); there is nothing to segment")
+    with np.errstate(invalid="ignore"):
+        fill = np.nanmin(data)
+    if not np.isfinite(fill):  # -inf somewhere: the infinite values are refused later, by name
+        return image
+    if not data.flags.writeable:
+        data = data.copy()
+    for z in range(data.shape[0]):
+        np.copyto(data[z], fill, where=np.isnan(data[z]))
+    share = 100.0 * missing / data.size
+    note = (f"{missing:,} NaN pixels ({share:.2g} % of the image) were set to its minimum value {float(fill):g} "
+            "and treated as background")
+    log.info("%s: %s", image.name, note)
+    return replace(image, data=data, notes=[*image.notes, note])
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -113,6 +113,10 @@ class ModelMeta:
             rescaled every image so that its median object diameter was this, and inference
             rescales inputs the same way. None: the model works at the input's own scale (e.g.
             EM at a fixed resolution).
+        quantization: how an int8 model was made from its fp32 parent (:mod:`unet_core.quantize`:
+            format, calibration method, tiles, data set, date, parent file and its sha256); None
+            for a model with its trained float32 weights. Not written when None, so files without
+            it read as before.
     """
 
     name: str = "unet"
@@ -123,6 +127,7 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
     default_tile: int | None = None
     diameter: float | None = None
+    quantization: dict[str, Any] | None = None
 
     @property
     def geometry(self) -> Geometry:
@@ -135,6 +140,8 @@ class ModelMeta:
         d["geometry"] = {"margin": self.geometry.margin, "alignment": self.geometry.alignment,
                          "min_output": self.geometry.min_output}
         d["format_version"] = FORMAT_VERSION
+        if d["quantization"] is None:  # fp32 models keep the record they always had
+            del d["quantization"]
         return d
 
     def to_json(self) -> str:
@@ -165,6 +172,7 @@ class ModelMeta:
             training=_dict_field(d, "training"),
             default_tile=_default_tile(d.get("default_tile")),
             diameter=_diameter(d.get("diameter")),
+            quantization=_dict_field(d, "quantization") or None,
         )
 
     @classmethod

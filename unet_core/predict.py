@@ -1,9 +1,15 @@
 """Segment image files and write the results: what ``python -m unet_core predict`` does per file.
 
-Per input ``<stem>`` the outputs are ``<stem>_labels.png`` (uint8 class indexes; ``.tif`` for
-stacks), ``<stem>_instances.tif`` (uint16 instance ids, ImageJ-readable), ``<stem>_objects.csv``
-and, when asked, ``<stem>_probs.tif`` (float32, classes x H x W). TIFF outputs keep the input's
-resolution tags.
+Per input ``<stem>`` the outputs are ``<stem>_labels.png`` (uint8; ``.tif`` for stacks),
+``<stem>_instances.tif`` (uint16 instance ids, ImageJ-readable), ``<stem>_objects.csv`` and, when
+asked, ``<stem>_probs.tif`` (float32, classes x H x W). TIFF outputs keep the input's resolution
+tags.
+
+The labels of a model with one object class (2 classes) are written as 0 (background) and 255
+(object), so that the file shows white objects on black in any viewer (0/1 looks black); models
+with more classes write the class index of every pixel. In a stack, object ids are unique across
+the stack (the ids of each slice continue from those of the slice before), in the instances TIFF
+and in the CSV alike, and the CSV's ``slice`` column counts from 1 as Fiji does.
 
 Results are never lost to a name clash: inputs with the same stem get distinct output stems
 (:func:`output_stems`), and an existing file is not overwritten unless asked (``overwrite``).
@@ -19,14 +25,14 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .inference import InferenceOptions, Progress, Segmentation, segment_objects
-from .instances import InstanceOptions, object_table, objects_csv
-from .io import ImageFile, write_png, write_tiff
+from .instances import InstanceOptions, object_table, objects_csv, stack_objects_csv, with_physical_units
+from .io import ImageFile, resolution_from_um, write_png, write_tiff
 from .runtime import Predictor
 
 
@@ -46,16 +52,42 @@ class FileResult:
 
 @dataclass
 class Result:
-    """A segmented image in memory: class labels, instances and per-object rows, per slice."""
+    """A segmented image in memory: class labels, instances and per-object rows, per slice.
+
+    Attributes:
+        image: the image as segmented (after the choice of channels).
+        segmentation: class labels (and probabilities, if kept).
+        instances: ``(Z, H, W)`` int32 object ids, 0 = background, unique across a stack.
+        objects: per slice, the :func:`~unet_core.instances.object_table` rows (their ``id`` is
+            the one in ``instances``).
+        n_classes: the model's number of classes (None: unknown; labels are then written as
+            class indexes).
+    """
 
     image: ImageFile
     segmentation: Segmentation
     instances: np.ndarray  # (Z, H, W) int32
     objects: list[list[dict[str, float]]]  # per slice
+    n_classes: int | None = None
 
     @property
     def n_objects(self) -> int:
         return sum(len(rows) for rows in self.objects)
+
+    def label_image(self) -> np.ndarray:
+        """The class labels as written to ``<stem>_labels``: 0/255 for a 2-class model (objects
+        white on black in any viewer), class indexes for more classes."""
+        labels = self.segmentation.labels
+        if self.n_classes == 2:
+            return labels.astype(np.uint8, copy=False) * np.uint8(255)  # one copy: 1 -> 255
+        return labels
+
+    def with_pixel_size(self, pixel_size_um: float) -> Result:
+        """This result for square pixels ``pixel_size_um`` micrometres wide (typed by the user for
+        a file that does not say): the image's resolution and the object table's µm columns."""
+        image = replace(self.image, resolution=resolution_from_um(pixel_size_um))  # checks the size
+        size = (float(pixel_size_um), float(pixel_size_um))
+        return replace(self, image=image, objects=[with_physical_units(rows, size) for rows in self.objects])
 
     def instance_image(self) -> np.ndarray:
         """Instance ids as uint16 (ImageJ-readable) when they fit, else uint32."""
@@ -64,11 +96,14 @@ class Result:
         return self.instances.astype(np.uint16)
 
     def csv_text(self) -> str:
+        """The ``<stem>_objects.csv`` text: µm columns when the pixel size is known (also for an
+        image without objects: one header whatever the content); for a stack, one ``slice``
+        column counting from 1."""
+        physical = self.image.pixel_size_um is not None or any(
+            "area_um2" in row for rows in self.objects for row in rows)
         if not self.image.is_stack:
-            return objects_csv(self.objects[0])
-        parts = [objects_csv(rows, slice_index=s) for s, rows in enumerate(self.objects)]
-        # One header for the whole stack.
-        return parts[0] + "".join(p.split("\n", 1)[1] for p in parts[1:])
+            return objects_csv(self.objects[0], physical=physical)
+        return stack_objects_csv(self.objects, physical=physical)
 
 
 def run(
@@ -78,10 +113,26 @@ def run(
     instance_options: InstanceOptions | None = None,
     progress: Progress | None = None,
 ) -> Result:
-    """Segment ``image`` and derive instances and object measurements for every slice."""
+    """Segment ``image`` and derive instances and object measurements for every slice.
+
+    The objects of a stack are numbered on from slice to slice (slice 1: 1..n1, slice 2: n1+1..),
+    so that an id names one object in the whole stack: in the instances TIFF and in the CSV.
+    """
     seg, ids = segment_objects(image, predictor, options, instance_options, progress)
-    objects = [object_table(ids[s], image.data[s]) for s in range(ids.shape[0])]
-    return Result(image, seg, ids, objects)
+    pixel_size = image.pixel_size_um
+    objects = []
+    offset = 0
+    for s in range(ids.shape[0]):
+        # Measured with the slice's own ids 1..n (object_table's arrays are sized by the largest id).
+        rows = object_table(ids[s], image.data[s], pixel_size)
+        n = int(ids[s].max()) if ids[s].size else 0
+        if offset:
+            np.add(ids[s], offset, out=ids[s], where=ids[s] > 0)
+            for row in rows:
+                row["id"] += offset
+        offset += n
+        objects.append(rows)
+    return Result(image, seg, ids, objects, n_classes=predictor.meta.unet.n_classes)
 
 
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:
@@ -191,12 +242,13 @@ def write_outputs(
     res = image.resolution
     names = output_names(stem, image.is_stack, seg.probs is not None)
     check_outputs(out_dir, names, overwrite, protected)
-    written = FileResult(source=image.name, n_objects=result.n_objects, notes=list(seg.notes))
+    written = FileResult(source=image.name, n_objects=result.n_objects, notes=[*image.notes, *seg.notes])
     inst = result.instance_image()
+    labels = result.label_image()
     if inst.dtype == np.uint32:
         written.notes.append("more than 65535 objects: instances written as 32-bit TIFF (not ImageJ-readable)")
     writers: list[Callable[[Path], None]] = [
-        (lambda p: write_tiff(p, seg.labels, res)) if image.is_stack else (lambda p: write_png(p, seg.labels[0])),
+        (lambda p: write_tiff(p, labels, res)) if image.is_stack else (lambda p: write_png(p, labels[0])),
         lambda p: write_tiff(p, inst if image.is_stack else inst[0], res),
         lambda p: p.write_text(result.csv_text()),
     ]

@@ -5,7 +5,11 @@ Two places hold models:
 ``models/`` (shipped)
     ``<name>.onnx`` with its model card ``<name>.md`` beside it.
 ``runs/<run>/`` (trained here)
-    ``model.onnx`` with its card ``model.md``.
+    ``model.onnx`` with its card ``model.md``, and ``model-int8.onnx`` when it was quantized
+    (``python -m unet_core quantize runs/<run>/model.onnx``).
+
+An int8 model (:mod:`unet_core.quantize`) is listed right after its fp32 parent, its label saying
+so: ``unet-nuclei-int8 (shipped, int8 (calibrated on dsb2018))``.
 
 Both folders can be moved with the environment variables ``UNET_STUDIO_MODELS`` and
 ``UNET_STUDIO_RUNS`` (tests point the app at temporary folders this way). A model without a card
@@ -31,6 +35,8 @@ RUNS_ENV = "UNET_STUDIO_RUNS"
 #: the shipped model the app selects first when it exists.
 DEFAULT_MODEL_NAME = "unet-nuclei"
 RUN_MODEL_FILE = "model.onnx"
+#: the int8 copy of a run's model, as ``python -m unet_core quantize`` names it by default.
+RUN_INT8_FILE = "model-int8.onnx"
 
 Source = Literal["shipped", "run"]
 
@@ -48,6 +54,8 @@ class ModelEntry:
         source: ``"shipped"`` (``models/``) or ``"run"`` (trained, ``runs/<run>/``).
         error: why the model file cannot be used (damaged, metadata out of range, graph not
             matching its metadata), else None. An entry with an error is never made active.
+        note: what sets the model apart in lists, e.g. ``int8 (calibrated on dsb2018)``, or None.
+        parent: for an int8 model, the file name of the fp32 model it was made from, else None.
     """
 
     name: str
@@ -55,6 +63,8 @@ class ModelEntry:
     card_path: Path | None
     source: Source
     error: str | None = None
+    note: str | None = None
+    parent: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -65,7 +75,8 @@ class ModelEntry:
     def label(self) -> str:
         """How the model is named in menus, e.g. ``unet-nuclei (shipped)``."""
         origin = "shipped" if self.source == "shipped" else "trained here"
-        return f"{self.name} ({origin}{', invalid' if self.error else ''})"
+        note = f", {self.note}" if self.note else ""
+        return f"{self.name} ({origin}{note}{', invalid' if self.error else ''})"
 
 
 def models_dir() -> Path:
@@ -85,31 +96,59 @@ def _card(path: Path) -> Path | None:
 
 def model_problem(path: Path) -> str | None:
     """Why the model file at ``path`` cannot be used, or None; checked once per file version."""
+    return _facts(path)[0]
+
+
+def _facts(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(problem, note, parent) of the model file at ``path`` (see :class:`ModelEntry`)."""
     try:
         st = path.stat()
     except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    return _problem(str(path), st.st_mtime_ns, st.st_size)
+        return f"cannot be read ({exc.strerror or exc})", None, None
+    return _checked(str(path), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=64)
-def _problem(path: str, mtime_ns: int, size: int) -> str | None:
+def _checked(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | None, str | None]:
     # mtime and size are part of the key: a model exported again in place is checked again.
+    from .quantize import describe
     from .runtime import ModelLoadError, inspect_onnx
 
     try:
-        inspect_onnx(path)
+        meta = inspect_onnx(path)
     except ModelLoadError as exc:
         text = str(exc)
-        return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+        return (text[len(path) + 2:] if text.startswith(f"{path}: ") else text), None, None
     except Exception as exc:  # a listing must never fail because of one file
         log.debug("checking %s failed", path, exc_info=True)
-        return f"cannot be checked ({type(exc).__name__}: {exc})"
-    return None
+        return f"cannot be checked ({type(exc).__name__}: {exc})", None, None
+    record = meta.quantization or {}
+    parent = record.get("parent")
+    return None, describe(record), str(parent) if parent else None
 
 
 def _entry(name: str, path: Path, source: Source) -> ModelEntry:
-    return ModelEntry(name, path, _card(path), source, model_problem(path))
+    problem, note, parent = _facts(path)
+    return ModelEntry(name, path, _card(path), source, problem, note, parent)
+
+
+def _next_to_parents(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """``entries`` with every int8 model moved right after its parent (same folder, file named in
+    its quantization record); int8 models whose parent is not listed keep their place."""
+    by_file = {(e.path.parent, e.path.name): e for e in entries}
+    children: dict[Path, list[ModelEntry]] = {}
+    for e in entries:
+        parent = by_file.get((e.path.parent, e.parent)) if e.parent else None
+        if parent is not None and parent is not e:
+            children.setdefault(parent.path, []).append(e)
+    moved = {id(c) for group in children.values() for c in group}
+    ordered: list[ModelEntry] = []
+    for e in entries:
+        if id(e) in moved:
+            continue
+        ordered.append(e)
+        ordered += children.get(e.path, [])
+    return ordered
 
 
 def list_models() -> list[ModelEntry]:
@@ -124,8 +163,12 @@ def list_models() -> list[ModelEntry]:
     if run_root.is_dir():
         trained = [p for p in run_root.glob(f"*/{RUN_MODEL_FILE}") if p.is_file()]
         trained.sort(key=lambda p: (-p.stat().st_mtime, p.parent.name))
-        entries += [_entry(p.parent.name, p, "run") for p in trained]
-    return entries
+        for p in trained:
+            entries.append(_entry(p.parent.name, p, "run"))
+            int8 = p.with_name(RUN_INT8_FILE)
+            if int8.is_file():
+                entries.append(_entry(f"{p.parent.name}-int8", int8, "run"))
+    return _next_to_parents(entries)
 
 
 def default_model() -> ModelEntry | None:
@@ -169,6 +212,11 @@ def read_card(entry: ModelEntry) -> str:
             for k, name in enumerate(meta.class_names)
         ),
     ]
+    if meta.quantization:
+        q = meta.quantization
+        lines += ["", (f"An int8 copy ({q.get('format', 'int8')}) of `{q.get('parent', '?')}`, calibrated "
+                       f"({q.get('calibration', '?')}) on {q.get('tiles', '?')} tiles of {q.get('data', '?')} "
+                       f"on {q.get('date', '?')}.")]
     if meta.training:
         lines += ["", "Training:"]
         lines += [f"- {key}: {value}" for key, value in sorted(meta.training.items())]

@@ -93,8 +93,8 @@ def check_onnx_graph(proto: Any, meta: ModelMeta, path: str | Path) -> None:
     pools = sum(n.op_type == "MaxPool" for n in nodes)
     if pools != net.depth:
         raise ModelLoadError(f"{path}: the graph has {pools} pooling steps, its metadata says depth {net.depth}")
-    first = next((n for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] == image.name), None)
-    weight = initializers.get(first.input[1]) if first is not None and len(first.input) > 1 else None
+    first = _first_convolution(graph, image.name)
+    weight = _conv_weight(graph, first, initializers)
     if weight is not None and len(weight.dims) == 4 and weight.dims[0] != net.width:
         raise ModelLoadError(f"{path}: the graph's first convolution has {weight.dims[0]} features, its metadata "
                              f"says width {net.width}")
@@ -103,6 +103,39 @@ def check_onnx_graph(proto: Any, meta: ModelMeta, path: str | Path) -> None:
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
         raise ModelLoadError(f"{path}: the model's weights are stored in separate files (ONNX external data); "
                              "U-Net Studio models keep them inside the .onnx file")
+
+
+def _first_convolution(graph: Any, image_name: str) -> Any | None:
+    """The convolution that reads the image: directly, or through a quantize -> dequantize pair
+    (an int8 QDQ model whose first convolution is quantized too)."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    frontier = [image_name]
+    for _ in range(3):  # image -> QuantizeLinear -> DequantizeLinear -> Conv at most
+        following = []
+        for tensor in frontier:
+            for node in readers.get(tensor, []):
+                if node.op_type == "Conv" and node.input and node.input[0] == tensor:
+                    return node
+                if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] == tensor:
+                    following.append(node.output[0])
+        frontier = following
+    return None
+
+
+def _conv_weight(graph: Any, conv: Any | None, initializers: dict[str, Any]) -> Any | None:
+    """The stored weight tensor of ``conv``: its initializer, or the int8 one its DequantizeLinear reads."""
+    if conv is None or len(conv.input) < 2:
+        return None
+    name = conv.input[1]
+    if name in initializers:
+        return initializers[name]
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is not None and producer.op_type == "DequantizeLinear" and producer.input:
+        return initializers.get(producer.input[0])
+    return None
 
 
 def inspect_onnx(path: str | Path) -> ModelMeta:

@@ -120,6 +120,16 @@ def _hsv_to_rgb(hue: np.ndarray, saturation: float, value: float) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
+def channel_thumbnails(pixels: np.ndarray, max_side: int = 160) -> list[np.ndarray]:
+    """One small gray picture per channel of a ``(H, W, C)`` slice, to tell the channels apart.
+
+    Each channel gets its own contrast (percentiles, as Fiji's "Auto"), so a dim nuclear stain
+    next to a bright membrane channel is still recognisable.
+    """
+    small = fit_for_screen(np.asarray(pixels), max_side)
+    return [display_image(small[..., c].astype(np.float32)) for c in range(small.shape[-1])]
+
+
 def fit_for_screen(rgb: np.ndarray, max_side: int = 2048) -> np.ndarray:
     """Every n-th pixel of ``rgb`` so that neither side exceeds ``max_side``.
 
