@@ -83,7 +83,8 @@ def show_details(entry: ModelEntry, info: ModelInfo, is_active: bool) -> None:
             if info.steps is not None:
                 facts.append(f"**Training steps:** {info.steps:,}")
             if entry.note:  # an int8 copy: say what it is and where it comes from
-                facts.append(f"**Precision:** {entry.note}" + (f", made from `{entry.parent}`" if entry.parent else ""))
+                parent = f", made from `{entry.parent}`" if entry.parent else ""
+                facts.append(f"**Precision:** {entry.note}{parent}")
             st.markdown("  \n".join(facts))
         st.markdown(f"**File:** `{info.path}` ({browse.size_text(info.size_bytes)})")
         path = Path(info.path)

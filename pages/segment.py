@@ -224,8 +224,8 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     diameter = choose_diameter(predictor)
     auto_size = st.checkbox(
         "Automatic clean-up", value=True,
-        help="Remove specks far smaller than a typical object and give back the thin outline the "
-        "network leaves between touching objects (as chosen on validation images for this model).",
+        help="Remove specks far smaller than a typical object (a tenth of its area, "
+        "as chosen on validation images for this model).",
     )
     min_size = st.number_input(
         "Minimum object size (pixels)", min_value=0, value=0, step=10, disabled=auto_size,

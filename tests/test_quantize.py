@@ -38,6 +38,7 @@ from unet_core.quantize import (
     QuantizeError,
     QuantizeOptions,
     calibration_set,
+    describe,
     float_convolutions,
     quantize_model,
     sha256_of,
@@ -271,6 +272,13 @@ def test_models_list_shows_int8_next_to_its_parent(quantized: Quantized, studio_
     assert not at.exception
     facts = "\n".join(str(m.value) for m in at.markdown)
     assert "**Precision:** int8 (calibrated on cells), made from `cells.onnx`" in facts
+
+
+def test_notes_from_a_model_file_are_plain_text() -> None:
+    assert describe({"data": "/data/dsb2018"}) == "int8 (calibrated on dsb2018)"
+    assert describe({"data": "synthetic"}) == "int8 (calibrated on synthetic)"
+    assert describe({"format": "int8 QDQ U8S8"}) == "int8" and describe(None) is None
+    assert describe({"data": "*[a](b)`*"}) == "int8 (calibrated on __a__b___)"
 
 
 def test_options_are_checked() -> None:

@@ -62,7 +62,8 @@ def upconv_to_1x1(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tenso
     return w1.contiguous(), bias.repeat_interleave(4)
 
 
-def upconv_from_1x1(w1: torch.Tensor, b1: torch.Tensor, name: str = "up-convolution") -> tuple[torch.Tensor, torch.Tensor]:
+def upconv_from_1x1(w1: torch.Tensor, b1: torch.Tensor,
+                    name: str = "up-convolution") -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse of :func:`upconv_to_1x1`: ``ConvTranspose2d`` weights ``(c_in, c_out, 2, 2)`` and bias.
 
     Raises:

@@ -14,7 +14,9 @@ removed first (``min_size``).
 Defaults (``None`` = automatic) for a model with a canonical object diameter ``D`` (at the
 working scale, where objects are about ``D`` across): ``min_size`` = :data:`MIN_SIZE_FRACTION` of
 the area of a disc of diameter ``D``, ``expand`` = :data:`DEFAULT_EXPAND`. For a model without
-one: no size filter, no expansion. Both were chosen on validation images (see the model card).
+one: no size filter, no expansion. Both were chosen on validation images (a tenth of the disc
+area: DSB mean AP 0.452 against 0.424 without a size filter, 0.447 at 0.05 and 0.440 at 0.2; see
+the model card).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from .io import to_channels
 
 #: Automatic minimum object size: this fraction of the area of a disc of the canonical diameter.
 MIN_SIZE_FRACTION = 0.1
-#: Automatic boundary restoration in pixels (the width of the training separation line).
-DEFAULT_EXPAND = 1
+#: Automatic boundary restoration in pixels. Measured on 40 validation images of DSB 2018 with the
+#: shipped scale-aware nuclei model (objects found at the canonical scale, mapped back by nearest
+#: neighbour): growing by 1 px lowered the DSB mean AP from 0.452 to 0.392 and 2 px to 0.292, so the
+#: default is none; ``expand`` stays an option for models whose objects come out too small.
+DEFAULT_EXPAND = 0
 
 
 @dataclass(frozen=True)

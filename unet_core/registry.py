@@ -111,7 +111,7 @@ def _facts(path: Path) -> tuple[str | None, str | None, str | None]:
 @functools.lru_cache(maxsize=64)
 def _checked(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | None, str | None]:
     # mtime and size are part of the key: a model exported again in place is checked again.
-    from .quantize import describe
+    from .quantize import describe, plain_name
     from .runtime import ModelLoadError, inspect_onnx
 
     try:
@@ -124,7 +124,7 @@ def _checked(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | Non
         return f"cannot be checked ({type(exc).__name__}: {exc})", None, None
     record = meta.quantization or {}
     parent = record.get("parent")
-    return None, describe(record), str(parent) if parent else None
+    return None, describe(record), plain_name(parent) if parent else None
 
 
 def _entry(name: str, path: Path, source: Source) -> ModelEntry:
