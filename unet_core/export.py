@@ -20,7 +20,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -200,6 +200,12 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
         model.train(was_training)
     proto = program.model_proto
     add_metadata(proto, meta)
+    save_atomically(proto, path)
+    return path
+
+
+def save_atomically(proto: Any, path: Path) -> None:
+    """Write an ONNX model so that ``path`` is either the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -208,7 +214,6 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def add_metadata(proto: onnx.ModelProto, meta: ModelMeta) -> None:

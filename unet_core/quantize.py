@@ -35,7 +35,6 @@ import datetime as _dt
 import hashlib
 import io
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -534,7 +533,7 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
     import onnx
     import onnxruntime as ort
 
-    from .export import add_metadata, to_onnx
+    from .export import add_metadata, save_atomically, to_onnx
     from .runtime import ModelLoadError, inspect_onnx
 
     options = options or QuantizeOptions()
@@ -554,7 +553,7 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
         int8_meta = dataclasses.replace(meta, name=f"{meta.name}{SUFFIX}", quantization=record)
         proto = onnx.load_model(str(quantized))
         add_metadata(proto, int8_meta)
-        _save_atomically(proto, out)
+        save_atomically(proto, out)
     try:
         inspect_onnx(out)  # the file must load like any model
     except ModelLoadError as exc:
@@ -658,19 +657,6 @@ def quantization_record(parent: Path, options: QuantizeOptions, calib: Calibrati
     if options.calibration == "percentile":
         record["percentile"] = options.percentile
     return record
-
-
-def _save_atomically(proto: Any, path: Path) -> None:
-    import onnx
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plain_name(text: Any, limit: int = 60) -> str:
