@@ -78,7 +78,9 @@ def test_datasets_page_shows_the_synthetic_default(studio_dirs) -> None:
     counts = [len(np.unique(expected.load_instances(i))) - 1 for i in range(8)]
     assert metric(at, "All objects") == f"{sum(counts):,}"
     assert metric(at, "Objects") == str(counts[0])
-    assert len(at.get("plotly_chart")) == 3  # histogram, objects per image, areas (one image size)
+    # histogram, objects per image, areas, per-image diameters (one image size: no size chart)
+    assert [c.key for c in at.get("plotly_chart")] == ["datasets_histogram", "datasets_objects", "datasets_areas",
+                                                        "datasets_diameters"]
 
     # Choosing another image changes the instance count shown; so does a thumbnail's button.
     other = next(i for i in range(1, 8) if counts[i] != counts[0])

@@ -167,7 +167,11 @@ def test_evaluate_page_scores_the_tiny_model_per_image(tiny_installed: Path) -> 
     labels = {m.label: m.value for m in at.metric}
     assert {"Pixel overlap (IoU) ↑", "Object score (AP) ↑", "Rand error ↓"} <= set(labels)
     assert all(v != "" for v in labels.values())
-    table = at.dataframe[0].value
+    comparison = at.dataframe[0].value  # the U-Net beside the classical baseline, same images
+    assert list(comparison["images"]) == ["all images"] and list(comparison["n"]) == [3]
+    baseline_ap = comparison["dsb_ap (baseline)"][0]
+    assert baseline_ap is not None and 0.0 <= baseline_ap <= 1.0
+    table = at.dataframe[1].value
     assert len(table) == 3 and list(table["Rank"]) == [1, 2, 3]
     report = at.session_state["evaluate_results"]["report"]
     assert [r.name for r in report.worst_first()] == list(table["Image"])
