@@ -53,16 +53,22 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _tile_arg(value: str) -> int | None:
+def _pixels_or_auto(value: str, minimum: int, name: str = "") -> int | None:
+    """``"auto"`` -> None, else a whole number of pixels >= ``minimum`` (argparse type helper)."""
     if value == "auto":
         return None
+    prefix = f"{name} " if name else ""
     try:
-        tile = int(value)
+        pixels = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("--tile takes a number of pixels or 'auto'") from None
-    if tile <= 0:
-        raise argparse.ArgumentTypeError("--tile must be positive")
-    return tile
+        raise argparse.ArgumentTypeError(f"{prefix}takes a number of pixels or 'auto'") from None
+    if pixels < minimum:
+        raise argparse.ArgumentTypeError(f"{prefix}must be positive" if minimum == 1 else f"{prefix}must be >= {minimum}")
+    return pixels
+
+
+def _tile_arg(value: str) -> int | None:
+    return _pixels_or_auto(value, 1, "--tile")
 
 
 def _diameter_arg(value: str):
@@ -100,15 +106,7 @@ def _channel_hint(exc: BaseException) -> str:
 
 
 def _size_arg(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        size = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("takes a number of pixels or 'auto'") from None
-    if size < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return size
+    return _pixels_or_auto(value, 0)
 
 
 def _instance_options(args: argparse.Namespace):

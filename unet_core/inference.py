@@ -156,7 +156,7 @@ def _segment_auto(image: ImageFile, canonical: float, predictor: Predictor, opti
     for _ in range(AUTO_PASSES):
         seg = _segment_at(image.data, factor, predictor, options, stretch, progress)
         work_diameter = median_diameter(np.stack([
-            object_ids(seg.work_labels[s], predictor.meta.foreground_classes, InstanceOptions(), canonical)
+            instances(seg.work_labels[s], predictor.meta.foreground_classes, expected_diameter=canonical)
             for s in range(seg.work_labels.shape[0])]))
         if work_diameter is None:  # nothing found: keep this pass
             break
@@ -193,12 +193,6 @@ def _to_input_grid(seg: Segmentation, shape: tuple[int, int]) -> Segmentation:
     return seg
 
 
-def object_ids(labels: np.ndarray, foreground_classes: list[int], options: InstanceOptions | None,
-               diameter: float | None) -> np.ndarray:
-    """Instance ids of one working-scale label slice (``diameter``: the model's canonical one)."""
-    return instances(labels, foreground_classes, options, expected_diameter=diameter)
-
-
 def segment_objects(
     image: ImageFile,
     predictor: Predictor,
@@ -216,7 +210,7 @@ def segment_objects(
     shape = image.shape2d
     ids = np.empty(seg.labels.shape, dtype=np.int32)  # filled slice by slice: no stacked copy
     for s in range(ids.shape[0]):
-        work = object_ids(seg.work_labels[s], fg, instance_options, predictor.meta.diameter)
+        work = instances(seg.work_labels[s], fg, instance_options, expected_diameter=predictor.meta.diameter)
         ids[s] = rescale_labels(work, shape)
     return seg, ids
 
