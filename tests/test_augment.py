@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 
 from unet_core.augment import (
     AugmentConfig,
+    appearance,
     apply_warp,
     augment_tile,
     bicubic_upsample,
@@ -219,7 +220,23 @@ def test_gray_value_noise_changes_image_and_parts_are_switchable() -> None:
     np.testing.assert_array_equal(gray_value(image, NO_AUGMENT, np.random.default_rng(0)), image)
 
 
+def test_blur_smooths_each_channel_alone_and_keeps_the_mean() -> None:
+    rng = np.random.default_rng(3)
+    image = np.zeros((40, 40, 2), np.float32)
+    image[::2, :, 0] = 1.0  # fine stripes in channel 0 only
+    blur = dataclasses.replace(NO_AUGMENT, blur=True, blur_sigma_range=(1.0, 1.0))
+    out = appearance(image, blur, rng)
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert np.abs(np.diff(out[..., 0], axis=0)).max() < 0.2 < np.abs(np.diff(image[..., 0], axis=0)).max()
+    np.testing.assert_array_equal(out[..., 1], 0.0)  # no bleeding across channels
+    assert out[..., 0].mean() == pytest.approx(image[..., 0].mean(), abs=1e-5)
+    np.testing.assert_array_equal(appearance(image, NO_AUGMENT, rng), image)
+    np.testing.assert_array_equal(appearance(image, dataclasses.replace(blur, enabled=False), rng), image)
+
+
 def test_config_rejects_invalid_values() -> None:
+    with pytest.raises(ValueError):
+        AugmentConfig(blur_sigma_range=(-1.0, 1.0))
     with pytest.raises(ValueError):
         AugmentConfig(elastic_grid=1)
     with pytest.raises(ValueError):

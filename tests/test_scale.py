@@ -17,7 +17,19 @@ from unet_core.instances import InstanceOptions, instances
 from unet_core.io import ImageFile
 from unet_core.metrics import evaluate_pair
 from unet_core.runtime import OnnxPredictor
-from unet_core.scale import Diameter, median_diameter, rescale_image, rescale_labels, scaled_shape
+from unet_core.scale import (
+    MAX_FACTOR,
+    MIN_FACTOR,
+    SEARCH_STEP,
+    Diameter,
+    boundary_uncertainty,
+    candidate_factors,
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    scaled_shape,
+    search_window,
+)
 from unet_core.synthetic import SynthConfig, synthetic_dataset
 
 
@@ -66,6 +78,35 @@ def test_diameter_option_parsing() -> None:
     for bad in ("big", "-3", "0", "nan"):
         with pytest.raises(ValueError, match="diameter"):
             Diameter.parse(bad)
+
+
+def test_boundary_uncertainty_counts_undecided_pixels_per_object_pixel() -> None:
+    sharp = np.zeros((20, 20), np.float32)
+    sharp[5:15, 5:15] = 1.0
+    assert boundary_uncertainty(sharp) == 0.0
+    blurred = ndi.gaussian_filter(sharp, 2.0)
+    undecided = np.count_nonzero((blurred > 0.1) & (blurred < 0.9))
+    assert boundary_uncertainty(blurred) == pytest.approx(undecided / np.count_nonzero(blurred > 0.5))
+    assert boundary_uncertainty(blurred) > boundary_uncertainty(ndi.gaussian_filter(sharp, 0.7)) > 0
+    assert boundary_uncertainty(np.zeros((4, 4))) == math.inf
+
+
+def test_candidate_factors_are_a_sqrt2_grid_through_one_within_the_bounds() -> None:
+    grid = candidate_factors()
+    assert grid[0] == pytest.approx(MIN_FACTOR) and grid[-1] == pytest.approx(MAX_FACTOR)
+    assert any(f == pytest.approx(1.0) for f in grid)
+    np.testing.assert_allclose(np.diff(np.log(grid)), math.log(SEARCH_STEP))
+    assert max(candidate_factors(limit=1.5)) == pytest.approx(SEARCH_STEP)
+
+
+def test_search_window_finds_the_objects_in_a_large_empty_image() -> None:
+    gray = np.random.default_rng(0).normal(10, 0.5, (1500, 1200)).astype(np.float32)
+    gray[1000:1200, 150:350] += 50 * (_discs((200, 200), 12, 20) > 0)
+    rows, cols = search_window(gray, 512)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (512, 512)
+    assert rows.start <= 1000 and rows.stop >= 1200 and cols.start <= 150 and cols.stop >= 350
+    small = search_window(gray[:300, :400], 512)
+    assert small == (slice(0, 300), slice(0, 400))
 
 
 def test_expand_restores_the_separation_line_and_never_merges() -> None:

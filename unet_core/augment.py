@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "AugmentConfig",
+    "appearance",
     "apply_warp",
     "augment_tile",
     "bicubic_upsample",
@@ -76,6 +77,10 @@ class AugmentConfig:
         brightness_range: (min, max) offset as a fraction of the tile's intensity range.
         noise: add Gaussian noise (off by default: the paper does not use it).
         noise_std: noise standard deviation as a fraction of the tile's intensity range.
+        blur: Gaussian blur of the image (off by default, not in the paper): out-of-focus and
+            low-resolution acquisitions, and images shrunk to the canonical diameter, are
+            smoother than the training images.
+        blur_sigma_range: (min, max) blur standard deviation in pixels, sampled uniformly.
     """
 
     enabled: bool = True
@@ -98,6 +103,8 @@ class AugmentConfig:
     brightness_range: tuple[float, float] = (-0.1, 0.1)
     noise: bool = False
     noise_std: float = 0.03
+    blur: bool = False
+    blur_sigma_range: tuple[float, float] = (0.0, 1.5)
 
     def __post_init__(self) -> None:
         if self.elastic_grid < 2:
@@ -106,7 +113,10 @@ class AugmentConfig:
             raise ValueError("elastic_sigma, max_shift and noise_std must be >= 0")
         if self.image_order not in (1, 3):
             raise ValueError(f"image_order must be 1 or 3, got {self.image_order}")
-        for name in ("rotation_range", "gamma_range", "contrast_range", "brightness_range", "scale_range"):
+        if self.blur_sigma_range[0] < 0:
+            raise ValueError(f"blur_sigma_range must be >= 0, got {self.blur_sigma_range}")
+        for name in ("rotation_range", "gamma_range", "contrast_range", "brightness_range", "scale_range",
+                     "blur_sigma_range"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name} must be (min, max), got {(low, high)}")
@@ -408,6 +418,23 @@ def gray_value(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) 
     return out.astype(np.float32, copy=False)
 
 
+def appearance(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Every image-only augmentation of a tile: blur, then gray values (:func:`gray_value`).
+
+    Returns ``image`` unchanged (as float32) when augmentation or all of these parts are off.
+    """
+    out = image.astype(np.float32, copy=False)
+    if not cfg.enabled:
+        return out
+    if cfg.blur:
+        sigma = float(rng.uniform(*cfg.blur_sigma_range))
+        if sigma > 0:  # channels are blurred alike, never across each other
+            out = ndi.gaussian_filter(out, sigma=(sigma, sigma) + (0,) * (out.ndim - 2), mode="mirror")
+    if cfg.gamma or cfg.contrast or cfg.brightness or cfg.noise:
+        out = gray_value(out, cfg, rng)
+    return out
+
+
 # ------------------------------------------------------------------------ entry point
 
 
@@ -425,7 +452,7 @@ def augment_tile(
     One warp is sampled and applied to all three arrays: the image with
     ``cfg.image_order``, the labels with nearest neighbour (order 0, so no new label
     values appear) and the weights linearly (order 1, stays within the input range).
-    Gray-value variation then acts on the image only.
+    Blur and gray-value variation (:func:`appearance`) then act on the image only.
 
     Args:
         image: float image (H, W) or (H, W, C), already normalised.
@@ -448,6 +475,4 @@ def augment_tile(
     image_tile = apply_warp(image, coords, cfg.image_order)
     labels_tile = apply_warp(labels, coords, 0)
     weights_tile = None if weights is None else apply_warp(weights, coords, 1)
-    if cfg.enabled and (cfg.gamma or cfg.contrast or cfg.brightness or cfg.noise):
-        image_tile = gray_value(image_tile, cfg, rng)
-    return image_tile, labels_tile, weights_tile
+    return appearance(image_tile, cfg, rng), labels_tile, weights_tile

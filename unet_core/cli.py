@@ -311,7 +311,7 @@ def _train_config(args: argparse.Namespace):
                   "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma",
                   "min_lr_factor", "w0", "sigma", "val_every", "val_tile", "val_metric", "val_max_images",
                   "checkpoint_every", "device", "amp", "workers", "threads", "init", "name", "invert_prob",
-                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter")
+                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter", "in_channels")
         if getattr(args, k, None) is not None
     }
     cfg = {**base, **given, "data": args.data, "out": args.out}
@@ -334,6 +334,10 @@ def _train_config(args: argparse.Namespace):
     if args.scale_jitter:
         lo, hi = args.scale_jitter
         aug.update(scale=True, scale_range=[lo, hi])
+    if args.blur is not None:
+        aug.update(blur=args.blur > 0, blur_sigma_range=[0.0, args.blur])
+    if args.noise is not None:
+        aug.update(noise=args.noise > 0, noise_std=args.noise)
     if args.hold_out_groups:
         rule = dict(cfg.get("split") or {"kind": "every_kth", "k": 5})
         rule["groups"] = [g.strip() for g in args.hold_out_groups.split(",") if g.strip()]
@@ -527,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a config.json to start from (command-line options override it)")
     t.add_argument("--name", help="model name (default: the run folder's name)")
     t.add_argument("--width", type=int, help="channels of the first level (paper 64; CPU <= 32)")
+    t.add_argument("--in-channels", type=int, help="input channels (1 gray, 3 colour); with --init a gray model "
+                   "is widened to colour, starting from its luminance view")
     t.add_argument("--depth", type=int)
     t.add_argument("--dropout", type=float)
     t.add_argument("--tile", type=int, help="output tile edge (388 = the paper's 572 input)")
@@ -560,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "so that its median object diameter is this (default: no rescaling)")
     t.add_argument("--scale-jitter", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="random zoom of each tile by a factor in [MIN, MAX] (log-uniform)")
+    t.add_argument("--blur", type=float, metavar="SIGMA", help="Gaussian blur of each tile by a sigma drawn from "
+                   "[0, SIGMA] px (0 = off; out-of-focus images)")
+    t.add_argument("--noise", type=float, metavar="STD", help="Gaussian noise of this std (fraction of the tile's "
+                   "range; 0 = off)")
     t.add_argument("--synth-mix", type=float, help="fraction of tiles from synthetic images (with a data folder)")
     t.add_argument("--synth-n", type=int, help="number of synthetic images")
     t.add_argument("--synth-seed", type=int)

@@ -6,10 +6,9 @@ mirrored input tiles (optionally averaged over the 8 flips/rotations) -> stitch 
 to the input's pixel grid.
 
 Object scale (:mod:`unet_core.scale`): with ``diameter="auto"`` (the default) a model with a
-canonical diameter ``D`` first segments the image as it is, measures the median diameter ``d`` of
-the objects found, and when ``D / d`` differs from the current factor by more than
-:data:`~unet_core.scale.TOLERANCE` segments again at that factor (at most
-:data:`AUTO_PASSES` passes). Overlap-tile stays exact at the rescaled size: the result does not
+canonical diameter searches the scale at which it is most certain (:func:`search_scale`, on a
+window of the image) and segments the whole image at that scale; the diameter it reports is the
+median diameter of the objects found there, in input pixels. Overlap-tile stays exact at the rescaled size: the result does not
 depend on the tile size. Instances are derived at the working scale (where the network's
 one-pixel separation lines live) and mapped back to the input grid by nearest neighbour; the
 label image likewise; kept probabilities are resized linearly.
@@ -26,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,18 @@ from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .runtime import Predictor
 from .scale import (
-    TOLERANCE,
+    MAX_FACTOR,
+    SEARCH_BAND,
+    SEARCH_STEP,
     Diameter,
+    boundary_uncertainty,
+    candidate_factors,
     clamp_factor,
     median_diameter,
     rescale_image,
     rescale_labels,
     scaled_shape,
+    search_window,
 )
 from .tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, stitch
 
@@ -54,8 +58,11 @@ PROBS_IN_MEMORY_LIMIT = 1 << 30
 # their last tile, for instances and the object table (~10 bytes per pixel). Smaller ones keep it:
 # faulting it in again costs the next image about a second on a paper-width network.
 RELEASE_MIN_PIXELS = 4096 * 4096
-# Passes of the automatic diameter estimate (the first at the input's scale).
-AUTO_PASSES = 3
+#: Network passes of the automatic scale search, at most.
+SEARCH_PASSES = 6
+#: The automatic scale search runs on a window of at most this edge (input pixels), chosen where
+#: the image has most structure (:func:`~unet_core.scale.search_window`).
+SEARCH_EDGE = 512
 # A rescaled image is never larger than this many pixels per slice (the factor is lowered).
 MAX_WORK_PIXELS = 1 << 28
 
@@ -149,27 +156,106 @@ def segment(
     return _to_input_grid(_segment_auto(image, canonical, predictor, options, stretch, progress), image.shape2d)
 
 
+@dataclass(frozen=True)
+class ScaleCandidate:
+    """One scale tried by the automatic search: ``factor`` (work / input), the median diameter of
+    the objects found there (work pixels; None: no objects) and the network's
+    :func:`~unet_core.scale.boundary_uncertainty`."""
+
+    factor: float
+    work_diameter: float | None
+    uncertainty: float
+
+    def in_band(self, canonical: float) -> bool:
+        """Objects found, measuring within :data:`~unet_core.scale.SEARCH_BAND` of ``canonical``."""
+        if self.work_diameter is None or not np.isfinite(self.uncertainty):
+            return False
+        return 1.0 / SEARCH_BAND <= self.work_diameter / canonical <= SEARCH_BAND
+
+    def diameter(self) -> float | None:
+        """The objects' median diameter in input pixels."""
+        return None if self.work_diameter is None else self.work_diameter / self.factor
+
+
 def _segment_auto(image: ImageFile, canonical: float, predictor: Predictor, options: InferenceOptions,
                   stretch: Stretch, progress: Progress | None) -> Segmentation:
-    """Segment, measure the objects' diameter, rescale, segment again until the scale settles."""
-    factor, seg, estimate = 1.0, None, None
-    for _ in range(AUTO_PASSES):
-        seg = _segment_at(image.data, factor, predictor, options, stretch, progress)
-        work_diameter = median_diameter(np.stack([
-            instances(seg.work_labels[s], predictor.meta.foreground_classes, expected_diameter=canonical)
-            for s in range(seg.work_labels.shape[0])]))
-        if work_diameter is None:  # nothing found: keep this pass
-            break
-        estimate = work_diameter / factor
-        new_factor = _work_factor(canonical / estimate, image.shape2d)
-        if abs(np.log(new_factor / factor)) <= np.log(1 + TOLERANCE):
-            break
-        factor = new_factor
-    assert seg is not None
-    seg.diameter, seg.diameter_source = estimate, "estimated"
-    if estimate is None:
+    """Search the scale on a window of the image (:func:`search_scale`), then segment the whole
+    image at it (reusing the search's pass when the window is the whole image)."""
+    data = image.data
+    z = data.shape[0] // 2  # a stack is searched on its middle slice
+    rows, cols = search_window(to_channels(data[z], 1)[..., 0], SEARCH_EDGE)
+    window = data[z : z + 1, rows, cols]
+    whole = window.shape[1:3] == data.shape[1:3] and data.shape[0] == 1
+    limit = _work_factor(MAX_FACTOR, image.shape2d)
+    chosen, passes = search_scale(window, canonical, predictor, options, stretch, limit)
+    seg = passes.get(chosen.factor) if whole else None
+    if seg is None:
+        seg = _segment_at(data, chosen.factor, predictor, options, stretch, progress)
+    elif progress:
+        progress(1, 1)
+    seg.diameter, seg.diameter_source = chosen.diameter(), "estimated"
+    if chosen.work_diameter is None:
         seg.notes.append("no objects found: the diameter could not be estimated")
     return seg
+
+
+def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, options: InferenceOptions,
+                 stretch: Stretch, limit: float = MAX_FACTOR) -> tuple[ScaleCandidate, dict[float, Segmentation]]:
+    """The scale at which the network is most certain, by a walk over :func:`candidate_factors`.
+
+    Starts at the input's own scale. While the objects found measure outside the band around the
+    canonical diameter, it jumps to the scale they ask for; inside the band it moves to the more
+    certain neighbour until neither neighbour is more certain. At most :data:`SEARCH_PASSES`
+    network passes over ``window`` (1, H, W, C).
+
+    Returns:
+        The chosen candidate and the segmentations of the window by factor (with probabilities).
+    """
+    grid = candidate_factors(limit)
+    tried: dict[int, ScaleCandidate] = {}
+    passes: dict[float, Segmentation] = {}
+    probe = replace(options, keep_probs=True, probs_dtype="float32")
+    fg = predictor.meta.foreground_classes
+
+    def score(k: int) -> float:
+        """The uncertainty at grid scale ``k`` (segmenting there if the pass budget allows)."""
+        if k not in tried:
+            if len(tried) >= SEARCH_PASSES:
+                return np.inf
+            seg = _segment_at(window, grid[k], predictor, probe, stretch, None)
+            ids = instances(seg.work_labels[0], fg, expected_diameter=canonical)
+            tried[k] = ScaleCandidate(grid[k], median_diameter(ids), boundary_uncertainty(seg.probs[0, fg].sum(axis=0)))
+            seg.probs = seg.probs.astype(options.probs_dtype, copy=False) if options.keep_probs else None
+            passes[grid[k]] = seg
+        return tried[k].uncertainty if tried[k].in_band(canonical) else np.inf
+
+    k = min(range(len(grid)), key=lambda j: abs(np.log(grid[j])))  # the input's own scale
+    while len(tried) < SEARCH_PASSES:
+        if np.isfinite(score(k)):  # in the band: walk to the more certain neighbour
+            best = min((j for j in (k - 1, k, k + 1) if 0 <= j < len(grid)), key=score)
+            if best == k:
+                break
+            k = best
+        else:  # too far from the trained size: go where the measured objects say
+            nxt = int(np.clip(k + _jump(tried[k], canonical), 0, len(grid) - 1))
+            if nxt in tried:
+                break
+            k = nxt
+    found = [c for c in tried.values() if c.work_diameter is not None]
+    if not found:
+        return tried[min(tried, key=lambda j: abs(np.log(grid[j])))], passes
+    in_band = [c for c in found if c.in_band(canonical)]
+    if in_band:
+        return min(in_band, key=lambda c: c.uncertainty), passes
+    return min(found, key=lambda c: abs(np.log(c.work_diameter / canonical))), passes
+
+
+def _jump(candidate: ScaleCandidate, canonical: float) -> int:
+    """Grid steps from ``candidate`` towards the scale its objects' size asks for (0: none)."""
+    if candidate.work_diameter is None:  # nothing found: the objects may be too small to see
+        return 2
+    steps = np.log(canonical / candidate.work_diameter) / np.log(SEARCH_STEP)
+    return int(np.clip(np.round(steps), -4, 4)) or int(np.sign(steps))
 
 
 def _work_factor(factor: float, shape: tuple[int, int]) -> float:

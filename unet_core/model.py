@@ -56,6 +56,11 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+#: State-dict key of the first convolution's kernel (out, in_channels, 3, 3): the only weights
+#: that depend on the number of input channels.
+FIRST_CONV_WEIGHT = "down.0.0.weight"
+
+
 class UNet(nn.Module):
     """The paper's U-Net.
 

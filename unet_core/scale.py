@@ -9,6 +9,17 @@ gives, or one estimated from a first pass) and maps the results back to the inpu
 
 The diameter of an object is that of the circle of equal area, ``2 * sqrt(area / pi)``; the
 diameter of an image is the median over its objects.
+
+Estimating the scale (``diameter="auto"``) is a search over a grid of candidate scales
+(:func:`candidate_factors`, steps of sqrt 2) for the one at which the network is most certain:
+the fewest undecided pixels (foreground probability between 0.1 and 0.9) per object pixel
+(:func:`boundary_uncertainty`), among scales at which the objects found measure within
+:data:`SEARCH_BAND` of the canonical diameter. Measured on 23 validation images of DSB 2018 with the
+shipped model, the scale chosen so scored mean AP 0.494, against 0.478 at the grid scale nearest
+the true diameter and 0.503 at the best grid scale per image. The earlier rule (segment, measure,
+rescale, repeat) fails when the objects are far from the canonical size: the network then cuts
+large textured nuclei into pieces of about its own canonical size, the pieces are measured, and the
+estimate stays near the canonical diameter (nuclei of 35-45 px were estimated at 3-24 px).
 """
 
 from __future__ import annotations
@@ -17,15 +28,20 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 #: Rescale factors are kept within these bounds: beyond them an image is either blown up past any
 #: memory budget or shrunk to a few pixels per object; the model is not meant for such images.
 MIN_FACTOR = 1 / 8
 MAX_FACTOR = 4.0
-#: A rescale by less than this relative amount is not worth a second network pass (the model is
-#: trained with a +-20 % scale jitter around its canonical diameter).
-TOLERANCE = 0.15
+#: Candidate scales of the automatic search are this factor apart.
+SEARCH_STEP = math.sqrt(2.0)
+#: A candidate scale is kept only when the objects found at it measure within this factor of the
+#: canonical diameter (otherwise the network is seeing objects far from the size it was trained on).
+SEARCH_BAND = 1.5
+#: Foreground probabilities strictly between these count as undecided.
+UNDECIDED = (0.1, 0.9)
 
 
 def median_diameter(ids: np.ndarray, min_area: int = 1) -> float | None:
@@ -40,6 +56,55 @@ def median_diameter(ids: np.ndarray, min_area: int = 1) -> float | None:
     if areas.size == 0:
         return None
     return float(2.0 * math.sqrt(float(np.median(areas)) / math.pi))
+
+
+def boundary_uncertainty(foreground: np.ndarray) -> float:
+    """Undecided pixels per object pixel of a foreground-probability image (lower: more certain).
+
+    Args:
+        foreground: probability of the foreground classes, any shape.
+
+    Returns:
+        ``#(0.1 < p < 0.9) / #(p > 0.5)``; infinity when nothing is foreground.
+    """
+    p = np.asarray(foreground)
+    objects = int(np.count_nonzero(p > 0.5))
+    if objects == 0:
+        return math.inf
+    undecided = int(np.count_nonzero((p > UNDECIDED[0]) & (p < UNDECIDED[1])))
+    return undecided / objects
+
+
+def candidate_factors(limit: float = MAX_FACTOR) -> list[float]:
+    """Rescale factors of the automatic search: powers of :data:`SEARCH_STEP` within
+    [MIN_FACTOR, min(MAX_FACTOR, limit)], ascending (1.0 is always one of them when in range)."""
+    low = math.ceil(math.log(MIN_FACTOR) / math.log(SEARCH_STEP) - 1e-9)
+    high = math.floor(math.log(min(MAX_FACTOR, limit)) / math.log(SEARCH_STEP) + 1e-9)
+    return [SEARCH_STEP ** k for k in range(low, high + 1)]
+
+
+def search_window(gray: np.ndarray, edge: int) -> tuple[slice, slice]:
+    """The ``edge`` x ``edge`` window (or the whole image, if smaller) with the most structure.
+
+    The automatic scale search runs on this window instead of the whole image, so its cost does
+    not grow with the image. "Structure" is the local standard deviation of the gray values,
+    averaged over the window: it is high where there are objects and low in empty background.
+    """
+    h, w = gray.shape
+    eh, ew = min(edge, h), min(edge, w)
+    if (eh, ew) == (h, w):
+        return slice(0, h), slice(0, w)
+    step = max(1, edge // 8)  # the window moves in steps of an eighth of its edge
+    g = np.asarray(gray, dtype=np.float32)[::step, ::step]
+    mean = ndi.uniform_filter(g, 3)
+    std = np.sqrt(np.maximum(ndi.uniform_filter(g * g, 3) - mean * mean, 0.0))
+    wh, ww = max(1, eh // step), max(1, ew // step)
+    # Sum of the structure inside every window position, from the summed-area table.
+    table = np.pad(std.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = table[wh:, ww:] - table[:-wh, ww:] - table[wh:, :-ww] + table[:-wh, :-ww]
+    r, c = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    top, left = min(r * step, h - eh), min(c * step, w - ew)
+    return slice(top, top + eh), slice(left, left + ew)
 
 
 def clamp_factor(factor: float) -> float:

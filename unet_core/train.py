@@ -68,14 +68,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentConfig, apply_warp, gray_value, sample_warp
+from .augment import AugmentConfig, appearance, apply_warp, sample_warp
 from .checkpoint import atomic_save, read_checkpoint
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
 from .evaluate import LOWER_IS_BETTER, PRIMARY_METRIC, EvalOptions, EvalReport, evaluate, metric_kind
-from .io import Normalisation, fit_stretch, to_channels
+from .io import LUMA, Normalisation, fit_stretch, to_channels
 from .jobs import parse_log_lines
 from .metadata import ModelMeta
-from .model import UNet, UNetConfig
+from .model import FIRST_CONV_WEIGHT, UNet, UNetConfig
 from .scale import clamp_factor, median_diameter, rescale_image, rescale_labels, scaled_shape
 from .tiling import Geometry
 from .weights import separate_touching, weight_map
@@ -387,9 +387,7 @@ def make_tile(
     classes = apply_warp(item.classes, inner, 0, mode="mirror")
     weights = apply_warp(item.weights, inner, 1, mode="mirror").astype(np.float32)
     weights *= _inside(inner, (h, w))
-    aug = cfg.augment
-    if aug.enabled and (aug.gamma or aug.contrast or aug.brightness or aug.noise):
-        image = gray_value(image, aug, rng)
+    image = appearance(image, cfg.augment, rng)
     if cfg.invert_prob > 0 and rng.random() < cfg.invert_prob:
         image = 1.0 - image
     return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), classes, weights
@@ -681,15 +679,40 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelM
 
 
 def apply_init(cfg: TrainConfig) -> TrainConfig:
-    """The config with the architecture of ``cfg.init`` (fine-tuning keeps the model's shape)."""
+    """The config with the architecture of ``cfg.init`` (fine-tuning keeps the model's shape).
+
+    One exception: a gray (1-channel) init model may be widened to ``cfg.in_channels`` (3 for
+    colour) by :func:`widen_input`.
+    """
     if not cfg.init:
         return cfg
     _, meta = load_init_weights(cfg.init)
     u = meta.unet
     if u.padding != "valid":
         raise TrainError(f"{cfg.init}: only 'valid' (paper) networks can be fine-tuned here")
-    return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=u.in_channels,
+    in_channels = cfg.in_channels if u.in_channels == 1 and cfg.in_channels > 1 else u.in_channels
+    return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=in_channels,
                                class_names=cfg.class_names or list(meta.class_names))
+
+
+def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """The weights of a gray model with its first convolution taking ``in_channels`` channels.
+
+    For 3 channels the gray kernel is spread over R, G and B by the luminance weights with which
+    a gray model sees a colour image (:data:`unet_core.io.LUMA`); otherwise evenly. The weights
+    sum to one, so the widened model starts out computing what the gray model computed on the
+    same pixels (exactly on gray images, whose channels are equal) and fine-tuning can then learn
+    from colour.
+    """
+    weight = state[FIRST_CONV_WEIGHT]
+    if weight.shape[1] == in_channels:
+        return state
+    if weight.shape[1] != 1:
+        raise TrainError(f"only a 1-channel model can be widened, not a {weight.shape[1]}-channel one")
+    share = torch.from_numpy(LUMA) if in_channels == 3 else torch.full((in_channels,), 1.0 / in_channels)
+    widened = dict(state)
+    widened[FIRST_CONV_WEIGHT] = weight * share.to(weight.dtype).view(1, in_channels, 1, 1)
+    return widened
 
 
 def make_meta(cfg: TrainConfig, data: TrainData, training: dict[str, Any]) -> ModelMeta:
@@ -785,7 +808,7 @@ def train(
     if cfg.init and ckpt is None:
         state, _ = load_init_weights(cfg.init)
         try:
-            model.load_state_dict(state)
+            model.load_state_dict(widen_input(state, cfg.in_channels))
         except RuntimeError as exc:
             raise TrainError(f"{cfg.init}: weights do not fit the network ({exc})") from exc
     model.to(device)
