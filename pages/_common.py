@@ -89,9 +89,20 @@ def active_model() -> ModelEntry | None:
 
 
 @st.cache_resource(show_spinner=False)
+def _machine_line() -> str:
+    return device_summary()  # probes the GPU driver once per server
+
+
 def device_line() -> str:
-    """Where models run on this machine (probing the GPU once per server)."""
-    return device_summary()
+    """Where the active model runs: what its ONNX Runtime session uses (a GPU can be present and
+    still unused), or, without a usable model, what this machine offers."""
+    entry = active_model()
+    if entry is not None and entry.usable:
+        try:
+            return get_predictor(entry).device_name
+        except ModelLoadError:
+            pass
+    return _machine_line()
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from unet_core.train import (
     read_log,
     train,
     weighted_cross_entropy,
+    widen_input,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +87,15 @@ def test_config_round_trips_and_rejects_bad_values() -> None:
     cfg = TrainConfig(data="x", tile=36, augment=AugmentConfig(rotation_range=(0.0, 90.0)), split={"kind": "last_n",
                                                                                                   "k": 2})
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    with pytest.raises(TrainError, match="valid output size"):
+    with pytest.raises(TrainError, match="does not fit"):
         TrainConfig(tile=390)
     with pytest.raises(TrainError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
+    # Settings that used to end in a traceback deep in the weight map or the model.
+    for bad, match in (({"sigma": 0.0}, "sigma"), ({"w0": -1.0}, "w0"), ({"momentum": 1.0}, "momentum"),
+                       ({"width": 0}, "width"), ({"width": 10**6}, "width"), ({"dropout": 1.0}, "dropout")):
+        with pytest.raises(TrainError, match=match):
+            TrainConfig(**bad)
 
 
 def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> None:
@@ -197,6 +204,32 @@ def test_init_from_onnx_reproduces_the_weights(finished_run: Path, tmp_path: Pat
     tuned = read_checkpoint(tmp_path / "ft" / "last.pt")["model"]
     for k, v in best.items():
         assert torch.allclose(tuned[k], v, atol=1e-6), k
+
+
+def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(finished_run: Path,
+                                                                          tmp_path: Path) -> None:
+    from unet_core.io import LUMA
+    from unet_core.model import FIRST_CONV_WEIGHT
+
+    state, meta = load_init_weights(finished_run / "model.onnx")
+    widened = widen_input(state, 3)
+    assert widened[FIRST_CONV_WEIGHT].shape[1] == 3 and state[FIRST_CONV_WEIGHT].shape[1] == 1
+    gray_net, rgb_net = UNet.from_config(meta.unet).eval(), UNet.from_config(
+        dataclasses.replace(meta.unet, in_channels=3)).eval()
+    gray_net.load_state_dict(state)
+    rgb_net.load_state_dict(widened)
+    rgb = torch.rand(1, 3, 188, 188)  # the smallest valid input of a depth-4 net
+    luminance = (rgb * torch.from_numpy(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    with torch.no_grad():  # what the gray model sees of a colour image is what the widened one computes
+        torch.testing.assert_close(rgb_net(rgb), gray_net(luminance), atol=1e-5, rtol=1e-4)
+    with pytest.raises(TrainError, match="1-channel"):
+        widen_input(widened, 4)
+    # Through the trainer: --in-channels 3 with a gray --init model gives a colour run.
+    cfg = TrainConfig(**TINY, out=str(tmp_path / "rgb"), steps=1, val_every=0, export=False, in_channels=3,
+                      init=str(finished_run / "model.onnx"))
+    train(cfg, progress=False)
+    assert TrainConfig.load(tmp_path / "rgb" / "config.json").in_channels == 3
+    assert read_checkpoint(tmp_path / "rgb" / "last.pt")["model"][FIRST_CONV_WEIGHT].shape[1] == 3
 
 
 def test_refuses_to_overwrite_a_run_without_resume(finished_run: Path) -> None:

@@ -27,6 +27,7 @@ Nothing here imports torch: the app server stays light, the trainer does the hea
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -42,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import TrainConfig, TrainError
 from .registry import RUN_MODEL_FILE, runs_dir
-from .tiling import Geometry
+from .runlog import LOG_NAME, parse_log_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = ".lock"
-LOG_NAME = "log.jsonl"
 CONSOLE_NAME = "console.log"
 JOB_NAME = "job.json"
 
@@ -356,25 +357,20 @@ def cli_args(options: dict[str, Any]) -> list[str]:
     return args
 
 
+#: Settings checked by :class:`~unet_core.config.TrainConfig` itself; the others are command-line
+#: forms (``split`` as text, ``augment`` as a switch) or checked here (``init``).
+_NOT_CONFIG_VALUES = frozenset({"split", "augment", "init", "name"})
+
+
 def check_settings(options: dict[str, Any]) -> None:
-    """Refuse settings the trainer would refuse, with a message saying what to change."""
-    depth = int(options.get("depth") or 4)
-    geometry = Geometry(depth, "valid")
-    tile = options.get("tile")
-    if tile is not None and not geometry.is_valid_output(int(tile)):
-        raise JobError(f"a tile of {tile} px does not fit the network; use {geometry.floor_output(int(tile))} or "
-                       f"{geometry.ceil_output(int(tile))}")
-    for key, low in (("width", 1), ("steps", 1), ("batch", 1)):
-        if options.get(key) is not None and int(options[key]) < low:
-            raise JobError(f"{key} must be at least {low}")
-    for key in ("lr", "sigma"):
-        if options.get(key) is not None and not float(options[key]) > 0:
-            raise JobError(f"{key} must be greater than 0")
-    for key in ("w0", "val_every", "checkpoint_every"):
-        if options.get(key) is not None and float(options[key]) < 0:
-            raise JobError(f"{key} must not be negative")
-    if options.get("momentum") is not None and not 0 <= float(options["momentum"]) < 1:
-        raise JobError("momentum must lie between 0 and 1 (the paper uses 0.99)")
+    """Refuse settings the trainer would refuse (the trainer's own checks, in
+    :class:`~unet_core.config.TrainConfig`), with a message saying what to change."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in options.items() if k in fields and k not in _NOT_CONFIG_VALUES and v is not None}
+    try:
+        TrainConfig(**values)
+    except TrainError as exc:
+        raise JobError(str(exc)) from None
     init = options.get("init")
     if init and not Path(init).is_file():
         raise JobError(f"the model to start from, {init}, is not there any more; choose another one")
@@ -619,19 +615,6 @@ class _LogCache:
                 offset += end
             self._files[key] = (ident, offset, rows)
             return list(rows)
-
-
-def parse_log_lines(data: bytes) -> list[dict[str, Any]]:
-    """The JSON records in ``log.jsonl`` bytes; unparsable lines (a half-written last one) are skipped."""
-    rows = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 _LOGS = _LogCache()

@@ -196,7 +196,7 @@ def read_card(entry: ModelEntry) -> str:
             return entry.card_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             return f"The model card {entry.card_path.name} cannot be read ({exc})."
-    from .export import read_metadata
+    from .metadata import read_metadata
 
     try:
         meta = read_metadata(entry.path)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import os
+import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
@@ -252,6 +253,9 @@ class OnnxPredictor(Predictor):
             raise ModelLoadError("device 'cuda' requested, but ONNX Runtime could not start its CUDA provider "
                                  "(needs CUDA 13 and cuDNN 9); use --device cpu")
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        if want_cuda and self.device == "cpu":
+            log.warning("%s: a GPU driver is present but ONNX Runtime runs this model on the CPU (providers "
+                        "available: %s)", self.path.name, ", ".join(ort.get_available_providers()))
         self.device_name = _gpu_name() if self.device == "cuda" else f"CPU ({self.threads} threads)"
         self.fingerprint = _file_fingerprint(self.path)
         self._input = self.session.get_inputs()[0].name
@@ -291,15 +295,15 @@ def _register_cpu_arena() -> None:
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(ARENA_CONFIG))
 
 
+@functools.cache
 def _gpu_name() -> str:
+    """The first GPU's name from the NVIDIA driver (``nvidia-smi``), without importing torch."""
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    except ImportError:
-        pass
-    return "GPU (CUDA)"
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    return f"{out[0].strip()} (CUDA)" if out and out[0].strip() else "GPU (CUDA)"
 
 
 class TorchPredictor(Predictor):

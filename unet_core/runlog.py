@@ -1,0 +1,26 @@
+"""The run log, ``log.jsonl``: one JSON object per line, appended by the trainer and read by the
+trainer (on resume), the app's job manager and the Train page.
+
+Kept apart from both so that neither the trainer (torch) nor the app (no torch) imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: The log's file name inside a run folder.
+LOG_NAME = "log.jsonl"
+
+
+def parse_log_lines(data: bytes) -> list[dict[str, Any]]:
+    """The JSON records in ``log.jsonl`` bytes; unparsable lines (a half-written last one) are skipped."""
+    rows = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
