@@ -125,6 +125,32 @@ def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> No
     assert found and len(rows) == crop.size
 
 
+def test_augmented_tiles_keep_image_labels_and_weights_aligned() -> None:
+    """With every geometric augmentation on (elastic, rotation, flips, shift, zoom), the image tile
+    still shows the labels where the label tile has them, and the weights follow the labels."""
+    from scipy import ndimage as ndi
+
+    from unet_core.train import TrainImage, step_rng
+
+    yy, xx = np.indices((300, 300))
+    blobs = ((np.sin(yy / 9.0) + np.cos(xx / 13.0)) > 0.3).astype(np.uint8)
+    # The image *is* the label map and the weights mark it too, so any misalignment shows.
+    img = TrainImage("a", blobs[..., None].astype(np.float32), blobs, 1.0 + blobs.astype(np.float32))
+    geometric = AugmentConfig(gamma=False, contrast=False, brightness=False, scale=True, scale_range=(0.7, 1.4))
+    cfg = TrainConfig(data="x", tile=36, augment=geometric)
+    margin = (cfg.geometry.input_size(36) - 36) // 2
+    for step in range(12):
+        x, y, w = make_tile([[img]], [1.0], cfg, step_rng(5, step))
+        inner = x[0, margin : margin + 36, margin : margin + 36]
+        # Away from label edges (where interpolation blends), the image's class is the label.
+        steady = (ndi.minimum_filter(y, 3) == ndi.maximum_filter(y, 3)) & (w > 0)
+        assert steady.sum() > 50  # tiles may reach past the image, where the weights are 0
+        np.testing.assert_array_equal((inner > 0.5)[steady], y[steady].astype(bool))
+        # Weights are interpolated linearly (labels by nearest): compare one pixel further inside.
+        inside = ndi.binary_erosion(steady, np.ones((3, 3)))
+        np.testing.assert_allclose(w[inside], 1.0 + y[inside], atol=0.05)  # misaligned: off by 1
+
+
 # --------------------------------------------------------------------------- a finished run
 
 
