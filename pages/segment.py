@@ -25,7 +25,7 @@ from unet_core.io import (
     read_image_bytes,
     read_image_header_bytes,
 )
-from unet_core.predict import Result, result_files, run, zip_files
+from unet_core.predict import Result, result_files, run, with_instance_options, zip_files
 from unet_core.runtime import Predictor
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,21 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
     return outcomes
 
 
+def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions, post: str) -> dict:
+    """The results of ``state`` with their objects derived again under new post-processing
+    options: the network's class labels are kept, so this takes no network pass."""
+    meta = predictor.meta
+    outcomes = {}
+    for key, outcome in state["outcomes"].items():
+        if outcome.result is None:
+            outcomes[key] = outcome
+            continue
+        result = with_instance_options(outcome.result, meta.foreground_classes, meta.diameter, instance_options)
+        outcomes[key] = replace(outcome, result=result, files=result_files(result))
+    file_sets = [o.files for o in outcomes.values() if o.files]
+    return {**state, "post": post, "outcomes": outcomes, "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -455,7 +470,9 @@ predictor = predictor_or_stop(entry, "Choose another model in the sidebar, or ex
 inputs_col, options_col = st.columns([3, 2], gap="large")
 with options_col, st.expander("Options", expanded=True, icon=":material/tune:"):
     options, instance_options = choose_options(predictor)
-settings = (predictor.fingerprint, repr(options), repr(instance_options))
+# The network pass depends on these; the post-processing (``post``) is redone live from the labels.
+settings = (predictor.fingerprint, repr(options))
+post = repr(instance_options)
 state = st.session_state.get(STATE_KEY)
 with inputs_col:
     sources = choose_inputs(predictor.meta.unet.in_channels)
@@ -464,12 +481,16 @@ with inputs_col:
     count = f"{len(sources)} image{'s' if len(sources) != 1 else ''}"
     if st.button(f"Segment {count}" if sources else "Segment", type="primary", disabled=not sources,
                  icon=":material/play_arrow:", key="segment_run"):
-        reuse = state["outcomes"] if state and state["settings"] == settings else {}
+        reuse = state["outcomes"] if state and state["settings"] == settings and state["post"] == post else {}
         outcomes = segment_all(sources, predictor, options, instance_options, reuse)
         file_sets = [o.files for o in outcomes.values() if o.files]
-        state = {"settings": settings, "keys": keys, "outcomes": outcomes,
+        state = {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes,
                  "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
         st.session_state[STATE_KEY] = state
+
+if state and state["settings"] == settings and state["keys"] == keys and state.get("post") != post:
+    state = repost(state, predictor, instance_options, post)
+    st.session_state[STATE_KEY] = state
 
 if state and state["settings"] == settings and state["keys"] == keys:
     class_names = " or ".join(predictor.meta.class_names[k] for k in predictor.meta.foreground_classes)

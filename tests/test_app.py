@@ -18,7 +18,7 @@ from unet_core.inference import InferenceOptions
 from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import run
 from unet_core.registry import default_model, list_models, read_card
-from unet_core.runtime import load_predictor
+from unet_core.runtime import OnnxPredictor, load_predictor
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TILE = 100  # a valid output size of the tiny depth-4 network; several tiles per test image
@@ -94,7 +94,8 @@ def test_a_model_that_will_not_load_is_an_error_not_a_traceback(studio_dirs) -> 
 # --------------------------------------------------------------------------- segmenting
 
 
-def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cells_image) -> None:
+def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cells_image,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     pixels = cells_image()
     at = segment(segment_page(), ("cells.png", png_bytes(pixels), "image/png"))
     assert not at.exception
@@ -117,10 +118,20 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     assert not at.exception
     assert at.session_state["segment_results"]["outcomes"] is kept
 
-    # New options hide the old result until Segment is pressed; no object left is no problem. (The
-    # minimum size is typed only with the automatic clean-up off: the field is disabled otherwise.)
+    # Clean-up options apply at once, from the stored labels: no network pass (the predictor is not
+    # called), the count and the downloads follow; no object left is no problem. (The minimum size
+    # is typed only with the automatic clean-up off: the field is disabled otherwise.)
+    calls = []
+    original = OnnxPredictor.predict_batch
+    monkeypatch.setattr(OnnxPredictor, "predict_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     next(c for c in at.checkbox if c.label == "Automatic clean-up").uncheck().run()
     next(n for n in at.number_input if n.label.startswith("Minimum object size")).set_value(10**6).run()
+    assert not at.exception and not calls
+    assert next(m for m in at.metric if m.label == "Objects").value == "0"
+    (outcome,) = at.session_state["segment_results"]["outcomes"].values()
+    assert outcome.files["cells_objects.csv"].decode().count("\n") == 1  # the header alone
+    # Options of the network pass hide the old result until Segment is pressed.
+    next(c for c in at.checkbox if c.label == "Test-time augmentation").check().run()
     assert "press **Segment** to update" in texts(at.info)
     assert not any(m.label == "Objects" for m in at.metric)
     at.button(key="segment_run").click().run()

@@ -209,7 +209,8 @@ def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, opt
     network passes over ``window`` (1, H, W, C).
 
     Returns:
-        The chosen candidate and the segmentations of the window by factor (with probabilities).
+        The chosen candidate and the segmentations of the whole window by factor (passes at
+        enlarging factors run on the window's centre only and are not kept).
     """
     grid = candidate_factors(limit)
     tried: dict[int, ScaleCandidate] = {}
@@ -222,11 +223,15 @@ def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, opt
         if k not in tried:
             if len(tried) >= SEARCH_PASSES:
                 return np.inf
-            seg = _segment_at(window, grid[k], predictor, probe, stretch, None)
+            # Enlarged, the window's centre alone holds enough objects: the pass stays as cheap as
+            # one over SEARCH_EDGE^2 pixels.
+            part = _central(window, round(SEARCH_EDGE / max(1.0, grid[k])))
+            seg = _segment_at(part, grid[k], predictor, probe, stretch, None)
             ids = instances(seg.work_labels[0], fg, expected_diameter=canonical)
             tried[k] = ScaleCandidate(grid[k], median_diameter(ids), boundary_uncertainty(seg.probs[0, fg].sum(axis=0)))
             seg.probs = seg.probs.astype(options.probs_dtype, copy=False) if options.keep_probs else None
-            passes[grid[k]] = seg
+            if part.shape == window.shape:
+                passes[grid[k]] = seg
         return tried[k].uncertainty if tried[k].in_band(canonical) else np.inf
 
     k = min(range(len(grid)), key=lambda j: abs(np.log(grid[j])))  # the input's own scale
@@ -248,6 +253,13 @@ def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, opt
     if in_band:
         return min(in_band, key=lambda c: c.uncertainty), passes
     return min(found, key=lambda c: abs(np.log(c.work_diameter / canonical))), passes
+
+
+def _central(data: np.ndarray, edge: int) -> np.ndarray:
+    """The central ``edge`` x ``edge`` part of ``data`` (Z, H, W, C), or all of it if smaller."""
+    h, w = data.shape[1:3]
+    top, left = max(0, (h - edge) // 2), max(0, (w - edge) // 2)
+    return data[:, top : top + min(h, edge), left : left + min(w, edge)]
 
 
 def _jump(candidate: ScaleCandidate, canonical: float) -> int:
@@ -292,13 +304,20 @@ def segment_objects(
     gaps, boundary restored, specks removed) and mapped back by nearest neighbour.
     """
     seg = segment(image, predictor, options, progress)
-    fg = predictor.meta.foreground_classes
-    shape = image.shape2d
-    ids = np.empty(seg.labels.shape, dtype=np.int32)  # filled slice by slice: no stacked copy
+    meta = predictor.meta
+    return seg, instance_ids(seg, meta.foreground_classes, instance_options, meta.diameter, image.shape2d)
+
+
+def instance_ids(seg: Segmentation, foreground_classes: list[int], instance_options: InstanceOptions | None,
+                 expected_diameter: float | None, shape: tuple[int, int]) -> np.ndarray:
+    """The instance ids (Z, H, W) int32 of a segmentation on the input grid ``shape``: derived at
+    the working scale, then mapped back by nearest neighbour. No network pass: changing only the
+    post-processing (``instance_options``) of a result calls this alone."""
+    ids = np.empty((seg.work_labels.shape[0], *shape), dtype=np.int32)  # slice by slice: no stacked copy
     for s in range(ids.shape[0]):
-        work = instances(seg.work_labels[s], fg, instance_options, expected_diameter=predictor.meta.diameter)
+        work = instances(seg.work_labels[s], foreground_classes, instance_options, expected_diameter=expected_diameter)
         ids[s] = rescale_labels(work, shape)
-    return seg, ids
+    return ids
 
 
 def _segment_at(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import InferenceOptions, Progress, Segmentation, segment_objects
+from .inference import InferenceOptions, Progress, Segmentation, instance_ids, segment_objects
 from .instances import InstanceOptions, object_table, objects_csv, stack_objects_csv, with_physical_units
 from .io import ImageFile, resolution_from_um, write_png, write_tiff
 from .runtime import Predictor
@@ -119,6 +119,20 @@ def run(
     so that an id names one object in the whole stack: in the instances TIFF and in the CSV.
     """
     seg, ids = segment_objects(image, predictor, options, instance_options, progress)
+    return measure(image, seg, ids, predictor.meta.unet.n_classes)
+
+
+def with_instance_options(result: Result, foreground_classes: list[int], expected_diameter: float | None,
+                          instance_options: InstanceOptions) -> Result:
+    """``result`` with its objects derived again under other post-processing options (minimum
+    size, holes, border objects, growth), from its class labels: no network pass."""
+    ids = instance_ids(result.segmentation, foreground_classes, instance_options, expected_diameter,
+                       result.image.shape2d)
+    return measure(result.image, result.segmentation, ids, result.n_classes)
+
+
+def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, n_classes: int | None) -> Result:
+    """The :class:`Result` of instance ids ``ids`` (numbered on across a stack, in place) of ``image``."""
     pixel_size = image.pixel_size_um
     objects = []
     offset = 0
@@ -132,7 +146,7 @@ def run(
                 row["id"] += offset
         offset += n
         objects.append(rows)
-    return Result(image, seg, ids, objects, n_classes=predictor.meta.unet.n_classes)
+    return Result(image, seg, ids, objects, n_classes=n_classes)
 
 
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:
