@@ -258,6 +258,15 @@ def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(fini
     assert read_checkpoint(tmp_path / "rgb" / "last.pt")["model"][FIRST_CONV_WEIGHT].shape[1] == 3
 
 
+def test_an_init_checkpoint_with_hostile_metadata_is_refused_by_name(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {}, "meta": {"unet": {"width": -4}}}, bad)
+    with pytest.raises(TrainError, match="width -4"):
+        load_init_weights(bad)
+    result = _cli("train", "--data", "synthetic", "--out", str(tmp_path / "r"), "--init", str(bad), "--steps", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "width -4" in result.stderr
+
+
 def test_refuses_to_overwrite_a_run_without_resume(finished_run: Path) -> None:
     with pytest.raises(TrainError, match="--resume"):
         train(TrainConfig(**TINY, out=str(finished_run), steps=2), progress=False)

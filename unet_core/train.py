@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import appearance, apply_warp, sample_warp
-from .checkpoint import atomic_save, read_checkpoint
+from .checkpoint import atomic_save, checkpoint_meta, read_checkpoint
 from .config import TrainConfig, TrainError
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
 from .evaluate import LOWER_IS_BETTER, PRIMARY_METRIC, EvalOptions, EvalReport, evaluate, metric_kind
@@ -477,9 +477,9 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelM
             raise TrainError(f"{path}: cannot read the init model ({exc})") from exc
     try:
         ckpt = read_checkpoint(path)
+        return ckpt["model"], checkpoint_meta(ckpt, path)  # checked like any model file's metadata
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
-    return ckpt["model"], ModelMeta.from_dict(ckpt["meta"])
 
 
 def apply_init(cfg: TrainConfig) -> TrainConfig:
