@@ -253,7 +253,7 @@ def choose_diameter(predictor: Predictor) -> str | float:
         "Object diameter (pixels)", min_value=0.0, max_value=1000.0, value=0.0, step=1.0, format="%.1f",
         key="segment_diameter",
         help=f"The typical diameter of one nucleus or cell in your image. 0 = estimate it from the image "
-        f"(a first pass finds the objects and measures them). The image is rescaled so that objects are "
+        f"(the model tries a few scales on part of the image and keeps the one it is most sure at). The image is rescaled so that objects are "
         f"{canonical:g} px across, the size this model was trained at; results come back at the "
         "image's own size.",
     )

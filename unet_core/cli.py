@@ -119,7 +119,7 @@ def _instance_options(args: argparse.Namespace):
 def _add_object_options(p: argparse.ArgumentParser) -> None:
     """Scale and post-processing options shared by predict and evaluate."""
     p.add_argument("--diameter", type=_diameter_arg, default="auto", metavar="PX|auto|off",
-                   help="object diameter in input pixels; auto (default) estimates it from a first pass; "
+                   help="object diameter in input pixels; auto (default) searches the scale the network is most certain at and reports the diameter measured there; "
                         "off segments at the input's scale (models without a canonical diameter ignore it)")
     p.add_argument("--min-size", type=_size_arg, default=None, metavar="PX|auto",
                    help="remove smaller objects (default auto: a tenth of the expected object area)")

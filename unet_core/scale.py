@@ -5,7 +5,7 @@ image in DSB 2018), and a U-Net learns one notion of how big an object is. As Ce
 its "diameter", a model here may declare a *canonical diameter*
 (:attr:`unet_core.metadata.ModelMeta.diameter`): training rescales every image so that its median
 object diameter equals it, and inference rescales the input the same way (from a diameter the user
-gives, or one estimated from a first pass) and maps the results back to the input's pixel grid.
+gives, or one found by the scale search below) and maps the results back to the input's pixel grid.
 
 The diameter of an object is that of the circle of equal area, ``2 * sqrt(area / pi)``; the
 diameter of an image is the median over its objects.
@@ -147,7 +147,7 @@ class Diameter:
     """How inference treats object scale: ``auto``, ``off`` or a diameter in input pixels.
 
     Attributes:
-        mode: ``"auto"`` (estimate from a first pass, the default), ``"off"`` (no rescaling) or
+        mode: ``"auto"`` (the scale search, the default), ``"off"`` (no rescaling) or
             ``"given"``.
         pixels: the objects' diameter in the input image (``"given"`` only).
     """
