@@ -24,7 +24,6 @@ from unet_core.baseline import BaselineOptions
 from unet_core.browse import DataSource
 from unet_core.datasets import Dataset
 from unet_core.evaluate import (
-    LOWER_IS_BETTER,
     TABLE_METRICS,
     EvalOptions,
     EvalReport,
@@ -32,6 +31,7 @@ from unet_core.evaluate import (
     evaluate,
     predict_sample,
 )
+from unet_core.metrics import LOWER_IS_BETTER
 from unet_core.registry import ModelEntry, list_models
 from unet_core.runtime import Predictor
 

@@ -29,16 +29,12 @@ from .datasets import Dataset
 from .inference import InferenceOptions, segment_objects
 from .instances import InstanceOptions
 from .io import ImageFile
-from .metrics import evaluate_pair
+from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC, evaluate_pair
 from .runtime import Predictor
 from .scale import Diameter
 
 Kind = Literal["auto", "semantic", "instance"]
 
-#: Metrics where a smaller value is better (all others: larger is better).
-LOWER_IS_BETTER = frozenset({"pixel_error", "rand_error", "warping_error"})
-#: The metric the report sorts by ("worst first") and training keeps ``best.pt`` by, per kind.
-PRIMARY_METRIC = {"semantic": "rand_error", "instance": "dsb_ap"}
 #: Metrics shown in the report's table, per kind (all computed metrics are in the JSON).
 TABLE_METRICS = {
     "semantic": ("pixel_error", "rand_error", "warping_error", "foreground_iou", "dsb_ap"),

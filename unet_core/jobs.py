@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, TrainError
+from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from .registry import RUN_MODEL_FILE, runs_dir
 from .runlog import LOG_NAME, parse_log_lines
 
@@ -842,8 +843,8 @@ def _best_from_log(info: RunInfo, config: dict[str, Any]) -> dict[str, Any] | No
         return None
     metric = config.get("val_metric") or "auto"
     if metric == "auto":
-        metric = "rand_error" if "warping_error" in rows[-1][1] else "dsb_ap"
-    lower = metric in ("pixel_error", "rand_error", "warping_error")
+        metric = PRIMARY_METRIC["semantic" if "warping_error" in rows[-1][1] else "instance"]
+    lower = metric in LOWER_IS_BETTER
     scored = [(s, v.get(metric)) for s, v in rows if isinstance(v.get(metric), (int, float))]
     if not scored:
         return None

@@ -259,6 +259,11 @@ def rand_error(pred_mask: NDArray, gt_mask: NDArray) -> float:
 # --------------------------------------------------------------------------- warping error
 
 # Bit k of a neighbourhood code is pixel k of the 3x3 window read row by row (bit 4: the centre).
+#: Metrics where a smaller value is better (all others: larger is better).
+LOWER_IS_BETTER = frozenset({"pixel_error", "rand_error", "warping_error"})
+#: The metric reports sort by ("worst first") and training keeps ``best.pt`` by, per kind of data.
+PRIMARY_METRIC = {"semantic": "rand_error", "instance": "dsb_ap"}
+
 _WINDOW_WEIGHTS = 1 << np.arange(9)
 # The 8 neighbours as (row, col) in the window, counter-clockwise from east: Yokoi's x1..x8.
 _YOKOI_ORDER = ((1, 2), (0, 2), (0, 1), (0, 0), (1, 0), (2, 0), (2, 1), (2, 2))

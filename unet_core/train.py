@@ -72,9 +72,10 @@ from .augment import appearance, apply_warp, sample_warp
 from .checkpoint import atomic_save, checkpoint_meta, read_checkpoint
 from .config import TrainConfig, TrainError
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
-from .evaluate import LOWER_IS_BETTER, PRIMARY_METRIC, EvalOptions, EvalReport, evaluate, metric_kind
+from .evaluate import EvalOptions, EvalReport, evaluate, metric_kind
 from .io import LUMA, fit_stretch, to_channels
 from .metadata import ModelMeta
+from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from .model import FIRST_CONV_WEIGHT, UNet
 from .runlog import LOG_NAME, parse_log_lines
 from .scale import clamp_factor, median_diameter, rescale_image, rescale_labels, scaled_shape
