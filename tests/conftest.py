@@ -90,3 +90,11 @@ def cells_image() -> Callable[..., np.ndarray]:
         return (image * top).astype(dtype)
 
     return make
+
+
+@pytest.fixture
+def tiny_installed(studio_dirs: StudioDirs, tiny_model_dir: Path) -> Path:
+    """The tiny model as the only shipped model; returns its path inside models/."""
+    path = studio_dirs.models / "tiny.onnx"
+    path.symlink_to(tiny_model_dir / "tiny.onnx")
+    return path

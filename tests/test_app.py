@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from apptest_helpers import APP, TILE, TIMEOUT, segment_page, texts, upload
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -20,19 +21,6 @@ from unet_core.predict import run
 from unet_core.registry import default_model, list_models, read_card
 from unet_core.runtime import OnnxPredictor, load_predictor
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TILE = 100  # a valid output size of the tiny depth-4 network; several tiles per test image
-# First runs import onnxruntime and torch on a shared 2-core machine: generous, never hit when well.
-TIMEOUT = 120
-
-
-@pytest.fixture
-def tiny_installed(studio_dirs, tiny_model_dir: Path) -> Path:
-    """The tiny model as the only shipped model; returns its path inside models/."""
-    path = studio_dirs.models / "tiny.onnx"
-    path.symlink_to(tiny_model_dir / "tiny.onnx")
-    return path
-
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -40,22 +28,9 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def segment_page() -> AppTest:
-    """The app opened at Home, then switched to Segment (as a user would)."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at.switch_page("pages/segment.py").run()
-
-
 def segment(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
     """Upload ``files``, choose the fixed tile size and press Segment."""
-    at.file_uploader[0].set_value(list(files)).run()
-    next(s for s in at.selectbox if s.label == "Tile size").set_value(TILE).run()
-    return at.button(key="segment_run").click().run()
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    return upload(at, *files).button(key="segment_run").click().run()
 
 
 # --------------------------------------------------------------------------- app start

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from apptest_helpers import TILE, segment_page, texts, upload
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -19,39 +20,9 @@ from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import run
 from unet_core.runtime import load_predictor
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TILE = 100  # a valid output size of the tiny depth-4 network
-TIMEOUT = 120  # first runs import onnxruntime on a shared 2-core machine
-
-
-@pytest.fixture
-def tiny_installed(studio_dirs, tiny_model_dir: Path) -> Path:
-    """The tiny model as the only shipped model; returns its path inside models/."""
-    path = studio_dirs.models / "tiny.onnx"
-    path.symlink_to(tiny_model_dir / "tiny.onnx")
-    return path
-
-
-def segment_page() -> AppTest:
-    """The app opened at Home, then switched to Segment (as a user would)."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at.switch_page("pages/segment.py").run()
-
-
-def upload(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
-    """Upload ``files`` and choose the fixed tile size (not segmented yet)."""
-    at.file_uploader[0].set_value(list(files)).run()
-    next(s for s in at.selectbox if s.label == "Tile size").set_value(TILE).run()
-    return at
-
 
 def press_segment(at: AppTest) -> AppTest:
     return at.button(key="segment_run").click().run()
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def tiff_bytes(data: np.ndarray, **kwargs) -> bytes:

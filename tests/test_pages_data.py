@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_helpers import APP, TIMEOUT, texts
 from streamlit.testing.v1 import AppTest
 
 from pages._common import MODEL_KEY
@@ -17,8 +18,6 @@ from unet_core import browse
 from unet_core.datasets import open_dataset
 from unet_core.synthetic import SynthConfig, synthetic_dataset, write_dataset
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 120
 SMALL = SynthConfig(height=64, width=80, n_cells=(3, 9), radius=(5.0, 10.0))
 
 
@@ -48,10 +47,6 @@ def open_page(page: str) -> AppTest:
 
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def zip_upload(members: dict[str, bytes]) -> bytes:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apptest_helpers import APP, TIMEOUT, open_page, texts
 from streamlit.testing.v1 import AppTest
 
 from pages._common import MODEL_KEY
@@ -20,36 +21,11 @@ from unet_core import jobs
 from unet_core.browse import DataSource
 from unet_core.registry import list_models
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 120
 SMALL_SYNTH = DataSource(n=4, size=64)
-
-
-def open_page(page: str, source: DataSource | None = None) -> AppTest:
-    """The app opened at Home, then switched to ``page``; ``source`` preselects the images."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if source is not None:
-        at.session_state["data_source"] = source
-    at.run()
-    assert not at.exception
-    at.switch_page(page).run()
-    assert not at.exception
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def number(at: AppTest, label: str):
     return next(n for n in at.number_input if n.label == label)
-
-
-@pytest.fixture
-def tiny_installed(studio_dirs, tiny_model_dir: Path) -> Path:
-    path = studio_dirs.models / "tiny.onnx"
-    path.symlink_to(tiny_model_dir / "tiny.onnx")
-    return path
 
 
 # --------------------------------------------------------------------------- Train
@@ -156,7 +132,7 @@ def test_a_crashed_run_is_shown_with_what_it_wrote(studio_dirs) -> None:
 
 
 def test_evaluate_page_scores_the_tiny_model_per_image(tiny_installed: Path) -> None:
-    at = open_page("pages/evaluate.py", DataSource(n=3, size=96))
+    at = open_page("pages/evaluate.py", {"data_source": DataSource(n=3, size=96)})
     assert not at.error
     assert at.selectbox(key="evaluate_model").value == str(tiny_installed)
     assert at.radio(key="evaluate_split").value == "all"  # not the data it was trained on
