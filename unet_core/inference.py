@@ -183,7 +183,7 @@ def _segment_auto(image: ImageFile, canonical: float, predictor: Predictor, opti
     image at it (reusing the search's pass when the window is the whole image)."""
     data = image.data
     z = data.shape[0] // 2  # a stack is searched on its middle slice
-    rows, cols = search_window(to_channels(data[z], 1)[..., 0], SEARCH_EDGE)
+    rows, cols = search_window(data[z], SEARCH_EDGE)
     window = data[z : z + 1, rows, cols]
     whole = window.shape[1:3] == data.shape[1:3] and data.shape[0] == 1
     limit = _work_factor(MAX_FACTOR, image.shape2d)

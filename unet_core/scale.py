@@ -15,7 +15,7 @@ Estimating the scale (``diameter="auto"``) is a search over a grid of candidate 
 the fewest undecided pixels (foreground probability between 0.1 and 0.9) per object pixel
 (:func:`boundary_uncertainty`), among scales at which the objects found measure within
 :data:`SEARCH_BAND` of the canonical diameter. Measured on 23 validation images of DSB 2018 with the
-shipped model, the scale chosen so scored mean AP 0.494, against 0.478 at the grid scale nearest
+first scale-aware model, the scale chosen so scored mean AP 0.494, against 0.478 at the grid scale nearest
 the true diameter and 0.503 at the best grid scale per image. The earlier rule (segment, measure,
 rescale, repeat) fails when the objects are far from the canonical size: the network then cuts
 large textured nuclei into pieces of about its own canonical size, the pieces are measured, and the
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
+
+from .io import to_channels
 
 #: Rescale factors are kept within these bounds: beyond them an image is either blown up past any
 #: memory budget or shrunk to a few pixels per object; the model is not meant for such images.
@@ -83,19 +85,26 @@ def candidate_factors(limit: float = MAX_FACTOR) -> list[float]:
     return [SEARCH_STEP ** k for k in range(low, high + 1)]
 
 
-def search_window(gray: np.ndarray, edge: int) -> tuple[slice, slice]:
+def search_window(pixels: np.ndarray, edge: int) -> tuple[slice, slice]:
     """The ``edge`` x ``edge`` window (or the whole image, if smaller) with the most structure.
 
     The automatic scale search runs on this window instead of the whole image, so its cost does
-    not grow with the image. "Structure" is the local standard deviation of the gray values,
-    averaged over the window: it is high where there are objects and low in empty background.
+    not grow with the image. "Structure" is the local standard deviation of the gray values (as a
+    gray model sees them: :func:`~unet_core.io.to_channels`), averaged over the window: it is high
+    where there are objects and low in empty background.
+
+    Args:
+        pixels: one image, (H, W) or (H, W, C).
+        edge: the window's edge in pixels.
     """
-    h, w = gray.shape
+    h, w = pixels.shape[:2]
     eh, ew = min(edge, h), min(edge, w)
     if (eh, ew) == (h, w):
         return slice(0, h), slice(0, w)
     step = max(1, edge // 8)  # the window moves in steps of an eighth of its edge
-    g = np.asarray(gray, dtype=np.float32)[::step, ::step]
+    # Subsampled before anything else: a whole-slide image is never converted as a whole.
+    sample = pixels[::step, ::step]
+    g = to_channels(sample if sample.ndim == 3 else sample[..., None], 1)[..., 0]
     mean = ndi.uniform_filter(g, 3)
     std = np.sqrt(np.maximum(ndi.uniform_filter(g * g, 3) - mean * mean, 0.0))
     wh, ww = max(1, eh // step), max(1, ew // step)
