@@ -81,6 +81,25 @@ def test_identity_at_border_is_reflect_padded_crop() -> None:
     assert out_weights is None
 
 
+def test_output_crop_is_the_centre_of_the_full_tile_and_outside_weighs_zero() -> None:
+    """What the trainer asks for: labels and weights on the valid output crop only, mirrored
+    context, and no weight where the source lies past the image border."""
+    image, labels, weights = _inputs()
+    center = (0.0, 60.0)  # the output crop's top half lies past the image
+    cfg = AugmentConfig(rotate=False, shift=False)  # elastic and flips: displacements of ~10 px
+    full = augment_tile(image, labels, weights, (64, 64), center, cfg, np.random.default_rng(3), mode="mirror")
+    crop = augment_tile(image, labels, weights, (64, 64), center, cfg, np.random.default_rng(3),
+                        output_shape=(24, 24), mode="mirror", zero_outside=True)
+    np.testing.assert_array_equal(crop[0], full[0])  # the input tile is the same
+    np.testing.assert_array_equal(crop[1], full[1][20:44, 20:44])
+    outside = crop[2] == 0
+    assert outside.any() and not outside.all()
+    np.testing.assert_allclose(crop[2][~outside], full[2][20:44, 20:44][~outside], rtol=1e-6)
+    with pytest.raises(ValueError, match="must fit"):
+        augment_tile(image, labels, weights, (64, 64), center, AugmentConfig(), np.random.default_rng(3),
+                     output_shape=(65, 10))
+
+
 def test_labels_keep_input_label_set() -> None:
     image, labels, weights = _inputs()
     for step in range(5):

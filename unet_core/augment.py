@@ -446,6 +446,9 @@ def augment_tile(
     center: Sequence[float],
     cfg: AugmentConfig,
     rng: np.random.Generator,
+    output_shape: Sequence[int] | None = None,
+    mode: str = "reflect",
+    zero_outside: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Sample one augmented training tile out of a whole image.
 
@@ -453,6 +456,8 @@ def augment_tile(
     ``cfg.image_order``, the labels with nearest neighbour (order 0, so no new label
     values appear) and the weights linearly (order 1, stays within the input range).
     Blur and gray-value variation (:func:`appearance`) then act on the image only.
+    The trainer calls this with ``output_shape`` (the valid network's output tile),
+    ``mode="mirror"`` and ``zero_outside``; tests and ``bench/augment.py`` call it with the defaults.
 
     Args:
         image: float image (H, W) or (H, W, C), already normalised.
@@ -462,6 +467,14 @@ def augment_tile(
         center: (cy, cx) tile centre in image coordinates (see module docstring).
         cfg: augmentation parameters; ``AugmentConfig(enabled=False)`` gives the plain crop.
         rng: random generator, e.g. ``np.random.default_rng([seed, step])``.
+        output_shape: (oh, ow): labels and weights are resampled on the centred
+            ``output_shape`` crop of the tile only (a valid-convolution net predicts that
+            part of its input); default None = the whole tile. Each margin must be even
+            or the crop is taken with the extra pixel at the bottom/right.
+        mode: boundary handling past the image border, ``"reflect"`` (default) or
+            ``"mirror"`` (what overlap-tile inference uses for its context).
+        zero_outside: weights of pixels whose source lies past the image border become 0,
+            so that a loss does not learn from mirrored labels (default False).
 
     Returns:
         (image_tile, labels_tile, weights_tile), weights_tile None iff ``weights`` is None.
@@ -472,7 +485,25 @@ def augment_tile(
             f"{None if weights is None else weights.shape} must share (H, W)"
         )
     coords = sample_warp(tile_shape, center, cfg, rng)
-    image_tile = apply_warp(image, coords, cfg.image_order)
-    labels_tile = apply_warp(labels, coords, 0)
-    weights_tile = None if weights is None else apply_warp(weights, coords, 1)
+    inner = coords if output_shape is None else _central(coords, output_shape)
+    image_tile = apply_warp(image, coords, cfg.image_order, mode)
+    labels_tile = apply_warp(labels, inner, 0, mode)
+    weights_tile = None if weights is None else apply_warp(weights, inner, 1, mode)
+    if weights_tile is not None and zero_outside:
+        weights_tile = weights_tile * _inside(inner, labels.shape)
     return appearance(image_tile, cfg, rng), labels_tile, weights_tile
+
+
+def _inside(coords: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels whose source coordinates lie inside an image of ``shape`` (nearest-pixel rule)."""
+    return (coords[0] > -0.5) & (coords[0] < shape[0] - 0.5) & (coords[1] > -0.5) & (coords[1] < shape[1] - 0.5)
+
+
+def _central(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The centred ``shape`` crop of a (2, th, tw) coordinate map (contiguous)."""
+    oh, ow = int(shape[0]), int(shape[1])
+    th, tw = coords.shape[1:]
+    if not (0 < oh <= th and 0 < ow <= tw):
+        raise ValueError(f"output_shape {(oh, ow)} must fit in the tile {(th, tw)}")
+    top, left = (th - oh) // 2, (tw - ow) // 2
+    return np.ascontiguousarray(coords[:, top : top + oh, left : left + ow])

@@ -68,7 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import appearance, apply_warp, sample_warp
+from .augment import augment_tile
 from .checkpoint import atomic_save, checkpoint_meta, read_checkpoint
 from .config import TrainConfig, TrainError
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
@@ -163,39 +163,35 @@ def _to_canonical_scale(image: np.ndarray, classes: np.ndarray, instances: np.nd
     return rescale_image(image, shape), rescale_labels(classes, shape), rescale_labels(instances, shape)
 
 
-def _inside(coords: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose source coordinates lie inside the image (nearest-pixel rule)."""
-    return (
-        (coords[0] > -0.5) & (coords[0] < shape[0] - 0.5) & (coords[1] > -0.5) & (coords[1] < shape[1] - 0.5)
-    )
-
-
 def make_tile(
     pools: list[list[TrainImage]],
     pool_probs: list[float],
     cfg: TrainConfig,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented training tile: input (C, H_in, W_in), classes (h, w), weights (h, w)."""
+    """One augmented training tile: input (C, H_in, W_in), classes (h, w), weights (h, w).
+
+    The tile comes from :func:`~unet_core.augment.augment_tile` (the function the augmentation
+    tests and ``bench/augment.py`` exercise), with labels and weights on the output crop and the
+    mirrored context of overlap-tile inference. Output pixels whose source lies past the image
+    border weigh 0: the net must not learn from mirrored labels.
+    """
     geometry = cfg.geometry
     out = cfg.tile
     size = geometry.input_size(out)
-    m = (size - out) // 2
     p = int(rng.choice(len(pools), p=pool_probs)) if len(pools) > 1 else 0
     pool = pools[p]
     item = pool[int(rng.integers(len(pool)))]
     h, w = item.classes.shape
     center = (float(rng.integers(h)), float(rng.integers(w)))
-    coords = sample_warp((size, size), center, cfg.augment, rng)
-    inner = np.ascontiguousarray(coords[:, m : m + out, m : m + out])
-    image = apply_warp(item.image, coords, cfg.augment.image_order, mode="mirror")
-    classes = apply_warp(item.classes, inner, 0, mode="mirror")
-    weights = apply_warp(item.weights, inner, 1, mode="mirror").astype(np.float32)
-    weights *= _inside(inner, (h, w))
-    image = appearance(image, cfg.augment, rng)
+    image, classes, weights = augment_tile(item.image, item.classes, item.weights, (size, size), center,
+                                           cfg.augment, rng, output_shape=(out, out), mode="mirror",
+                                           zero_outside=True)
+    assert weights is not None  # a TrainImage always has its weight map
     if cfg.invert_prob > 0 and rng.random() < cfg.invert_prob:
         image = 1.0 - image
-    return np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), classes, weights
+    return (np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), classes,
+            weights.astype(np.float32, copy=False))
 
 
 def step_rng(seed: int, step: int, b: int = 0) -> np.random.Generator:
