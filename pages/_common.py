@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from unet_core.browse import (
     DataSource,
@@ -28,6 +30,27 @@ from unet_core.registry import ModelEntry, default_model, list_models, read_card
 from unet_core.runtime import ModelLoadError, Predictor, device_summary, load_predictor
 
 APP_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_through_app() -> None:
+    """Make Streamlit run ``app.py`` (the menu, model chooser, device line) for every page.
+
+    Because a ``pages/`` folder sits beside ``app.py``, Streamlit starts in its old multipage
+    mode: until ``app.py`` has called ``st.navigation`` once in this server process, a deep link
+    such as ``/segment`` runs ``pages/segment.py`` on its own, under a raw list of the folder's
+    scripts ("app", "common", ...), and a reload keeps it that way. A page (through this module)
+    is the first code of ours that runs then: it switches the old mode off for the process
+    (what ``st.navigation`` itself does) and reruns, and the rerun goes through ``app.py`` to the
+    page that was asked for.
+    """
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# Every page imports this module before it draws anything (and a module is imported once per
+# process, which is all the switch needs).
+run_through_app()
 
 #: session_state key of the sidebar's model choice (the model file's path as a string).
 MODEL_KEY = "active_model_path"

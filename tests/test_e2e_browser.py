@@ -1,6 +1,6 @@
 """The real thing: ``streamlit run app.py`` driven by headless Chromium through Playwright.
 
-A user opens the app, goes to Segment, drops a PNG, picks a tile size, segments it and downloads
+A user opens the app by a deep link on a fresh server, goes to Segment, drops a PNG, picks a tile size, segments it and downloads
 the label PNG, which must equal what ``python -m unet_core predict`` writes, pixel for pixel.
 Screenshots of every page land in ``test-artifacts/screenshots/`` for a human look.
 
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import urlsplit
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,8 +109,19 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-            # Home first: a first visit straight to a sub-page shows script names in the menu.
-            page.goto(studio_url, wait_until="domcontentloaded")
+            hosts: set[str] = set()
+            page.on("request", lambda r: hosts.add(urlsplit(r.url).netloc)
+                    if urlsplit(r.url).scheme in ("http", "https", "ws", "wss") else None)
+            # The first visit to a fresh server is a deep link: the app's menu, model chooser and
+            # device line are there (not Streamlit's raw list of the pages/ folder's scripts).
+            page.goto(f"{studio_url}/segment", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Segment")).to_be_visible(timeout=WAIT_MS)
+            nav = page.get_by_test_id("stSidebarNav")
+            expect(nav.get_by_role("link", name="Weight maps")).to_be_visible(timeout=WAIT_MS)
+            expect(nav.get_by_text("common", exact=True)).to_have_count(0)
+            expect(page.get_by_text("Running on", exact=False)).to_be_visible(timeout=WAIT_MS)
+            settle(page)
+            nav.get_by_role("link", name="Home").click()
             expect(page.get_by_role("heading", name="U-Net Studio")).to_be_visible(timeout=WAIT_MS)
             expect(page.get_by_text("Classes:")).to_be_visible(timeout=WAIT_MS)  # the model card
             expect(page.get_by_test_id("stMain").get_by_role("link", name="Segment")).to_be_visible()
@@ -157,6 +169,8 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
                 shoot(page, name)
         finally:
             browser.close()
+    # The app works offline: nothing it loads (icons, fonts, telemetry) comes from another host.
+    assert hosts == {urlsplit(studio_url).netloc}, f"requests left the machine: {sorted(hosts)}"
 
     cli_out = tmp_path / "cli"
     subprocess.run(
