@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import urlsplit
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
