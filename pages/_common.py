@@ -6,9 +6,10 @@ Not a page itself (the leading underscore says so); ``app.py`` and the pages imp
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
@@ -197,6 +198,30 @@ _SESSION_KEY = "upload_session"
 SOURCE_LABELS = {"synthetic": "Synthetic (made here)", "folder": "Data folder", "upload": "Zip upload"}
 SYNTH_MODES = {"fluorescence": "Fluorescence (bright nuclei)",
                "phase": "Phase contrast (dark cells, bright halos)"}
+
+
+#: session_state: widget key -> last value, for the widgets made with :func:`kept`.
+KEPT_KEY = "kept_widgets"
+
+
+def _store(key: str) -> None:
+    st.session_state[KEPT_KEY][key] = st.session_state[key]
+
+
+def kept(key: str, default: object, choices: Sequence[object] | None = None) -> dict[str, Any]:
+    """Widget arguments (``key``, ``on_change``) that make its value survive a visit to another page.
+
+    Streamlit forgets the value of a widget that a run does not draw, so an option set on one page
+    was back at its default after a look at another. The value is copied aside when the user
+    changes it and given back (through session_state, so the widget takes no ``value=``) when the
+    page is drawn again; a value no longer among ``choices`` (another model's tile sizes) falls
+    back to ``default``.
+    """
+    store = st.session_state.setdefault(KEPT_KEY, {})
+    if key not in st.session_state:
+        value = store.get(key, default)
+        st.session_state[key] = default if choices is not None and value not in choices else value
+    return {"key": key, "on_change": _store, "args": (key,)}
 
 
 def _seed(key: str, value: object) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from pages._common import active_model, predictor_or_stop, show_no_model
+from pages._common import active_model, kept, predictor_or_stop, show_no_model
 from unet_core import visualize as viz
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
@@ -200,7 +200,8 @@ def choose_inputs(in_channels: int = 1) -> list[Source]:
     )
     sources = [upload_source(u, in_channels, choose_channels(u, in_channels)) for u in uploads or []]
     pixels = example_pixels()
-    if pixels is not None and st.toggle("Add the example image (synthetic nuclei)", key="segment_example"):
+    if pixels is not None and st.toggle("Add the example image (synthetic nuclei)",
+                                         **kept("segment_example", False)):
         sources.append(example_source(pixels))
     return sources
 
@@ -209,32 +210,35 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     """Tiling, test-time augmentation and object clean-up."""
     geometry = predictor.meta.geometry
     sizes = sorted({max(geometry.floor_output(t), geometry.min_tile) for t in TILE_TARGETS})
+    tiles = [None, *sizes]
     tile = st.selectbox(
         "Tile size",
-        [None, *sizes],
+        tiles,
+        **kept("segment_tile", None, tiles),
         format_func=lambda t: "Automatic" if t is None else f"{t} × {t} pixels",
         help="Images are processed in square pieces that fit in memory; the result is the same "
         "for every size. Automatic measures the fastest size on this computer (once).",
     )
     tta = st.checkbox(
         "Test-time augmentation",
+        **kept("segment_tta", False),
         help="Average the network's answer over the 8 flips and rotations of each piece: "
         "slightly smoother outlines, 8 times slower.",
     )
     diameter = choose_diameter(predictor)
     auto_size = st.checkbox(
-        "Automatic clean-up", value=True,
+        "Automatic clean-up", **kept("segment_auto_clean", True),
         help="Remove specks far smaller than a typical object (a tenth of its area, "
         "as chosen on validation images for this model).",
     )
     min_size = st.number_input(
-        "Minimum object size (pixels)", min_value=0, value=0, step=10, disabled=auto_size,
+        "Minimum object size (pixels)", min_value=0, step=10, disabled=auto_size, **kept("segment_min_size", 0),
         help="Smaller objects (debris, noise) are left out of the count and the table.",
     )
     drop_border = st.checkbox(
-        "Leave out objects touching the image edge", help="They are cut off, so their size is wrong."
+        "Leave out objects touching the image edge", **kept("segment_drop_border", False), help="They are cut off, so their size is wrong."
     )
-    fill_holes = st.checkbox("Fill holes inside objects")
+    fill_holes = st.checkbox("Fill holes inside objects", **kept("segment_fill_holes", False))
     return (
         # Probabilities are kept (as float16, half the memory) only to draw the probability map.
         InferenceOptions(tile=tile, tta=tta, keep_probs=True, probs_dtype="float16", diameter=diameter),
@@ -250,8 +254,8 @@ def choose_diameter(predictor: Predictor) -> str | float:
         st.caption("This model works at the image's own scale (it declares no object size).")
         return "off"
     typed = st.number_input(
-        "Object diameter (pixels)", min_value=0.0, max_value=1000.0, value=0.0, step=1.0, format="%.1f",
-        key="segment_diameter",
+        "Object diameter (pixels)", min_value=0.0, max_value=1000.0, step=1.0, format="%.1f",
+        **kept("segment_diameter", 0.0),
         help=f"The typical diameter of one nucleus or cell in your image. 0 = estimate it from the image "
         f"(the model tries a few scales on part of the image and keeps the one it is most sure at). The image is rescaled so that objects are "
         f"{canonical:g} px across, the size this model was trained at; results come back at the "
@@ -368,7 +372,7 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     download_buttons(outcome.files, key=outcome.name)
 
     s = st.slider("Slice", 1, z, 1, key=f"slice:{outcome.name}") - 1 if z > 1 else 0
-    alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="segment_opacity",
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, **kept("segment_opacity", 0.4),
                       help="0 shows only the outlines, 1 paints the objects solid.")
     base = viz.fit_for_screen(viz.display_image(result.image.data[s], outcome.limits))
     ids = viz.fit_for_screen(result.instances[s])
@@ -488,11 +492,17 @@ with inputs_col:
                  "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
         st.session_state[STATE_KEY] = state
 
-if state and state["settings"] == settings and state["keys"] == keys and state.get("post") != post:
+# The upload box empties when the user visits another page (Streamlit cannot refill it), so with no
+# file in it the last results stay on show rather than being thrown away.
+current = bool(state) and state["settings"] == settings and (state["keys"] == keys or not sources)
+if current and state.get("post") != post:
     state = repost(state, predictor, instance_options, post)
     st.session_state[STATE_KEY] = state
 
-if state and state["settings"] == settings and state["keys"] == keys:
+if current:
+    if not sources:
+        st.caption(f"Results of your last run ({', '.join(o.name for o in state['outcomes'].values())}). The upload box empties when you "
+                   "open another page: drop the files again to segment them anew.")
     class_names = " or ".join(predictor.meta.class_names[k] for k in predictor.meta.foreground_classes)
     outcomes, zip_bytes = typed_outcomes(state, choose_pixel_size(list(state["outcomes"].values())))
     show_results(outcomes, zip_bytes, class_names)

@@ -114,6 +114,31 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     assert next(m for m in at.metric if m.label == "Objects").value == "0"
 
 
+def test_results_and_options_survive_a_visit_to_another_page(tiny_installed: Path, cells_image) -> None:
+    at = segment(segment_page(), ("cells.png", png_bytes(cells_image()), "image/png"))
+    next(c for c in at.checkbox if c.label == "Fill holes inside objects").check().run()
+    at.slider(key="segment_opacity").set_value(0.75).run()
+    count = next(m for m in at.metric if m.label == "Objects").value
+    kept = at.session_state["segment_results"]["outcomes"]
+
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    at.switch_page("pages/segment.py").run()
+    assert not at.exception
+    # The options are as the user left them, and the results are still there (not segmented again),
+    # with a word on why the upload box is empty.
+    assert next(c for c in at.checkbox if c.label == "Fill holes inside objects").value is True
+    assert next(s for s in at.selectbox if s.label == "Tile size").value == TILE
+    assert at.slider(key="segment_opacity").value == 0.75
+    assert next(m for m in at.metric if m.label == "Objects").value == count
+    assert at.session_state["segment_results"]["outcomes"] is kept
+    assert "Results of your last run (cells.png)" in texts(at.caption)
+    # Post-processing still applies live to the kept result.
+    next(c for c in at.checkbox if c.label == "Automatic clean-up").uncheck().run()
+    next(n for n in at.number_input if n.label.startswith("Minimum object size")).set_value(10**6).run()
+    assert not at.exception and next(m for m in at.metric if m.label == "Objects").value == "0"
+
+
 def test_an_unreadable_upload_is_reported_and_the_others_still_run(tiny_installed: Path, cells_image) -> None:
     at = segment(
         segment_page(),

@@ -167,6 +167,10 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
                 page.wait_for_function(drawn, timeout=WAIT_MS)
                 expect(page.get_by_test_id("stException")).to_have_count(0)
                 shoot(page, name)
+            # Back on Segment, the result is still there (the upload box has emptied).
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Segment").click()
+            expect(page.get_by_text("Results of your last run (cells.png)")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text("objects, one colour each")).to_be_visible(timeout=WAIT_MS)
         finally:
             browser.close()
     # The app works offline: nothing it loads (icons, fonts, telemetry) comes from another host.
