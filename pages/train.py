@@ -16,7 +16,7 @@ from pages._common import MODEL_KEY, choose_dataset, metric_help, metric_label
 from unet_core import browse, jobs
 from unet_core.browse import DataSource, ModelInfo
 from unet_core.datasets import Dataset
-from unet_core.registry import ModelEntry, list_models
+from unet_core.registry import RUN_MODEL_FILE, ModelEntry, list_models
 from unet_core.runtime import cuda_driver_available
 from unet_core.tiling import Geometry
 
@@ -84,6 +84,39 @@ def resume(name: str) -> None:
         st.session_state[MESSAGE_KEY] = ("error", f"**{name}** did not resume: {exc}.")
         return
     st.session_state[MESSAGE_KEY] = ("success", f"**{name}** continues from its last checkpoint.")
+
+
+def finish(name: str) -> None:
+    try:
+        jobs.finish_run(name)
+    except jobs.JobError as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"No model was made from **{name}**: {exc}.")
+        return
+    st.session_state[MESSAGE_KEY] = ("success", (f"**{name}** ends at its last checkpoint: its model is being "
+                                                 "exported (the images are prepared once more for its card)."))
+
+
+def rename(name: str) -> None:
+    try:
+        new = jobs.rename_run(name, st.session_state.get(f"train_new_name:{name}", ""))
+    except jobs.JobError as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"**{name}** was not renamed: {exc}.")
+        return
+    old_model = str(jobs.run_folder(name) / RUN_MODEL_FILE)
+    if st.session_state.get(MODEL_KEY) == old_model:  # the active model moved with its run
+        st.session_state[MODEL_KEY] = str(jobs.run_folder(new) / RUN_MODEL_FILE)
+    st.session_state[RUN_KEY] = new
+    st.session_state[MESSAGE_KEY] = ("success", f"**{name}** is now called **{new}**.")
+
+
+def delete(name: str) -> None:
+    try:
+        jobs.delete_run(name)
+    except (jobs.JobError, OSError) as exc:
+        st.session_state[MESSAGE_KEY] = ("error", f"**{name}** was not deleted: {exc}.")
+        return
+    st.session_state.pop(RUN_KEY, None)
+    st.session_state[MESSAGE_KEY] = ("success", f"The run **{name}** and its files are deleted.")
 
 
 def use_model(path: str) -> None:
@@ -288,8 +321,9 @@ def show_ended(info: jobs.RunInfo) -> None:
             cols[1].page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
         else:
             st.warning("Finished, but no model file was exported (the run was started with export switched "
-                       f"off). Export its best checkpoint: `python -m unet_core export {info.folder}/best.pt "
-                       f"--out {info.folder}/model.onnx`", icon=":material/warning:")
+                       "off): **Make a model now** exports it.", icon=":material/warning:")
+            st.button("Make a model now", icon=":material/output:", key="train_finish",
+                      disabled=jobs.busy() is not None or not info.has_checkpoint, on_click=finish, args=(info.name,))
         return
     if info.state == jobs.STOPPED:
         st.info(f"Stopped at step {info.step:,} of {info.total:,}. {again}", icon=":material/stop_circle:")
@@ -302,15 +336,33 @@ def show_ended(info: jobs.RunInfo) -> None:
         st.info(f"Not running and not finished (step {info.step:,} of {info.total:,}): it was stopped or "
                 f"ended early, outside this app. {again}", icon=":material/pause_circle:")
     holder = jobs.busy()
-    cols = st.columns([1, 4])
+    cols = st.columns([1, 1, 3])
     cols[0].button("Resume", type="primary", icon=":material/play_arrow:", key="train_resume",
                    disabled=holder is not None or not info.resumable, on_click=resume, args=(info.name,))
+    cols[1].button("Make a model now", icon=":material/output:", key="train_finish",
+                   disabled=holder is not None or not info.has_checkpoint, on_click=finish, args=(info.name,),
+                   help="End the run at its last checkpoint and export that as a model, without training further.")
     if holder is not None:
-        cols[1].caption(f"**{holder.run}** is training now; one run at a time on this computer.")
+        cols[2].caption(f"**{holder.run}** is training now; one run at a time on this computer.")
     if info.console_tail:
         with st.expander("The last lines the training wrote", expanded=info.state == jobs.CRASHED,
                          icon=":material/terminal:"):
             st.code(info.console_tail, language=None)
+
+
+def manage_run(info: jobs.RunInfo) -> None:
+    """Rename or delete a run that is not training (delete asks for a tick first)."""
+    with st.expander("Rename or delete this run", icon=":material/edit:"):
+        left, right = st.columns(2)
+        with left:
+            st.text_input("New name", value=info.name, key=f"train_new_name:{info.name}", max_chars=64,
+                          help="Letters, digits, '-', '_' or '.'; the model in the menu takes the run's name.")
+            st.button("Rename", icon=":material/edit:", key="train_rename", on_click=rename, args=(info.name,))
+        with right:
+            sure = st.checkbox(f"Delete **{info.name}**, its checkpoints and its model",
+                               key=f"train_delete_sure:{info.name}")
+            st.button("Delete", icon=":material/delete:", key="train_delete", disabled=not sure,
+                      on_click=delete, args=(info.name,))
 
 
 def show_settings(info: jobs.RunInfo) -> None:
@@ -370,6 +422,8 @@ def show_runs(runs: list[jobs.RunInfo]) -> None:
         else:
             show_ended(info)
         show_settings(info)
+        if not info.live:
+            manage_run(info)
 
 
 # --------------------------------------------------------------------------- a new run

@@ -234,6 +234,41 @@ def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
 
 
+def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Path, sleeper) -> None:
+    settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
+    jobs.start_run("long", "synthetic", settings, root=root)
+    wait_for(lambda: jobs.run_info("long", root).step >= 6, 120, "6 steps")
+    with pytest.raises(jobs.JobError, match="training now"):
+        jobs.delete_run("long", root)
+    assert jobs.stop_run("long", root)
+    stopped_at = read_checkpoint(root / "long" / "last.pt")["step"]
+
+    jobs.finish_run("long", root)  # export off at the start: finishing exports anyway
+    assert jobs.wait("long", 180, root), "the export did not end"
+    info = jobs.run_info("long", root)
+    assert info.state == jobs.FINISHED, info.console_tail
+    assert info.step == info.total == stopped_at and info.model == root / "long" / "model.onnx"
+    assert "--finish" in (root / "long" / jobs.CONSOLE_NAME).read_text()
+
+    assert jobs.rename_run("long", " short ", root) == "short"
+    assert not (root / "long").exists() and (root / "short" / "model.onnx").is_file()
+    config = json.loads((root / "short" / "config.json").read_text())
+    assert config["out"] == str(root / "short") and config.get("name") in (None, "short")  # None: the folder's name
+    assert [r.name for r in jobs.list_runs(root)] == ["short"]
+    (root / "other").mkdir()
+    with pytest.raises(jobs.JobError, match="exists already"):
+        jobs.rename_run("short", "other", root)
+    with pytest.raises(jobs.JobError, match="cannot be a run name"):
+        jobs.rename_run("short", "../escape", root)
+    with pytest.raises(jobs.JobError, match="no run called"):
+        jobs.delete_run("missing", root)
+    sleeper("-m", "unet_core", "train", "--out", str(root / "other"))  # a command-line run in that folder
+    with pytest.raises(jobs.JobError, match="training now"):
+        jobs.delete_run("other", root)
+    jobs.delete_run("short", root)
+    assert not (root / "short").exists() and (root / "other").is_dir()
+
+
 def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Path, tmp_path: Path) -> None:
     jobs.start_run("bad", str(tmp_path / "missing"), TINY, root=root)
     assert jobs.wait("bad", 120, root)

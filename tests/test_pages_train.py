@@ -122,10 +122,25 @@ def test_a_crashed_run_is_shown_with_what_it_wrote(studio_dirs) -> None:
     assert "RuntimeError" in texts(at.code)
     assert not at.button(key="train_resume").disabled
 
+    assert not at.button(key="train_finish").disabled  # a checkpoint can be made a model
+
     (folder / "last.pt").unlink()  # stopped before its first checkpoint
     at.run()
     assert "no checkpoint yet (the first comes at step 50)" in texts(at.error).lower()
     assert "starts this run again from the beginning" in texts(at.error)
+    assert at.button(key="train_finish").disabled
+
+    # Rename it, then delete it: the delete button waits for the tick.
+    at.text_input(key="train_new_name:broken-run").set_value("old-run").run()
+    at.button(key="train_rename").click().run()
+    assert not at.exception and "is now called **old-run**" in texts(at.success)
+    assert not folder.exists() and (studio_dirs.runs / "old-run" / "log.jsonl").is_file()
+    assert at.selectbox(key="train_run").value == "old-run"
+    assert at.button(key="train_delete").disabled
+    at.checkbox(key="train_delete_sure:old-run").check().run()
+    at.button(key="train_delete").click().run()
+    assert not at.exception and "deleted" in texts(at.success)
+    assert not (studio_dirs.runs / "old-run").exists()
 
 
 # --------------------------------------------------------------------------- Evaluate

@@ -298,7 +298,7 @@ def _train_config(args: argparse.Namespace):
     from .train import TrainConfig, TrainError
 
     out = Path(args.out)
-    if args.resume and (out / "config.json").exists():
+    if (args.resume or args.finish) and (out / "config.json").exists():
         cfg = TrainConfig.load(out / "config.json")
         changes = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
         return dataclasses.replace(cfg, **changes)
@@ -356,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = _train_config(args)
-        result = train(cfg, resume=args.resume, progress=not args.quiet)
+        result = train(cfg, resume=args.resume or args.finish, progress=not args.quiet, finish=args.finish)
     except (TrainError, _CkptError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data set folder, or 'synthetic' (not needed with --resume)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--finish", action="store_true",
+                   help="end the run in --out at its last checkpoint and export its model (a stopped run)")
     t.add_argument("--init", help="start from this model (.pt checkpoint or .onnx): fine-tuning")
     t.add_argument("--config", help="a config.json to start from (command-line options override it)")
     t.add_argument("--name", help="model name (default: the run folder's name)")

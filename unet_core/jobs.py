@@ -30,9 +30,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +49,8 @@ from .config import TrainConfig, TrainError
 from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from .registry import RUN_MODEL_FILE, runs_dir
 from .runlog import LOG_NAME, parse_log_lines
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_NAME = ".lock"
@@ -420,7 +424,7 @@ def _reap(proc: subprocess.Popen, folder: Path, root: Path) -> None:
 
 
 def start_run(name: str, data: str | None = None, options: dict[str, Any] | None = None, *,
-              resume: bool = False, root: str | Path | None = None,
+              resume: bool = False, finish: bool = False, root: str | Path | None = None,
               python: str | None = None) -> LockInfo:
     """Start ``python -m unet_core train`` for the run ``name`` in the background.
 
@@ -430,6 +434,7 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
         options: TrainConfig settings by field name (``width``, ``tile``, ``optimizer``, …; see
             :func:`cli_args`); when resuming only :data:`RESUME_OPTIONS` are passed on.
         resume: continue the run from its ``last.pt`` instead of starting a new one.
+        finish: (implies ``resume``) end the run at its last checkpoint and export its model.
         root: the runs folder (default :func:`~unet_core.registry.runs_dir`).
         python: the interpreter (default: this one).
 
@@ -444,6 +449,7 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     name = check_name(name)
     folder = run_folder(name, root)
     options = dict(options or {})
+    resume = resume or finish
     if resume:
         if not (folder / "config.json").is_file():
             raise JobError(f"the run {name} has no saved settings (config.json) to resume from; start a new run")
@@ -455,7 +461,7 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
             raise JobError(f"a run called {name} exists already: choose another name, or resume it")
     check_settings(options)
     command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
-    command += ["--resume"] if resume else ["--data", str(data)]
+    command += (["--finish"] if finish else ["--resume"]) if resume else ["--data", str(data)]
     command += cli_args(options)
 
     held = acquire_lock(name, os.getpid(), root)  # held by this server until the process exists
@@ -493,6 +499,53 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
 def resume_run(name: str, options: dict[str, Any] | None = None, root: str | Path | None = None) -> LockInfo:
     """Continue a stopped or crashed run from its last checkpoint (``--resume``)."""
     return start_run(name, options=options, resume=True, root=root)
+
+
+def finish_run(name: str, root: str | Path | None = None) -> LockInfo:
+    """Turn a stopped (or crashed) run into a model: export its last checkpoint in the background
+    (``train --finish``: the images are prepared again for the card, no step is trained)."""
+    return start_run(name, finish=True, root=root)
+
+
+def _idle_folder(name: str, root: Path) -> Path:
+    """The folder of run ``name``, which must exist and not be training."""
+    folder = run_folder(check_name(name), root)
+    if not folder.is_dir():
+        raise JobError(f"there is no run called {name}")
+    held = read_lock(root)
+    if (held is not None and held.run == name) or _run_pid(name, root) or name in training_processes(root):
+        raise JobError(f"{name} is training now: stop it first")
+    return folder
+
+
+def delete_run(name: str, root: str | Path | None = None) -> None:
+    """Delete run ``name``: its folder with checkpoints, log and model. Refused while it trains."""
+    folder = _idle_folder(name, Path(root or runs_dir()))
+    shutil.rmtree(folder)
+    log.info("deleted the run %s (%s)", name, folder)
+
+
+def rename_run(name: str, new_name: str, root: str | Path | None = None) -> str:
+    """Rename run ``name`` (its folder, hence its model's name in the menu); returns the new name.
+
+    The run's ``config.json`` is updated so that it resumes in its new folder. Refused while it
+    trains or when the new name is taken.
+    """
+    root = Path(root or runs_dir())
+    folder = _idle_folder(name, root)
+    new_name = check_name(new_name)
+    target = run_folder(new_name, root)
+    if new_name != name and target.exists():
+        raise JobError(f"a run called {new_name} exists already: choose another name")
+    folder.rename(target)
+    config = _load_config(target)
+    if config:
+        if config.get("name") == name:  # the default model name is the run's name
+            config["name"] = new_name
+        config["out"] = str(target)
+        _write_json(target / "config.json", config)
+    log.info("renamed the run %s to %s", name, new_name)
+    return new_name
 
 
 def _run_pid(name: str, root: Path) -> tuple[int, int | None] | None:

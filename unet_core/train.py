@@ -544,6 +544,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    finish: bool = False,
 ) -> TrainResult:
     """Run (or continue) the training described by ``cfg`` in its run folder ``cfg.out``.
 
@@ -554,6 +555,9 @@ def train(
             refused rather than overwritten.
         progress: show a progress line on stderr.
         on_step: called with each step's log record (the app, tests).
+        finish: with ``resume``, end the run at its last checkpoint: no more steps, and the model
+            is exported (even if the run was started with export off). How a stopped run
+            becomes a model.
 
     Raises:
         TrainError: a problem the user can fix (data, folder, options); the message says which.
@@ -571,6 +575,10 @@ def train(
             raise TrainError(f"{out} already holds a training run (last.pt); pass --resume to continue it "
                              "or choose another --out")
         ckpt = read_checkpoint(last_path)
+    if finish:
+        if ckpt is None or not resume:
+            raise TrainError(f"{out} has no checkpoint (last.pt) to make a model from; train it first")
+        cfg = dataclasses.replace(cfg, steps=int(ckpt["step"]), export=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg)
