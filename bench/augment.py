@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from unet_core.augment import (  # noqa: E402
+from unet_core.augment import (
     AugmentConfig,
     apply_warp,
     augment_tile,
@@ -33,8 +33,8 @@ from unet_core.augment import (  # noqa: E402
     gray_value,
     sample_warp,
 )
-from unet_core.synthetic import SynthConfig, generate  # noqa: E402
-from unet_core.weights import weight_map  # noqa: E402
+from unet_core.synthetic import SynthConfig, generate
+from unet_core.weights import weight_map
 
 IMAGE_SIZE = 1024
 TILE = (572, 572)

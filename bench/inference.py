@@ -35,13 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from unet_core.export import to_onnx  # noqa: E402
-from unet_core.inference import InferenceOptions, measure_tiles, segment  # noqa: E402
-from unet_core.io import ImageFile, write_tiff  # noqa: E402
-from unet_core.metadata import ModelMeta  # noqa: E402
-from unet_core.model import UNet, UNetConfig, conv_flops, flops_per_pixel_limit  # noqa: E402
-from unet_core.runtime import OnnxPredictor, TorchPredictor  # noqa: E402
-from unet_core.tiling import plan_tiles  # noqa: E402
+from unet_core.export import to_onnx
+from unet_core.inference import InferenceOptions, measure_tiles, segment
+from unet_core.io import ImageFile, write_tiff
+from unet_core.metadata import ModelMeta
+from unet_core.model import UNet, UNetConfig, conv_flops, flops_per_pixel_limit
+from unet_core.runtime import OnnxPredictor, TorchPredictor
+from unet_core.tiling import plan_tiles
 
 
 def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -179,7 +179,7 @@ def main() -> None:
         print(f"tile tuner (ms per output Mpx): {timings} -> tile {tile}, batch {batch}")
         best_conv = 0.0
         for key, ms in timings.items():
-            t, b = (int(v) for v in key.split("x"))
+            t = int(key.split("x")[0])  # "TILExBATCH"
             side = ort_pred.meta.geometry.input_size(t)
             best_conv = max(best_conv, conv_flops(cfg, side, side) / (t * t) / (ms / 1e3 / 1e6) / 1e9)
         options = InferenceOptions(tile=tile, batch=batch)

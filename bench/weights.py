@@ -19,7 +19,7 @@ from scipy import ndimage
 # Running ``python bench/weights.py`` puts bench/ on the path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unet_core.weights import weight_map, weight_map_reference  # noqa: E402
+from unet_core.weights import weight_map, weight_map_reference
 
 REFERENCE_BUDGET_S = 60.0
 

@@ -13,7 +13,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, kept, predictor_or_stop, show_no_model
 from unet_core import visualize as viz
-from unet_core.inference import InferenceOptions
+from unet_core.inference import InferenceOptions, auto_tile, tile_is_measured
 from unet_core.instances import InstanceOptions
 from unet_core.io import (
     CONVERT_FIRST,
@@ -304,6 +304,9 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
 def segment_all(sources: list[Source], predictor: Predictor, options: InferenceOptions,
                 instance_options: InstanceOptions, reuse: dict[str, Outcome]) -> dict[str, Outcome]:
     """Segment every source not in ``reuse`` (results of the same settings), with a progress bar."""
+    if options.tile is None and not tile_is_measured(predictor) and any(s.key not in reuse for s in sources):
+        with st.spinner("Measuring the fastest tile size for this model on this computer: once, a few seconds…"):
+            auto_tile(predictor)
     bar = st.progress(0.0, text="Preparing…")
     outcomes: dict[str, Outcome] = {}
     n = len(sources)

@@ -158,6 +158,35 @@ def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, 
     assert seg.tile == (balanced_tile(40, first[0], geometry), balanced_tile(300, first[0], geometry))
 
 
+def test_tile_measurement_runs_once_even_for_two_callers_at_a_time(predictor, tmp_path, monkeypatch) -> None:
+    """Two browser sessions asking at once: one measures, the other waits for its answer."""
+    import threading
+
+    monkeypatch.setenv("UNET_STUDIO_CACHE", str(tmp_path))
+    monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196))
+    release, calls = threading.Event(), []
+    real = inference.measure_tiles
+
+    def slow_measure(p):
+        calls.append(1)
+        release.wait(30)
+        return real(p)
+
+    monkeypatch.setattr(inference, "measure_tiles", slow_measure)
+    assert not inference.tile_is_measured(predictor)
+    results: list[tuple[int, int]] = []
+    callers = [threading.Thread(target=lambda: results.append(auto_tile(predictor))) for _ in range(2)]
+    for t in callers:
+        t.start()
+    callers[0].join(0.3)
+    assert not results  # both wait for the one measurement under way
+    release.set()
+    for t in callers:
+        t.join(30)
+    assert calls == [1] and len(results) == 2 and results[0] == results[1]
+    assert inference.tile_is_measured(predictor)
+
+
 def test_tuner_skips_tiles_over_the_memory_budget(predictor, monkeypatch) -> None:
     geometry, width = predictor.meta.geometry, predictor.meta.unet.width
     monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196, 388))

@@ -51,7 +51,7 @@ def test_isbi_model_on_a_held_out_slice() -> None:
     predictor = OnnxPredictor(MODELS / "unet-isbi2012.onnx", "cpu")
     assert predictor.meta.class_names == ["membrane", "cell"]
     val = split(ds, part="val", rule=None)
-    assert [ds.samples[i].name for i in val][0].startswith("25")
+    assert ds.samples[val[0]].name.startswith("25")
     report = evaluate(predictor, ds, val[:1], EvalOptions(tile=260, kind="semantic"))
     assert report.means["pixel_error"] < 0.15 and report.means["rand_error"] < 0.3, report.means
 

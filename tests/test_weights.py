@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -182,9 +184,9 @@ def test_symmetry(transform) -> None:
 def test_border_term_monotone_in_w0_and_sigma() -> None:
     labels = random_disks((48, 48), n_cells=20, seed=6)
     borders = [weight_map_parts(labels, w0, 5.0).border for w0 in (0.0, 1.0, 10.0, 30.0)]
-    assert all(np.all(lo <= hi) for lo, hi in zip(borders, borders[1:]))
+    assert all(np.all(lo <= hi) for lo, hi in itertools.pairwise(borders))
     borders = [weight_map_parts(labels, 10.0, sigma).border for sigma in (1.0, 3.0, 5.0, 12.0)]
-    assert all(np.all(lo <= hi) for lo, hi in zip(borders, borders[1:]))
+    assert all(np.all(lo <= hi) for lo, hi in itertools.pairwise(borders))
     assert np.any(borders[0] < borders[-1])
 
 

@@ -20,8 +20,10 @@ probability array (memory-mapped to a temporary file when large).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +50,8 @@ from .scale import (
     search_window,
 )
 from .tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, stitch
+
+log = logging.getLogger(__name__)
 
 #: progress(done, total): tiles processed so far out of all tiles of the image (or stack).
 Progress = Callable[[int, int], None]
@@ -487,24 +491,51 @@ def memory_budget(device: str) -> int:
     return min(2 << 30, int(available * 0.4))
 
 
+# One measurement at a time in this process: a second caller (another browser session of the app)
+# waits for the first's result instead of measuring again beside it.
+_TUNE_LOCK = threading.Lock()
+
+
+def _tile_key(predictor: Predictor) -> str:
+    return f"{predictor.fingerprint}:{predictor.device_name}"
+
+
+def _cached_tile(predictor: Predictor, cache_file: Path) -> tuple[int, int] | None:
+    meta = predictor.meta
+    if meta.default_tile:
+        return meta.geometry.floor_output(meta.default_tile), 1
+    entry = _read_json(cache_file).get(_tile_key(predictor))
+    return (int(entry["tile"]), int(entry["batch"])) if entry else None
+
+
 def auto_tile(predictor: Predictor) -> tuple[int, int]:
     """The fastest (tile, batch) for this model on this device, measured once and cached.
 
     Deterministic for a given model and device: the first call measures each candidate that fits
-    the memory budget and stores the winner; later calls read it back.
+    the memory budget (about 5-20 s on a CPU) and stores the winner in ``autotile.json`` of
+    :func:`cache_dir`; later calls read it back.
     """
-    meta = predictor.meta
-    if meta.default_tile:
-        return meta.geometry.floor_output(meta.default_tile), 1
-    key = f"{predictor.fingerprint}:{predictor.device_name}"
     cache_file = cache_dir() / "autotile.json"
-    cache = _read_json(cache_file)
-    if key in cache:
-        return int(cache[key]["tile"]), int(cache[key]["batch"])
-    tile, batch, timings = measure_tiles(predictor)
-    cache[key] = {"tile": tile, "batch": batch, "ms_per_mpx": timings, "measured": time.strftime("%Y-%m-%d")}
-    _write_json(cache_file, cache)
+    found = _cached_tile(predictor, cache_file)
+    if found:
+        return found
+    with _TUNE_LOCK:
+        found = _cached_tile(predictor, cache_file)  # measured by whoever held the lock before us
+        if found:
+            return found
+        log.info("measuring the fastest tile size for %s on %s (once)", predictor.meta.name, predictor.device_name)
+        tile, batch, timings = measure_tiles(predictor)
+        cache = _read_json(cache_file)
+        cache[_tile_key(predictor)] = {"tile": tile, "batch": batch, "ms_per_mpx": timings,
+                                       "measured": time.strftime("%Y-%m-%d")}
+        _write_json(cache_file, cache)
     return tile, batch
+
+
+def tile_is_measured(predictor: Predictor) -> bool:
+    """Whether :func:`auto_tile` answers at once for this model and device (declared or cached), so
+    that a caller can say beforehand that the one-time measurement is about to run."""
+    return _cached_tile(predictor, cache_dir() / "autotile.json") is not None
 
 
 def measure_tiles(predictor: Predictor) -> tuple[int, int, dict[str, float]]:
