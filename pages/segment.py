@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
@@ -22,6 +24,7 @@ from unet_core.io import (
     ImageHeader,
     ImageReadError,
     channels_for_model,
+    encode_png,
     read_image_bytes,
     read_image_header_bytes,
 )
@@ -210,12 +213,13 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     """Tiling, test-time augmentation and object clean-up."""
     geometry = predictor.meta.geometry
     sizes = sorted({max(geometry.floor_output(t), geometry.min_tile) for t in TILE_TARGETS})
-    tiles = [None, *sizes]
+    # "auto", not None: a selectbox whose value is None shows no choice at all ("Choose an option").
+    tiles = ["auto", *sizes]
     tile = st.selectbox(
         "Tile size",
         tiles,
-        **kept("segment_tile", None, tiles),
-        format_func=lambda t: "Automatic" if t is None else f"{t} × {t} pixels",
+        **kept("segment_tile", "auto", tiles),
+        format_func=lambda t: "Automatic" if t == "auto" else f"{t} × {t} pixels",
         help="Images are processed in square pieces that fit in memory; the result is the same "
         "for every size. Automatic measures the fastest size on this computer (once).",
     )
@@ -241,7 +245,7 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     fill_holes = st.checkbox("Fill holes inside objects", **kept("segment_fill_holes", False))
     return (
         # Probabilities are kept (as float16, half the memory) only to draw the probability map.
-        InferenceOptions(tile=tile, tta=tta, keep_probs=True, probs_dtype="float16", diameter=diameter),
+        InferenceOptions(tile=None if tile == "auto" else tile, tta=tta, keep_probs=True, probs_dtype="float16", diameter=diameter),
         InstanceOptions(min_size=None if auto_size else int(min_size), fill_holes=fill_holes,
                         drop_border=drop_border, expand=None if auto_size else 0),
     )
@@ -377,20 +381,49 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     s = st.slider("Slice", 1, z, 1, key=f"slice:{outcome.name}") - 1 if z > 1 else 0
     alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, **kept("segment_opacity", 0.4),
                       help="0 shows only the outlines, 1 paints the objects solid.")
-    base = viz.fit_for_screen(viz.display_image(result.image.data[s], outcome.limits))
+    shown = st.toggle("Show the objects", **kept("segment_show_objects", True))
+    full = viz.display_image(result.image.data[s], outcome.limits)
+    step = viz.screen_step(full.shape[:2])
+    base = viz.fit_for_screen(full)
     ids = viz.fit_for_screen(result.instances[s])
     left, right = st.columns(2)
     stretched = result.image.data.dtype != np.uint8
     left.image(base, width="stretch",
                caption="Image (contrast stretched for display)" if stretched else "Image")
-    right.image(viz.overlay(base, ids, alpha), caption=f"{len(result.objects[s])} objects, one colour each",
-                width="stretch")
+    with right:
+        st.plotly_chart(object_viewer(viz.overlay(base, ids, alpha) if shown else base, step, result.objects[s]),
+                        config={"scrollZoom": True, "displaylogo": False}, key=f"viewer:{outcome.name}:{s}")
+        st.caption(f"{len(result.objects[s])} objects, one colour each. Scroll to zoom, drag to pan, double-click "
+                   "to see the whole image; point at an object for its measurements.")
     left.image(viz.fit_for_screen(viz.probability_image(outcome.foreground[s])), width="stretch",
                caption=f"Probability of {class_names}: dark = 0, yellow = 1")
     physical = result.image.pixel_size_um is not None
     order = [c for c in TABLE_COLUMNS if physical or not c.endswith(("_um", "_um2"))]
     right.dataframe(result.objects[s], hide_index=True, width="stretch", height=420,
                     column_config=TABLE_COLUMNS, column_order=order)
+
+
+def object_viewer(rgb: np.ndarray, step: int, objects: list[dict]) -> go.Figure:
+    """The overlay as a zoomable, pannable figure in the image's own pixel coordinates (``rgb`` is
+    every ``step``-th pixel), with each object's id and measurements on hover at its centre."""
+    height, width = rgb.shape[:2]
+    fig = go.Figure(go.Image(source="data:image/png;base64," + base64.b64encode(encode_png(rgb)).decode(),
+                             x0=0, y0=0, dx=step, dy=step, hoverinfo="skip"))
+    if objects:
+        area_um2 = [o.get("area_um2") for o in objects]
+        unit = [f"{a:.1f} µm², " if a is not None else "" for a in area_um2]
+        fig.add_trace(go.Scatter(
+            x=[o["centroid_x"] for o in objects], y=[o["centroid_y"] for o in objects], mode="markers",
+            marker={"size": 5, "color": "white", "opacity": 0.5, "line": {"width": 1, "color": "black"}},
+            customdata=[[o["id"], o["area"], u, o["mean_intensity"]] for o, u in zip(objects, unit)],
+            hovertemplate="Object %{customdata[0]}<br>%{customdata[2]}%{customdata[1]} px<br>"
+                          "mean intensity %{customdata[3]:.1f}<br>centre (%{x:.0f}, %{y:.0f})<extra></extra>",
+        ))
+    fig.update_xaxes(visible=False, range=[0, width * step])
+    fig.update_yaxes(visible=False, range=[height * step, 0], scaleanchor="x")
+    fig.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode="pan", showlegend=False,
+                      height=max(250, min(700, round(480 * height / max(width, 1)))))
+    return fig
 
 
 def choose_pixel_size(outcomes: list[Outcome]) -> float:

@@ -4,6 +4,7 @@ stacks, unreadable files and broken models without a traceback; registry and dra
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     objects = next(m for m in at.metric if m.label == "Objects")
     assert objects.value == str(expected.n_objects)
     assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)"}
+    # The viewer: the overlay in the image's pixel coordinates, one hover point per object at its centre.
+    (chart,) = at.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    image, points = figure["data"]
+    assert image["type"] == "image" and image["source"].startswith("data:image/png;base64,")
+    assert len(points["x"]) == expected.n_objects
+    first = expected.objects[0][0]
+    assert (points["x"][0], points["y"][0]) == (first["centroid_x"], first["centroid_y"])
+    assert points["customdata"][0][0] == first["id"]
     files = at.session_state["segment_results"]["outcomes"]
     (outcome,) = files.values()
     labels = read_image_bytes(outcome.files["cells_labels.png"], "cells_labels.png").data
@@ -115,7 +125,9 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
 
 
 def test_results_and_options_survive_a_visit_to_another_page(tiny_installed: Path, cells_image) -> None:
-    at = segment(segment_page(), ("cells.png", png_bytes(cells_image()), "image/png"))
+    at = segment_page()
+    assert next(s for s in at.selectbox if s.label == "Tile size").value == "auto"  # shown as "Automatic"
+    at = segment(at, ("cells.png", png_bytes(cells_image()), "image/png"))
     next(c for c in at.checkbox if c.label == "Fill holes inside objects").check().run()
     at.slider(key="segment_opacity").set_value(0.75).run()
     count = next(m for m in at.metric if m.label == "Objects").value

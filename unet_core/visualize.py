@@ -130,14 +130,19 @@ def channel_thumbnails(pixels: np.ndarray, max_side: int = 160) -> list[np.ndarr
     return [display_image(small[..., c].astype(np.float32)) for c in range(small.shape[-1])]
 
 
+def screen_step(shape: tuple[int, ...], max_side: int = 2048) -> int:
+    """The subsampling step of :func:`fit_for_screen` for an image of ``shape`` (1 = none)."""
+    return max(1, -(-max(shape[:2]) // max_side))
+
+
 def fit_for_screen(rgb: np.ndarray, max_side: int = 2048) -> np.ndarray:
     """Every n-th pixel of ``rgb`` so that neither side exceeds ``max_side``.
 
     Plain subsampling rather than smoothing keeps object colours and outlines crisp; the browser
     then has a few megapixels to draw instead of a whole-slide image.
     """
-    step = -(-max(rgb.shape[:2]) // max_side)
-    return rgb if step <= 1 else rgb[::step, ::step]
+    step = screen_step(rgb.shape, max_side)
+    return rgb if step == 1 else rgb[::step, ::step]
 
 
 def heat_overlay(display_rgb: np.ndarray, values: np.ndarray, vmax: float | None = None,
