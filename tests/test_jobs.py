@@ -234,6 +234,23 @@ def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
 
 
+def test_a_run_killed_before_it_saved_its_settings_can_still_be_resumed(root: Path) -> None:
+    import signal
+
+    held = jobs.start_run("early", "synthetic", {**TINY, "steps": 4}, root=root)
+    os.killpg(held.pid, signal.SIGKILL)  # within milliseconds: the trainer is still importing torch
+    wait_for(lambda: not jobs.pid_alive(held.pid, held.start_ticks), 30, "the kill")
+    assert not (root / "early" / "config.json").exists()
+    info = jobs.run_info("early", root)
+    assert info.state != jobs.FINISHED and info.resumable
+    with pytest.raises(jobs.JobError, match="no saved settings"):
+        jobs.finish_run("early", root)  # nothing to make a model from
+    jobs.resume_run("early", root=root)  # starts it again as it was first started
+    assert jobs.wait("early", 180, root), "the restarted run did not end"
+    info = jobs.run_info("early", root)
+    assert info.state == jobs.FINISHED and info.step == 4, info.console_tail
+
+
 def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Path, sleeper) -> None:
     settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
     jobs.start_run("long", "synthetic", settings, root=root)

@@ -303,6 +303,9 @@ def _train_config(args: argparse.Namespace):
         changes = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
         return dataclasses.replace(cfg, **changes)
     if args.data is None:
+        if args.resume or args.finish:
+            raise TrainError(f"{out} holds no saved settings (config.json): the run stopped before it saved them, "
+                             "so nothing was trained; start it again with --data (and its other options)")
         raise TrainError("--data is required (a data set folder or 'synthetic')")
     base = TrainConfig.load(args.config).to_dict() if args.config else {}
     given = {

@@ -450,9 +450,13 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     folder = run_folder(name, root)
     options = dict(options or {})
     resume = resume or finish
+    again = None  # the first start's command, for a run killed before it saved its settings
     if resume:
         if not (folder / "config.json").is_file():
-            raise JobError(f"the run {name} has no saved settings (config.json) to resume from; start a new run")
+            again = _first_command(folder)
+            if again is None or finish:
+                raise JobError(f"the run {name} has no saved settings (config.json) to resume from; start a "
+                               "new run")
         options = {k: v for k, v in options.items() if k in RESUME_OPTIONS}
     else:
         if not data:
@@ -463,6 +467,8 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
     command += (["--finish"] if finish else ["--resume"]) if resume else ["--data", str(data)]
     command += cli_args(options)
+    if again is not None:  # nothing was trained or saved: the same start once more
+        command = [python or sys.executable, *again]
 
     held = acquire_lock(name, os.getpid(), root)  # held by this server until the process exists
     try:
@@ -499,6 +505,16 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
 def resume_run(name: str, options: dict[str, Any] | None = None, root: str | Path | None = None) -> LockInfo:
     """Continue a stopped or crashed run from its last checkpoint (``--resume``)."""
     return start_run(name, options=options, resume=True, root=root)
+
+
+def _first_command(folder: Path) -> list[str] | None:
+    """The arguments (after the interpreter) that first started the run in ``folder``, from its
+    job file, when that was a new run (``--data``) of this trainer; else None."""
+    command = read_job(folder).get("command")
+    if (isinstance(command, list) and all(isinstance(a, str) for a in command)
+            and command[:3] == ["-m", "unet_core", "train"] and "--data" in command):
+        return command
+    return None
 
 
 def finish_run(name: str, root: str | Path | None = None) -> LockInfo:
@@ -739,7 +755,8 @@ class RunInfo:
 
     @property
     def resumable(self) -> bool:
-        return self.state in (STOPPED, CRASHED, UNFINISHED) and (self.folder / "config.json").is_file()
+        return self.state in (STOPPED, CRASHED, UNFINISHED) and (
+            (self.folder / "config.json").is_file() or _first_command(self.folder) is not None)
 
 
 def _console_path(folder: Path) -> Path | None:

@@ -575,6 +575,8 @@ def train(
             raise TrainError(f"{out} already holds a training run (last.pt); pass --resume to continue it "
                              "or choose another --out")
         ckpt = read_checkpoint(last_path)
+    if ckpt is None:  # first of all: a run killed from here on still resumes (it has its settings)
+        _write_json(out / "config.json", cfg.to_dict())
     if finish:
         if ckpt is None or not resume:
             raise TrainError(f"{out} has no checkpoint (last.pt) to make a model from; train it first")
