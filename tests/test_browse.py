@@ -4,6 +4,7 @@ per-sample and per-data-set views, weight maps from cached distances, model fact
 from __future__ import annotations
 
 import io
+import shutil
 import stat
 import struct
 import zipfile
@@ -24,7 +25,7 @@ from unet_core.browse import (
     resolve_in_root,
     safe_extract_zip,
 )
-from unet_core.datasets import DatasetError, SplitRule, open_dataset, split
+from unet_core.datasets import DATA_ENV, DatasetError, SplitRule, open_dataset, split
 from unet_core.registry import ModelEntry
 from unet_core.synthetic import SynthConfig, synthetic_dataset, write_dataset
 from unet_core.weights import weight_map_parts
@@ -73,6 +74,29 @@ def test_resolve_in_root_accepts_inside_and_refuses_traversal(tmp_path: Path) ->
     (root / "link").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(OutsideRoot):
         resolve_in_root(root, "link")
+
+
+def test_files_linked_from_outside_the_data_root_are_left_out(tmp_path: Path, monkeypatch) -> None:
+    """The guard covers every file opened, not only the chosen folder: a data set whose masks/
+    folder (or one image) is a link out of the root keeps only the pairs that stay inside."""
+    root, outside = tmp_path / "data", tmp_path / "private"
+    cfg = SynthConfig(height=48, width=48)
+    write_dataset(root / "cells", 3, cfg)
+    write_dataset(outside / "secret", 3, cfg, seed=1)
+    (root / "cells" / "images" / "002.png").unlink()
+    (root / "cells" / "images" / "002.png").symlink_to(outside / "secret" / "images" / "002.png")
+    write_dataset(root / "linked", 2, cfg)
+    shutil.rmtree(root / "linked" / "masks")
+    (root / "linked" / "masks").symlink_to(outside / "secret" / "masks", target_is_directory=True)
+    monkeypatch.setenv(DATA_ENV, str(root))
+
+    ds = browse.open_source(DataSource("folder", path=str(root / "cells"), label="cells"))
+    assert [s.name for s in ds.samples] == ["000", "001"]
+    assert any("images/002.png: links to a file outside the data folder" in p for p in ds.problems)
+    linked = browse.open_source(DataSource("folder", path=str(root / "linked"), label="linked"))
+    assert len(linked) == 0 and sum("links to a file outside" in p for p in linked.problems) == 2
+    # The command line opens what it is given: the user's own folders, links and all.
+    assert len(open_dataset(root / "cells")) == 3
 
 
 # --------------------------------------------------------------------------- zip extraction

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from . import visualize as viz
-from .datasets import Dataset, DatasetError, SplitRule, open_dataset
+from .datasets import Dataset, DatasetError, SplitRule, data_root, open_dataset
 from .io import LUMA, ImageReadError
 from .registry import RUN_MODEL_FILE, ModelEntry, runs_dir
 from .scale import median_diameter
@@ -374,7 +374,9 @@ def open_source(source: DataSource) -> Dataset:
 
         cfg = SynthConfig(height=source.size, width=source.size, mode=source.mode)
         return synthetic_dataset(source.n, cfg, seed=source.seed)
-    return open_dataset(source.path)
+    # A data-root folder: every file must lie under the root, links included (the typed folder
+    # was checked already, its images/ and masks/ are checked here).
+    return open_dataset(source.path, confine=data_root() if source.kind == "folder" else None)
 
 
 # --------------------------------------------------------------------------- one sample

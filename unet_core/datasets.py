@@ -476,7 +476,7 @@ def list_datasets(root: str | Path | None = None) -> list[DatasetSummary]:
     found = []
     for folder in sorted(folders, key=lambda p: _natural_key(p.name)):
         try:
-            ds = open_dataset(folder)
+            ds = open_dataset(folder, confine=root)
         except (ValueError, OSError):  # DatasetError, or anything else a broken folder throws
             continue
         found.append(
@@ -506,13 +506,15 @@ class _Pair:
     slice_index: int | None = None
 
 
-def open_dataset(path: str | Path, verify: bool = False) -> Dataset:
+def open_dataset(path: str | Path, verify: bool = False, confine: str | Path | None = None) -> Dataset:
     """Open the data set in ``path``, detecting its layout.
 
     Files are checked from their headers (exist, readable, image and mask of one size); the
     mask encoding is detected from the first masks with foreground. ``verify=True`` decodes
     every file too, which finds corrupt pixel data and masks whose encoding disagrees with the
-    data set's, at the cost of reading everything.
+    data set's, at the cost of reading everything. ``confine``: a folder (the app's data root)
+    that every file must resolve inside; a pair that reaches out of it through a symbolic link
+    (the file, or its ``images/`` or ``masks/`` folder) is left out and named in ``problems``.
 
     Raises:
         DatasetError: ``path`` is not a folder or matches no layout; names what was expected.
@@ -524,6 +526,8 @@ def open_dataset(path: str | Path, verify: bool = False) -> Dataset:
     if found is None:
         raise DatasetError(f"{root}: no data set layout found; expected {_EXPECTED}")
     layout, pairs, problems = found
+    if confine is not None:
+        pairs = _confined(pairs, root, Path(confine), problems)
     samples = _acquisition_groups(root, _check_pairs(pairs, root, problems), problems)
     ds = Dataset(root, layout, samples, problems, split_rule=default_split_rule(layout))
     _detect_dataset_encoding(ds)
@@ -635,6 +639,20 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
         if m:
             found[int(m.group(1))] = path
     return found
+
+
+def _confined(pairs: list[_Pair], root: Path, confine: Path, problems: list[str]) -> list[_Pair]:
+    """The pairs whose image and mask resolve inside ``confine``; each other one adds a problem."""
+    base = confine.expanduser().resolve()
+    kept = []
+    for pair in pairs:
+        outside = [p for p in (pair.image, pair.mask) if not p.resolve().is_relative_to(base)]
+        if outside:
+            problems.append(f"{_rel(outside[0], root)}: links to a file outside the data folder {base}; "
+                            "sample left out")
+        else:
+            kept.append(pair)
+    return kept
 
 
 def _check_pairs(pairs: list[_Pair], root: Path, problems: list[str]) -> list[Sample]:
