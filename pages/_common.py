@@ -16,6 +16,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from unet_core.browse import (
+    BrowseError,
     DataSource,
     OutsideRoot,
     SampleView,
@@ -322,6 +323,8 @@ def _upload_source(prefix: str) -> DataSource | None:
             state["error"] = (f"**{upload.name}** holds no data set this program knows: {exc}.  \n"
                               "Put the images in `images/` and their masks in `masks/` (same file names), "
                               "zip that folder and upload it again.")
+        except BrowseError as exc:  # the uploads folder itself is not safe to use
+            state["error"] = f"**{upload.name}** was not opened: {exc}."
         st.session_state[UPLOAD_KEY] = state
     if state is None:
         st.caption("Drop a zip above; it stays for this session, on every page.")

@@ -4,9 +4,11 @@ per-sample and per-data-set views, weight maps from cached distances, model fact
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import stat
 import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -190,6 +192,43 @@ def test_extract_upload_finds_the_data_set_and_replaces_the_sessions_last_upload
         extract_upload(zip_bytes({"notes.txt": b"no images here"}), "session1", root)
     with pytest.raises(ValueError, match="session"):
         extract_upload(data, "../escape", root)
+
+
+def test_uploads_touch_only_their_own_folders_and_keep_to_a_quota(tmp_path: Path, monkeypatch) -> None:
+    data = zip_bytes({}, folder=small_dataset(tmp_path / "src" / "cells", n=2))
+    root = tmp_path / "uploads"
+    root.mkdir()
+    old_project = root / "my-project"  # a folder of the user's own under the uploads root
+    (old_project / "notes").mkdir(parents=True)
+    stale = tmp_path / "stale"
+    extract_upload(data, "old-session", root)
+    for folder in (old_project, root / "old-session"):  # both three days old
+        os.utime(folder, (time.time() - 3 * 86400,) * 2)
+    extract_upload(data, "new-session", root)
+    assert old_project.is_dir(), "an unmarked folder is never pruned"
+    assert not (root / "old-session").exists(), "an old upload of this app is"
+    assert (root / "new-session" / browse.UPLOAD_MARK).is_file()
+    assert stat.S_IMODE((root / "new-session").stat().st_mode) == 0o700
+
+    # The quota counts every upload; the message says what is left and how to raise it.
+    monkeypatch.setenv(browse.UPLOADS_QUOTA_ENV, str(1.5 * len(data) / 1024**3 * 10))
+    big = zip_bytes({f"images/{i}.png": bytes(len(data) * 6) for i in range(3)})  # 18x, zeros: a tiny zip
+    with pytest.raises(ZipRejected, match=f"left.*{browse.UPLOADS_QUOTA_ENV}"):
+        extract_upload(big, "third", root)
+    assert not (root / "third").exists()
+
+    # A planted link as the uploads root, or a folder others may write to, is refused.
+    stale.mkdir()
+    link = tmp_path / "planted"
+    link.symlink_to(stale, target_is_directory=True)
+    with pytest.raises(BrowseError, match="is a link"):
+        extract_upload(data, "s", link)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(BrowseError, match="others may write"):
+        extract_upload(data, "s", shared)
+    assert list(stale.iterdir()) == [] and list(shared.iterdir()) == []
 
 
 def test_find_dataset_folder_looks_a_few_levels_down(tmp_path: Path) -> None:

@@ -72,6 +72,13 @@ MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_BYTES = 4 * 1024**3
 #: Extracted uploads older than this are removed when a new one arrives (any session).
 UPLOAD_MAX_AGE_S = 24 * 3600
+#: All extracted uploads together (every session) stay under this; ``UNET_STUDIO_UPLOADS_QUOTA_GB``.
+UPLOADS_QUOTA_BYTES = 8 * 1024**3
+UPLOADS_QUOTA_ENV = "UNET_STUDIO_UPLOADS_QUOTA_GB"
+#: Free disk space an upload must leave behind.
+UPLOAD_DISK_MARGIN = 1024**3
+#: The file that marks a folder as an upload of this app: only marked folders are ever pruned.
+UPLOAD_MARK = ".unet-studio-upload"
 #: Folders skipped when extracting: macOS resource forks, not data.
 _ZIP_SKIP_DIRS = ("__MACOSX",)
 _COPY_CHUNK = 1 << 20
@@ -256,31 +263,72 @@ def find_dataset_folder(root: str | Path, max_depth: int = 3) -> Path:
 
 
 def uploads_root() -> Path:
-    """Where uploaded zips are extracted: ``$UNET_STUDIO_UPLOADS`` or a folder in the temp dir."""
+    """Where uploaded zips are extracted: ``$UNET_STUDIO_UPLOADS``, or a folder of this user's own in
+    the temp dir (``unet-studio-uploads-<uid>``: on a shared machine, users do not share it)."""
     env = os.environ.get(UPLOADS_ENV)
-    return Path(env).expanduser() if env else Path(tempfile.gettempdir()) / "unet-studio-uploads"
+    if env:
+        return Path(env).expanduser()
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"unet-studio-uploads-{user}"
+
+
+def private_folder(root: Path) -> Path:
+    """``root``, created mode 0700 if missing, and checked: a real folder (not a symbolic link that
+    someone planted), owned by this user, writable by nobody else (POSIX).
+
+    Raises:
+        BrowseError: it fails a check; the message says which and what to do.
+    """
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = root.lstat()
+    except OSError as exc:
+        raise BrowseError(f"the uploads folder {root} cannot be made ({exc.strerror or exc})") from exc
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise BrowseError(f"the uploads folder {root} is a link or not a folder; remove it, or set "
+                          f"{UPLOADS_ENV} to a folder of your own")
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise BrowseError(f"the uploads folder {root} belongs to another user or others may write to it; "
+                          f"set {UPLOADS_ENV} to a folder of your own")
+    return root
+
+
+def uploads_quota() -> int:
+    """Bytes all extracted uploads may take together (:data:`UPLOADS_QUOTA_BYTES` or the env)."""
+    try:
+        return int(float(os.environ[UPLOADS_QUOTA_ENV]) * 1024**3)
+    except (KeyError, ValueError):
+        return UPLOADS_QUOTA_BYTES
 
 
 def extract_upload(data: bytes, session: str, root: str | Path | None = None) -> Path:
     """Extract an uploaded zip for one session and return the data set folder inside it.
 
-    The zip goes to ``root/<session>/<hash of its bytes>``; the session's earlier uploads are
-    removed (a session shows one upload at a time), as are other sessions' uploads older than
-    :data:`UPLOAD_MAX_AGE_S`. The same bytes again reuse the extracted folder.
+    The zip goes to ``root/<session>/<hash of its bytes>`` (``root`` checked by
+    :func:`private_folder`; the session folder marked with :data:`UPLOAD_MARK`); the session's
+    earlier upload is removed (a session shows one upload at a time), as are other sessions'
+    uploads older than :data:`UPLOAD_MAX_AGE_S`; only marked folders are ever removed. The
+    unpacked size must fit in :func:`uploads_quota` with the other uploads, and leave
+    :data:`UPLOAD_DISK_MARGIN` of free disk. The same bytes again reuse the extracted folder.
 
     Raises:
-        ZipRejected: see :func:`safe_extract_zip`.
+        ZipRejected: see :func:`safe_extract_zip`; over the quota or the free disk space.
         DatasetError: the zip holds no folder of a known layout.
+        BrowseError: the uploads folder is not safe to use (see :func:`private_folder`).
     """
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session):
         raise ValueError(f"invalid session name {session!r}")
-    root = Path(root) if root is not None else uploads_root()
+    root = private_folder(Path(root) if root is not None else uploads_root())
     _prune_uploads(root, keep=session)
     session_dir = root / session
     digest = hashlib.sha256(data).hexdigest()[:16]
     folder = session_dir / digest
     if not folder.is_dir():
-        shutil.rmtree(session_dir, ignore_errors=True)  # the session's earlier upload
+        if _is_upload(session_dir):
+            shutil.rmtree(session_dir, ignore_errors=True)  # the session's earlier upload
+        _check_room(data, root)
+        session_dir.mkdir(mode=0o700, exist_ok=True)
+        (session_dir / UPLOAD_MARK).touch()
         partial = session_dir / f".{digest}.partial"
         try:
             safe_extract_zip(_io.BytesIO(data), partial)
@@ -291,13 +339,46 @@ def extract_upload(data: bytes, session: str, root: str | Path | None = None) ->
     return find_dataset_folder(folder)
 
 
+def _is_upload(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and (folder / UPLOAD_MARK).is_file()
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def _check_room(data: bytes, root: Path) -> None:
+    """Refuse a zip whose unpacked size does not fit the uploads quota or the free disk space."""
+    try:
+        with zipfile.ZipFile(_io.BytesIO(data)) as archive:
+            size = sum(i.file_size for i in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise ZipRejected(f"it is not a readable zip file ({exc})") from exc
+    used = sum(_folder_bytes(d) for d in root.iterdir() if _is_upload(d))
+    left = uploads_quota() - used
+    if size > left:
+        raise ZipRejected(f"it unpacks to {_size_text(size)} but only {_size_text(max(left, 0))} of the "
+                          f"{_size_text(uploads_quota())} for uploads is left (uploads are kept a day; raise "
+                          f"{UPLOADS_QUOTA_ENV}, or copy the folder into the data folder)")
+    free = shutil.disk_usage(root).free
+    if size > free - UPLOAD_DISK_MARGIN:
+        raise ZipRejected(f"it unpacks to {_size_text(size)} but the disk of {root} has only "
+                          f"{_size_text(free)} free")
+
+
 def _prune_uploads(root: Path, keep: str) -> None:
-    if not root.is_dir():
-        return
+    """Remove other sessions' uploads older than :data:`UPLOAD_MAX_AGE_S`; marked folders only."""
     cutoff = time.time() - UPLOAD_MAX_AGE_S
     for session_dir in root.iterdir():
         try:
-            if session_dir.name != keep and session_dir.is_dir() and session_dir.stat().st_mtime < cutoff:
+            if session_dir.name != keep and _is_upload(session_dir) and session_dir.stat().st_mtime < cutoff:
                 shutil.rmtree(session_dir, ignore_errors=True)
         except OSError:
             continue
