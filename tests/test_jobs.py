@@ -104,6 +104,41 @@ def test_stale_locks_are_cleared(root: Path) -> None:
     assert jobs.read_lock(root) is None and not path.exists()
 
 
+def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, monkeypatch) -> None:
+    import threading
+
+    read = jobs._read_lock_file
+
+    def slow_read(path: Path):  # widens the window between looking at the lock and acting on it
+        found = read(path)
+        time.sleep(0.0005)
+        return found
+
+    monkeypatch.setattr(jobs, "_read_lock_file", slow_read)
+    path, dead = jobs.lock_path(root), dead_pid()
+    doubles = 0
+    for trial in range(1000):
+        path.write_text(json.dumps({"run": "old", "pid": dead, "time": 0}))
+        barrier, won = threading.Barrier(2), []
+
+        def take(name: str) -> None:
+            barrier.wait()
+            try:
+                won.append(jobs.acquire_lock(name, os.getpid(), root))
+            except jobs.RunBusy:
+                pass
+
+        threads = [threading.Thread(target=take, args=(f"s{k}-{trial}",)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        doubles += len(won) != 1
+        assert jobs.read_lock(root, clean=False).run == won[0].run  # the lock names the one winner
+        jobs.release_lock(root)
+    assert doubles == 0
+
+
 def test_a_command_line_training_in_the_runs_folder_counts_as_busy(root: Path, sleeper) -> None:
     sleeper("unet_core", "train", "--out", str(root.parent / "other-runs" / "x"))  # another runs folder
     sleeper("-m", "unet_core", "predict", "--out", str(root / "x"))  # not a training

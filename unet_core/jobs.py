@@ -252,15 +252,26 @@ def read_lock(root: str | Path | None = None, clean: bool = True) -> LockInfo | 
 
 
 def _remove_lock_if(path: Path, expected: LockInfo | None) -> None:
-    """Remove the lock if it still holds ``expected`` (None: whatever unreadable content)."""
-    current = _read_lock_file(path)
-    if current is None:
-        return
-    if expected is None and current is not False:
-        return
-    if expected is not None and (current is False or (current.pid, current.run) != (expected.pid, expected.run)):
-        return
-    path.unlink(missing_ok=True)
+    """Remove the lock if it still holds ``expected`` (None: whatever unreadable content).
+
+    Read-then-unlink would let two cleaners race: the slower one could delete the lock that the
+    faster one took in between. Instead the lock is moved aside first (a rename: one mover wins),
+    then checked; a lock that turns out to be someone's fresh one is put back.
+    """
+    grave = path.with_name(f"{LOCK_NAME}.{os.getpid()}.{threading.get_ident()}.stale")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return  # someone else cleared it
+    current = _read_lock_file(grave)
+    stale = (current is False) if expected is None else (
+        current is not None and current is not False and (current.pid, current.run) == (expected.pid, expected.run))
+    if not stale:
+        try:
+            os.link(grave, path)  # a live lock: back where it was (unless a new one was taken meanwhile)
+        except FileExistsError:
+            pass
+    grave.unlink(missing_ok=True)
 
 
 def busy(root: str | Path | None = None) -> LockInfo | None:
@@ -286,22 +297,26 @@ def _write_lock_content(path: Path, info: LockInfo, exclusive: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_ACQUIRE = threading.Lock()
+
+
 def acquire_lock(run: str, pid: int, root: str | Path | None = None) -> LockInfo:
     """Take the machine for ``run`` (held by ``pid``); raises :class:`RunBusy` naming the holder."""
     root = Path(root or runs_dir())
     root.mkdir(parents=True, exist_ok=True)
     path = lock_path(root)
     info = LockInfo(run, pid, time.time(), process_start_ticks(pid))
-    for _ in range(3):
-        holder = busy(root)
-        if holder is not None:
-            raise RunBusy(holder)
-        try:
-            _write_lock_content(path, info, exclusive=True)
-            return info
-        except FileExistsError:
-            continue  # someone was faster, or a stale lock was just cleared: look again
-    holder = read_lock(root, clean=False)
+    with _ACQUIRE:  # the sessions of one server take turns; other processes are kept out by the link
+        for _ in range(3):
+            holder = busy(root)
+            if holder is not None:
+                raise RunBusy(holder)
+            try:
+                _write_lock_content(path, info, exclusive=True)
+                return info
+            except FileExistsError:
+                continue  # someone was faster, or a stale lock was just cleared: look again
+        holder = read_lock(root, clean=False)
     raise RunBusy(holder or LockInfo("(unknown)", 0))
 
 
