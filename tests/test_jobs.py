@@ -121,7 +121,7 @@ def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, mo
         path.write_text(json.dumps({"run": "old", "pid": dead, "time": 0}))
         barrier, won = threading.Barrier(2), []
 
-        def take(name: str) -> None:
+        def take(name: str, barrier: threading.Barrier = barrier, won: list = won) -> None:
             barrier.wait()
             try:
                 won.append(jobs.acquire_lock(name, os.getpid(), root))
