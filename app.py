@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.navigation.page import StreamlitPage
 
 from pages._common import MODEL_KEY, active_model, available_pages, device_line
+from unet_core.errors import configure_logging
 from unet_core.registry import list_models
 
 #: The browser tab's icon, served by the app itself: a ``:material/...:`` page icon makes the browser
@@ -20,6 +21,7 @@ from unet_core.registry import list_models
 APP_ICON = Path(__file__).resolve().parent / "assets" / "icon.png"
 
 st.set_page_config(page_title="U-Net Studio", page_icon=str(APP_ICON), layout="wide")
+configure_logging()  # the engine's warnings (e.g. a GPU that fell back to the CPU) reach the server's console
 
 
 def navigation() -> StreamlitPage:

@@ -102,3 +102,25 @@ def test_export_command_from_checkpoint(tmp_path) -> None:
     assert "max |ONNX - PyTorch|" in result.stdout
     assert OnnxPredictor(tmp_path / "c.onnx", "cpu").meta.unet.depth == 2
     assert "Warning" not in result.stderr and "warning" not in result.stderr.lower()
+
+
+def test_errors_escaping_a_command_are_a_message_or_an_internal_error(tmp_path, capsys, monkeypatch) -> None:
+    """A user error no command caught is still one line (exit 2); a bug is logged with its traceback
+    and said to be one (exit 3); neither is a bare traceback from Python."""
+    from unet_core import cli
+    from unet_core.datasets import DatasetError
+
+    def user_problem(args):
+        raise DatasetError("cells/: no data set layout found")
+
+    def bug(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_synth", user_problem)  # build_parser looks the command up when it runs
+    assert main(["synth", "--out", str(tmp_path / "s"), "--n", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: cells/: no data set layout found"
+    monkeypatch.setattr(cli, "cmd_synth", bug)
+    assert main(["-v", "synth", "--out", str(tmp_path / "s"), "--n", "1"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error in synth" in err and "RuntimeError: boom" in err and "Traceback" in err
+    assert "this is a bug in U-Net Studio" in err

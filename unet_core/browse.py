@@ -51,6 +51,7 @@ from PIL import Image
 
 from . import visualize as viz
 from .datasets import Dataset, DatasetError, SplitRule, data_root, open_dataset
+from .errors import UserError
 from .io import LUMA, ImageReadError
 from .registry import RUN_MODEL_FILE, ModelEntry, runs_dir
 from .scale import median_diameter
@@ -90,7 +91,7 @@ MAX_STATS_SAMPLES = 500
 GAP_WIDTH = 10.0
 
 
-class BrowseError(ValueError):
+class BrowseError(UserError):
     """Something a user asked for that cannot be shown; the message says why."""
 
 

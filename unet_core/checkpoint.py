@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
 from .metadata import MetadataError, ModelMeta
 from .model import UNet
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read; the message names the file."""
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import REPORT_TO, UserError, configure_logging
 from .io import ImageReadError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -477,6 +478,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unet_core", description="U-Net Studio engine")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say what the engine is doing (tile measurement, scale search, GPU fallback)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment images with an ONNX model (overlap-tile)",
@@ -627,5 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 an error the user can fix (its message printed),
+    3 an internal error (a bug: logged with its traceback, and what to report), 130 interrupted."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    configure_logging(verbose=args.verbose)
+    try:
+        return args.func(args)
+    except UserError as exc:  # one a command did not catch itself: still a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        log.exception("internal error in %s", args.command)
+        print(f"internal error: this is a bug in U-Net Studio, not a problem with your files; please report it "
+              f"to {REPORT_TO}", file=sys.stderr)
+        return 3

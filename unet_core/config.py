@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AugmentConfig
+from .errors import UserError
 from .io import Normalisation
 from .metadata import ARCH_LIMITS, UNetConfig
 from .tiling import Geometry
@@ -23,7 +24,7 @@ SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """A training run that cannot start or continue; the message says what to do."""
 
 

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage
 
+from .errors import UserError
 from .io import IMAGE_SUFFIXES, ImageReadError, read_image, read_image_shape
 
 LAYOUTS = ("isbi2012", "ctc", "generic", "synthetic")
@@ -69,7 +70,7 @@ _ENCODING_READS = 10
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A folder that is not a data set, or a mask that cannot be decoded; the message says why."""
 
 

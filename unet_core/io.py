@@ -45,6 +45,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -79,7 +81,7 @@ Image.MAX_IMAGE_PIXELS = None
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image file that cannot be read or cannot be segmented; the message names the file."""
 
 

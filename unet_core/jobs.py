@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, TrainError
+from .errors import UserError
 from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from .registry import RUN_MODEL_FILE, runs_dir
 from .runlog import LOG_NAME, parse_log_lines
@@ -86,7 +87,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
 }
 
 
-class JobError(RuntimeError):
+class JobError(UserError, RuntimeError):
     """A run that cannot be started, stopped or resumed; the message says what to do."""
 
 

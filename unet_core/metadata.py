@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import UserError
 from .io import Normalisation
 from .tiling import Geometry
 
@@ -30,7 +31,7 @@ ARCH_LIMITS: dict[str, tuple[int, int]] = {
 PADDINGS = ("valid", "same")
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """Model metadata that is malformed or out of range; the message says which field and why."""
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
+from .errors import UserError
 from .io import ImageReadError, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .tiling import Tile, extract_input, plan_tiles
@@ -77,7 +78,7 @@ FLOAT_CONV_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose")
 QUANTIZED_OPS = ["Conv", "Relu", "MaxPool", "Slice", "Concat"]
 
 
-class QuantizeError(ValueError):
+class QuantizeError(UserError):
     """A model or data set that cannot be quantized; the message says what to do."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import UserError
 from .metadata import MetadataError, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ PROBS_OUTPUT = "probabilities"
 _FLOAT = 1  # onnx.TensorProto.FLOAT, without importing onnx at module level
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model file that cannot be served; the message names the file and what to do."""
 
 
