@@ -7,6 +7,7 @@ on when the page is left, reloaded or closed; this page only starts it and reads
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -77,23 +78,23 @@ def start(name: str, data: str, options: dict) -> None:
                                                  "may leave this page or close the browser and come back later."))
 
 
-def resume(name: str) -> None:
+def _launch(action: Callable[[str], object], name: str, done: str, failed: str) -> None:
+    """A button's job action on run ``name``; its outcome is left for the page as a message."""
     try:
-        jobs.resume_run(name)
+        action(name)
     except jobs.JobError as exc:
-        st.session_state[MESSAGE_KEY] = ("error", f"**{name}** did not resume: {exc}.")
+        st.session_state[MESSAGE_KEY] = ("error", f"{failed}: {exc}.")
         return
-    st.session_state[MESSAGE_KEY] = ("success", f"**{name}** continues from its last checkpoint.")
+    st.session_state[MESSAGE_KEY] = ("success", done)
+
+
+def resume(name: str) -> None:
+    _launch(jobs.resume_run, name, f"**{name}** continues from its last checkpoint.", f"**{name}** did not resume")
 
 
 def finish(name: str) -> None:
-    try:
-        jobs.finish_run(name)
-    except jobs.JobError as exc:
-        st.session_state[MESSAGE_KEY] = ("error", f"No model was made from **{name}**: {exc}.")
-        return
-    st.session_state[MESSAGE_KEY] = ("success", (f"**{name}** ends at its last checkpoint: its model is being "
-                                                 "exported (the images are prepared once more for its card)."))
+    _launch(jobs.finish_run, name, f"**{name}** ends at its last checkpoint: its model is being exported (the "
+            "images are prepared once more for its card).", f"No model was made from **{name}**")
 
 
 def rename(name: str) -> None:
