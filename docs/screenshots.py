@@ -63,7 +63,14 @@ def main() -> None:
                     page.get_by_text("Labels (PNG)").first.wait_for(timeout=300_000)
                     wait_idle(page)
                 path = OUT / f"{name}.png"
+                # Streamlit scrolls an inner element: make the window as tall as the content first.
+                height = page.evaluate(
+                    "Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer'].map("
+                    "id => document.querySelector(`[data-testid=${id}]`)?.scrollHeight || 0))")
+                page.set_viewport_size({"width": 1440, "height": max(1000, min(int(height), 4000))})
+                wait_idle(page)
                 page.screenshot(path=str(path), full_page=True)
+                page.set_viewport_size({"width": 1440, "height": 1000})
                 image = Image.open(path).convert("RGB")
                 image.thumbnail((1100, 3000))
                 image.quantize(colors=128).save(path, optimize=True)
