@@ -144,6 +144,16 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             expect(page.get_by_text("objects, one colour each")).to_be_visible(timeout=WAIT_MS)
             expect(page.get_by_test_id("stDataFrame")).to_be_visible(timeout=WAIT_MS)
             shoot(page, "segment-result")
+            # The viewer zooms with the mouse wheel: the visible x range shrinks around the pointer.
+            viewer = page.locator(".js-plotly-plot").first
+            viewer.scroll_into_view_if_needed()
+            x_range = "() => document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range.slice()"
+            before = page.evaluate(x_range)
+            box = viewer.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, -300)
+            page.wait_for_function(f"({x_range})()[1] - ({x_range})()[0] < {before[1] - before[0]} * 0.97",
+                                   timeout=WAIT_MS)
 
             with page.expect_download(timeout=WAIT_MS) as download:
                 page.get_by_test_id("stDownloadButton").filter(has_text="Labels (PNG)").click()

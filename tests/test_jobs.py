@@ -328,5 +328,9 @@ def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Pa
     assert info.state == jobs.CRASHED
     assert "no such folder" in info.error and "missing" in info.console_tail
     assert jobs.busy(root) is None
-    with pytest.raises(jobs.JobError, match="no saved settings"):
-        jobs.resume_run("bad", root=root)
+    # Its settings were saved before the data was opened: once the folder is there, Resume retries.
+    assert info.resumable and (root / "bad" / "config.json").is_file()
+    jobs.resume_run("bad", root=root)
+    assert jobs.wait("bad", 120, root)
+    info = jobs.run_info("bad", root)
+    assert info.state == jobs.CRASHED and "no such folder" in info.error  # still missing
