@@ -459,7 +459,9 @@ def choose_start() -> tuple[str | None, int | None]:
 
 def settings_form(init_width: int | None) -> dict:
     """The training settings (paper's defaults first); the options for unet_core.jobs."""
-    for key, value in PRESETS["paper"].items():
+    # Without a GPU the paper's settings take hours: the quick preset comes first there.
+    gpu = cuda_driver_available()
+    for key, value in PRESETS["paper" if gpu else "quick"].items():
         st.session_state.setdefault(f"train_{key}", value)
     st.session_state.setdefault("train_threads", 0)
     head, b1, b2 = st.columns([2, 1, 1], vertical_alignment="center")
@@ -470,7 +472,7 @@ def settings_form(init_width: int | None) -> dict:
     b2.button("Quick try (CPU)", on_click=apply_preset, args=("quick",), icon=":material/bolt:",
               help="A small network and short run, finished in minutes on a laptop: to check that everything "
               "works before a long run.", width="stretch")
-    if not cuda_driver_available() and (init_width or st.session_state["train_width"]) >= 32:
+    if not gpu and (init_width or st.session_state["train_width"]) >= 32:
         st.caption(":material/info: This computer has no GPU: at width 32 or more a training step takes seconds, "
                    "so a long run takes hours. **Quick try** finishes in minutes; width 16 is a good compromise.")
 

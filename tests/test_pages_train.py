@@ -17,7 +17,7 @@ from apptest_helpers import APP, TIMEOUT, open_page, texts
 from streamlit.testing.v1 import AppTest
 
 from pages._common import MODEL_KEY
-from unet_core import jobs
+from unet_core import jobs, runtime
 from unet_core.browse import DataSource
 from unet_core.registry import list_models
 
@@ -31,7 +31,19 @@ def number(at: AppTest, label: str):
 # --------------------------------------------------------------------------- Train
 
 
-def test_train_page_offers_the_papers_settings(studio_dirs) -> None:
+def test_on_a_cpu_the_quick_preset_comes_first(studio_dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cuda_driver_available", lambda: False)
+    at = open_page("pages/train.py")
+    assert not at.error
+    assert number(at, "Width (features in the first layer)").value == 8
+    assert number(at, "Steps").value == 300 and at.radio(key="train_optimizer").value == "adam"
+    at.button[0].click().run()  # "Paper's settings": offered, with a word on the time it takes here
+    assert number(at, "Width (features in the first layer)").value == 64
+    assert "This computer has no GPU" in texts(at.caption)
+
+
+def test_train_page_offers_the_papers_settings(studio_dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cuda_driver_available", lambda: True)  # a GPU: the paper's settings first
     at = open_page("pages/train.py")
     assert not at.error
     assert number(at, "Width (features in the first layer)").value == 64
