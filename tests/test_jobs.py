@@ -315,6 +315,7 @@ def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Pa
     with pytest.raises(jobs.JobError, match="no run called"):
         jobs.delete_run("missing", root)
     sleeper("-m", "unet_core", "train", "--out", str(root / "other"))  # a command-line run in that folder
+    wait_for(lambda: "other" in jobs.training_processes(root), 30, "the command-line run to show")
     with pytest.raises(jobs.JobError, match="training now"):
         jobs.delete_run("other", root)
     jobs.delete_run("short", root)
