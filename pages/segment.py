@@ -240,12 +240,14 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
         help="Smaller objects (debris, noise) are left out of the count and the table.",
     )
     drop_border = st.checkbox(
-        "Leave out objects touching the image edge", **kept("segment_drop_border", False), help="They are cut off, so their size is wrong."
+        "Leave out objects touching the image edge", **kept("segment_drop_border", False),
+        help="They are cut off, so their size is wrong.",
     )
     fill_holes = st.checkbox("Fill holes inside objects", **kept("segment_fill_holes", False))
     return (
         # Probabilities are kept (as float16, half the memory) only to draw the probability map.
-        InferenceOptions(tile=None if tile == "auto" else tile, tta=tta, keep_probs=True, probs_dtype="float16", diameter=diameter),
+        InferenceOptions(tile=None if tile == "auto" else tile, tta=tta, keep_probs=True, probs_dtype="float16",
+                         diameter=diameter),
         InstanceOptions(min_size=None if auto_size else int(min_size), fill_holes=fill_holes,
                         drop_border=drop_border, expand=None if auto_size else 0),
     )

@@ -480,11 +480,12 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
         if folder.exists() and any(folder.iterdir()):
             raise JobError(f"a run called {name} exists already: choose another name, or resume it")
     check_settings(options)
-    command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
-    command += (["--finish"] if finish else ["--resume"]) if resume else ["--data", str(data)]
-    command += cli_args(options)
     if again is not None:  # nothing was trained or saved: the same start once more
         command = [python or sys.executable, *again]
+    else:
+        command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
+        command += (["--finish"] if finish else ["--resume"]) if resume else ["--data", str(data)]
+        command += cli_args(options)
 
     held = acquire_lock(name, os.getpid(), root)  # held by this server until the process exists
     try:
@@ -544,8 +545,7 @@ def _idle_folder(name: str, root: Path) -> Path:
     folder = run_folder(check_name(name), root)
     if not folder.is_dir():
         raise JobError(f"there is no run called {name}")
-    held = read_lock(root)
-    if (held is not None and held.run == name) or _run_pid(name, root) or name in training_processes(root):
+    if _run_pid(name, root) or name in training_processes(root):  # started here (lock, job file) or from a shell
         raise JobError(f"{name} is training now: stop it first")
     return folder
 
