@@ -48,7 +48,7 @@ def main() -> None:
     print(f"segment {args.size} x {args.size} (diameter {diameter}): {seg_s:.2f} s, {result.n_objects} objects")
     for options in (InstanceOptions(min_size=200), InstanceOptions(fill_holes=True, drop_border=True)):
         t = time.perf_counter()
-        again = with_instance_options(result, predictor.meta.foreground_classes, predictor.meta.diameter, options)
+        again = with_instance_options(result, predictor.meta, options)
         s = time.perf_counter() - t
         print(f"  clean-up {options}: {s:.3f} s = {s / seg_s:.3f} x the segmentation, {again.n_objects} objects")
 

@@ -339,7 +339,7 @@ def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions,
         if outcome.result is None:
             outcomes[key] = outcome
             continue
-        result = with_instance_options(outcome.result, meta.foreground_classes, meta.diameter, instance_options)
+        result = with_instance_options(outcome.result, meta, instance_options)
         outcomes[key] = replace(outcome, result=result, files=result_files(result))
     file_sets = [o.files for o in outcomes.values() if o.files]
     return {**state, "post": post, "outcomes": outcomes, "zip": zip_files(file_sets) if len(file_sets) > 1 else None}

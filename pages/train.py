@@ -41,6 +41,7 @@ PRESETS = {
 SETTINGS = ("width", "tile", "steps", "optimizer", "lr", "momentum", "w0", "sigma", "augment", "val_every",
             "checkpoint_every", "seed")
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+OUTLINE_WIDTH = 2  # px of the outline class; what the shipped nuclei model was trained with
 OPTIMIZERS = {"sgd": "SGD with momentum (paper)", "adam": "Adam"}
 START_FROM = {"scratch": "Nothing: random weights (from scratch)", "model": "A trained model (fine-tuning)"}
 
@@ -464,6 +465,7 @@ def settings_form(init_width: int | None) -> dict:
     for key, value in PRESETS["paper" if gpu else "quick"].items():
         st.session_state.setdefault(f"train_{key}", value)
     st.session_state.setdefault("train_threads", 0)
+    st.session_state.setdefault("train_border", False)
     head, b1, b2 = st.columns([2, 1, 1], vertical_alignment="center")
     head.markdown("**Training settings**")
     b1.button("Paper's settings", on_click=apply_preset, args=("paper",), icon=":material/menu_book:",
@@ -509,6 +511,10 @@ def settings_form(init_width: int | None) -> dict:
                         "network learns to separate them. See the Weight maps page.")
         st.number_input("Border width σ (pixels)", min_value=0.5, max_value=50.0, step=0.5, key="train_sigma",
                         help="How far from the cells the extra weight reaches (paper: 5 px).")
+        st.toggle("Outline class", key="train_border",
+                  help="Not in the paper: a third class on each object's rim (2 px), so touching objects are split "
+                  "where the network sees their rims meet, even without a gap between them. Objects are the "
+                  "interiors grown back over the rims. A model that has one keeps it when fine-tuned.")
         st.toggle("Augmentation", key="train_augment",
                   help="Shows the network deformed copies of your images (elastic deformations, rotations, flips, "
                   "gray values): the paper's key to learning from few images. Leave it on.")
@@ -533,6 +539,7 @@ def settings_form(init_width: int | None) -> dict:
         "w0": float(state["train_w0"]), "sigma": float(state["train_sigma"]), "augment": bool(state["train_augment"]),
         "val_every": int(state["train_val_every"]), "checkpoint_every": int(state["train_checkpoint_every"]),
         "seed": int(state["train_seed"]), "threads": int(state["train_threads"]) or None,
+        "border_width": OUTLINE_WIDTH if state["train_border"] else None,
     }
     return options
 

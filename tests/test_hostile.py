@@ -280,6 +280,8 @@ ONNX_CASES = {
     "notjson": (None, None, "{width: 4", "not valid JSON"),
     "diameter0": (lambda d: {**d, "diameter": 0}, None, None, "diameter must be a positive number"),
     "foreground9": (lambda d: {**d, "foreground_classes": [9]}, None, None, "foreground class 9 is outside 0..1"),
+    "border1": (lambda d: {**d, "border_class": 1}, None, None, "border_class 1 must be one of the foreground"),
+    "border_text": (lambda d: {**d, "border_class": "rim"}, None, None, "border_class must be a whole number"),
     "rank3": (None, _drop_input_dim, None, "input has rank 3"),
 }
 

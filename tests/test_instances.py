@@ -58,3 +58,33 @@ def test_object_table_matches_regionprops(monkeypatch, band_pixels: int, rgb: bo
 
 def test_object_table_of_an_image_without_objects_is_empty() -> None:
     assert object_table(np.zeros((5, 5), np.int32), np.zeros((5, 5), np.uint8)) == []
+
+
+def test_a_border_class_splits_touching_objects_at_their_rims_and_gives_the_rims_back() -> None:
+    from unet_core.weights import outline_class
+
+    truth = np.zeros((30, 40), np.int32)
+    truth[3:15, 3:15] = 1
+    truth[3:15, 15:27] = 2  # touches object 1: one foreground blob without a gap
+    truth[20:23, 30:33] = 3  # too small for an interior: all rim
+    labels = outline_class((truth > 0).astype(np.uint8), truth, 2, 2)
+    assert instances(labels, [1, 2]).max() == 2  # without the border rule: the touching pair is one object
+    ids = instances(labels, [1, 2], border_class=2)
+    assert ids.max() == 3
+    assert np.array_equal(ids > 0, truth > 0)  # every rim pixel went back to an object
+    for k in (1, 2, 3):  # each object is exactly one true object: nothing merged, nothing lost
+        assert len(np.unique(truth[ids == k])) == 1
+    assert len(np.unique(ids[truth > 0])) == 3
+
+
+def test_the_border_rule_never_merges_and_respects_the_size_filter() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 1, 2], np.uint8), size=(60, 60), p=[0.3, 0.3, 0.4])
+    ids = instances(labels, [1, 2], border_class=2)
+    seeds, _ = inst.ndi.label(labels == 1)
+    # Each object holds at most one interior component, and objects cover exactly the foreground.
+    for k in range(1, ids.max() + 1):
+        assert len(np.unique(seeds[(ids == k) & (seeds > 0)])) <= 1
+    assert np.array_equal(ids > 0, labels > 0)
+    big = instances(labels, [1, 2], InstanceOptions(min_size=20), border_class=2)
+    assert all(np.count_nonzero(big == k) >= 20 for k in range(1, big.max() + 1))

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from pages._common import MODEL_KEY
 from unet_core import jobs, runtime
 from unet_core.browse import DataSource
+from unet_core.metadata import read_metadata
 from unet_core.registry import list_models
 
 SMALL_SYNTH = DataSource(n=4, size=64)
@@ -82,7 +83,7 @@ def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> No
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["data_source"] = SMALL_SYNTH
     for key, value in {"train_width": 2, "train_tile": 36, "train_steps": 6, "train_val_every": 3,
-                       "train_threads": 1, "train_name": "tiny-run"}.items():
+                       "train_threads": 1, "train_name": "tiny-run", "train_border": True}.items():
         at.session_state[key] = value
     at.run()
     at.switch_page("pages/train.py").run()
@@ -109,6 +110,7 @@ def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> No
     assert model.is_file() and (studio_dirs.runs / "tiny-run" / "log.jsonl").is_file()
     assert [(m.name, m.source) for m in list_models()] == [("tiny-run", "run")]
     assert not at.button(key="train_start").disabled  # the machine is free again
+    assert read_metadata(model).border_class == 2  # the "Outline class" switch reached the trainer
 
     at.button(key="train_use").click().run()  # (AppTest keeps no sidebar after switch_page: check the state)
     assert at.session_state[MODEL_KEY] == str(model)

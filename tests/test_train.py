@@ -198,6 +198,8 @@ def test_run_folder_keeps_config_manifest_versions(finished_run: Path) -> None:
         assert (finished_run / name).is_file(), name
     ckpt = read_checkpoint(finished_run / "last.pt")  # weights_only=True
     assert ckpt["step"] == 40 and "optimizer" in ckpt
+    # A checkpoint evaluated mid-run knows its split (evaluate --split val reads it from here).
+    assert ckpt["meta"]["training"]["split_rule"] == {"kind": "every_kth", "k": 5}
 
 
 def test_exported_model_loads_and_carries_the_split_rule(finished_run: Path) -> None:
@@ -378,3 +380,48 @@ def test_touching_cells_get_a_weighted_background_line(tmp_path: Path) -> None:
     plain = prepare_image(ds, 0, TrainConfig(data="synthetic", out=str(tmp_path / "p"), width=4, tile=36,
                                              separate_touching=False))
     assert np.array_equal(plain.classes, (instances > 0).astype(np.uint8))
+
+
+def test_a_border_class_run_widens_its_init_model_and_exports_the_object_rule(finished_run: Path,
+                                                                            tmp_path: Path) -> None:
+    """``border_width``: a third class on the outlines, from a two-class init model whose
+    foreground output it copies, exported with the rule that turns the classes into objects."""
+    from unet_core.model import HEAD_BIAS, HEAD_WEIGHT
+    from unet_core.runtime import OnnxPredictor
+    from unet_core.train import add_border_class
+
+    state, meta = load_init_weights(finished_run / "model.onnx")
+    widened = add_border_class(state, 3)
+    assert torch.equal(widened[HEAD_WEIGHT][2], state[HEAD_WEIGHT][1])
+    assert torch.equal(widened[HEAD_BIAS][:2], state[HEAD_BIAS]) and widened[HEAD_BIAS][2] == state[HEAD_BIAS][1] - 1
+    net2, net3 = UNet.from_config(meta.unet).eval(), UNet.from_config(dataclasses.replace(meta.unet, n_classes=3)).eval()
+    net2.load_state_dict(state)
+    net3.load_state_dict(widened)
+    x = torch.rand(1, 1, 188, 188)
+    with torch.no_grad():  # it starts out finding the objects the two-class model found, as interior
+        assert torch.equal(net3(x).argmax(1).clamp(max=1), net2(x).argmax(1))
+    with pytest.raises(TrainError, match="2-class"):
+        add_border_class(widened, 4)
+
+    cfg = TrainConfig(**TINY, out=str(tmp_path / "rim"), steps=2, val_every=2, border_width=1,
+                      init=str(finished_run / "model.onnx"))
+    train(cfg, progress=False)
+    predictor = OnnxPredictor(tmp_path / "rim" / "model.onnx", device="cpu")
+    assert predictor.meta.class_names == ["background", "foreground", "border"]
+    assert predictor.meta.foreground_classes == [1, 2] and predictor.meta.border_class == 2
+    assert predictor.predict_batch(np.zeros((1, 1, 220, 220), np.float32)).shape == (1, 3, 36, 36)
+    assert "grown over the border class 2" in (tmp_path / "rim" / "model.md").read_text()
+    # Fine-tuned further, a border-class model keeps its outline class and width.
+    train(TrainConfig(**TINY, out=str(tmp_path / "again"), steps=1, export=False,
+                      init=str(tmp_path / "rim" / "model.onnx")), progress=False)
+    again = TrainConfig.load(tmp_path / "again" / "config.json")
+    assert again.border_width == 1 and again.class_names == ["background", "foreground", "border"]
+
+
+def test_border_width_is_checked_with_the_class_names() -> None:
+    assert TrainConfig(border_width=2).n_classes == 3 and TrainConfig().border_class is None
+    assert TrainConfig(border_width=2).border_class == 2
+    with pytest.raises(TrainError, match="border_width"):
+        TrainConfig(border_width=9)
+    with pytest.raises(TrainError, match="2 class names for a 3-class network with a border"):
+        TrainConfig(border_width=2, class_names=["background", "nucleus"])

@@ -241,6 +241,11 @@ def test_binary_labels_are_0_and_255_and_more_classes_keep_their_index(tiny_mode
     np.testing.assert_array_equal(written, result.segmentation.labels[0] * 255)
     result.n_classes = 3  # a 3-class model: class indexes, as Fiji's label tools expect
     np.testing.assert_array_equal(result.label_image(), result.segmentation.labels)
+    # A model with an outline class writes its objects' pixels, interior and outline alike, as 255.
+    result.border_class = 2
+    result.segmentation.labels[0, :2, :2] = 2
+    assert set(np.unique(result.label_image()[0, :2, :2])) == {255}
+    np.testing.assert_array_equal(result.label_image(), (result.segmentation.labels > 0) * 255)
 
 
 # --------------------------------------------------------------------------- formats, NaN, offline

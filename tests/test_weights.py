@@ -286,3 +286,27 @@ def test_separate_touching_leaves_separated_cells_and_diagonal_contacts() -> Non
     diagonal[1, 1], diagonal[2, 2] = 5, 4
     out = separate_touching(diagonal)
     assert out[2, 2] == 4 and out[1, 1] == 0
+
+
+def test_outline_class_marks_each_object_rim_but_not_the_image_edge() -> None:
+    from unet_core.weights import outline_class
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[0:12, 3:13] = 1  # touches the top edge
+    labels[0:12, 13:23] = 2  # touches object 1 along a column and the top edge
+    classes = (labels > 0).astype(np.uint8)
+    out = outline_class(classes, labels, 2, 2)
+    assert out.dtype == np.uint8 and np.array_equal(out > 0, labels > 0)  # the foreground is unchanged
+    # Rows 0-1 touch only the image edge: interior there; rows 10-11 are the bottom rim.
+    assert (out[0:10, 5:11] == 1).all() and (out[10:12, 3:23] == 2).all()
+    assert (out[0:12, 3:5] == 2).all() and (out[0:12, 11:15] == 2).all()  # rims on both sides of the contact
+    assert (out[labels == 0] == 0).all()
+    with pytest.raises(ValueError, match="width"):
+        outline_class(classes, labels, 0, 2)
+
+
+def test_outline_class_of_an_empty_image() -> None:
+    from unet_core.weights import outline_class
+
+    empty = np.zeros((0, 5), np.int32)
+    assert outline_class(empty.astype(np.uint8), empty, 2, 2).shape == (0, 5)

@@ -315,7 +315,8 @@ def _train_config(args: argparse.Namespace):
                   "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma",
                   "min_lr_factor", "w0", "sigma", "val_every", "val_tile", "val_metric", "val_max_images",
                   "checkpoint_every", "device", "amp", "workers", "threads", "init", "name", "invert_prob",
-                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter", "in_channels")
+                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter", "in_channels",
+                  "border_width")
         if getattr(args, k, None) is not None
     }
     cfg = {**base, **given, "data": args.data, "out": args.out}
@@ -562,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-class-balance", action="store_true", help="w_c = 1 instead of balanced class weights")
     t.add_argument("--no-separate", action="store_true",
                    help="keep touching instances touching (no background line between them in the class map)")
+    t.add_argument("--border-width", type=int, metavar="PX",
+                   help="train a third class, 'border', on each object's outline this many px wide (0 = off, the "
+                        "paper's two classes); objects are then the interiors grown back over it")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--no-elastic", action="store_true")
     t.add_argument("--invert-prob", type=float, help="probability of inverting a tile's gray values")

@@ -22,6 +22,10 @@ from .tiling import Geometry
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
+#: The widest outline class a run may ask for (objects are 24 px or so across at the canonical scale).
+MAX_BORDER_WIDTH = 8
+#: The outline width of a fine-tuning run from an outline-class model that does not record its own.
+DEFAULT_BORDER_WIDTH = 2
 
 
 class TrainError(UserError):
@@ -63,6 +67,11 @@ class TrainConfig:
         separate_touching: cut a one-pixel background line between touching instances first
             (:func:`unet_core.weights.separate_touching`), so the border term has the paper's
             separation borders to act on; a no-op for masks that already separate cells (ISBI).
+        border_width: width in pixels of a third class, ``"border"``, along the inside of every
+            object's outline (0 = the paper's two classes). Objects are then the components of the
+            interior grown back over the border (:func:`unet_core.instances.instances`), so two
+            touching objects are split where the network sees their outlines even when it cannot
+            see a gap between them. Needs instance masks with one foreground class.
 
     Optimisation:
         optimizer: ``"sgd"`` (momentum 0.99, the paper) or ``"adam"``.
@@ -117,6 +126,7 @@ class TrainConfig:
     sigma: float = 5.0
     class_weights: str | list[float] | None = "balanced"
     separate_touching: bool = True
+    border_width: int = 0
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.99
@@ -171,6 +181,11 @@ class TrainConfig:
                 raise TrainError(f"{name} must lie in [{low}, {high}], not {getattr(self, name)}")
         if self.val_every < 0 or self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise TrainError("val_every, checkpoint_every and warmup_steps must not be negative")
+        if not 0 <= self.border_width <= MAX_BORDER_WIDTH:
+            raise TrainError(f"border_width must lie in [0, {MAX_BORDER_WIDTH}] pixels, not {self.border_width}")
+        if self.border_width and self.class_names is not None and len(self.class_names) != 3:
+            raise TrainError(f"{len(self.class_names)} class names for a 3-class network with a border class "
+                             "(background, foreground, border)")
         if self.diameter is not None and not 4 <= self.diameter <= 256:
             raise TrainError(f"diameter must lie in [4, 256] pixels (or be None), not {self.diameter}")
         geometry = Geometry(self.depth, "valid")
@@ -183,8 +198,18 @@ class TrainConfig:
                 )
 
     @property
+    def n_classes(self) -> int:
+        """Output classes: the named ones, or background and foreground (plus the border)."""
+        return len(self.class_names) if self.class_names else 2 + bool(self.border_width)
+
+    @property
+    def border_class(self) -> int | None:
+        """The class index of the outline class (the last one), or None without one."""
+        return self.n_classes - 1 if self.border_width else None
+
+    @property
     def unet(self) -> UNetConfig:
-        return UNetConfig(in_channels=self.in_channels, n_classes=len(self.class_names or (0, 1)),
+        return UNetConfig(in_channels=self.in_channels, n_classes=self.n_classes,
                           width=self.width, depth=self.depth, padding="valid", dropout=self.dropout)
 
     @property

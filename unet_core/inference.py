@@ -34,6 +34,7 @@ import numpy as np
 
 from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
+from .metadata import ModelMeta
 from .runtime import Predictor
 from .scale import (
     MAX_FACTOR,
@@ -231,7 +232,8 @@ def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, opt
             # one over SEARCH_EDGE^2 pixels.
             part = _central(window, round(SEARCH_EDGE / max(1.0, grid[k])))
             seg = _segment_at(part, grid[k], predictor, probe, stretch, None)
-            ids = instances(seg.work_labels[0], fg, expected_diameter=canonical)
+            ids = instances(seg.work_labels[0], fg, expected_diameter=canonical,
+                            border_class=predictor.meta.border_class)
             tried[k] = ScaleCandidate(grid[k], median_diameter(ids), boundary_uncertainty(seg.probs[0, fg].sum(axis=0)))
             seg.probs = seg.probs.astype(options.probs_dtype, copy=False) if options.keep_probs else None
             if part.shape == window.shape:
@@ -308,18 +310,19 @@ def segment_objects(
     gaps, boundary restored, specks removed) and mapped back by nearest neighbour.
     """
     seg = segment(image, predictor, options, progress)
-    meta = predictor.meta
-    return seg, instance_ids(seg, meta.foreground_classes, instance_options, meta.diameter, image.shape2d)
+    return seg, instance_ids(seg, predictor.meta, instance_options, image.shape2d)
 
 
-def instance_ids(seg: Segmentation, foreground_classes: list[int], instance_options: InstanceOptions | None,
-                 expected_diameter: float | None, shape: tuple[int, int]) -> np.ndarray:
+def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceOptions | None,
+                 shape: tuple[int, int]) -> np.ndarray:
     """The instance ids (Z, H, W) int32 of a segmentation on the input grid ``shape``: derived at
-    the working scale, then mapped back by nearest neighbour. No network pass: changing only the
+    the working scale by the object rule of the model ``meta`` (foreground classes, border class,
+    canonical diameter), then mapped back by nearest neighbour. No network pass: changing only the
     post-processing (``instance_options``) of a result calls this alone."""
     ids = np.empty((seg.work_labels.shape[0], *shape), dtype=np.int32)  # slice by slice: no stacked copy
     for s in range(ids.shape[0]):
-        work = instances(seg.work_labels[s], foreground_classes, instance_options, expected_diameter=expected_diameter)
+        work = instances(seg.work_labels[s], meta.foreground_classes, instance_options,
+                         expected_diameter=meta.diameter, border_class=meta.border_class)
         ids[s] = rescale_labels(work, shape)
     return ids
 

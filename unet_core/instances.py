@@ -4,6 +4,13 @@ The border-weighted loss teaches the network to keep a background gap between to
 plain connected components separate them. Components use 4-connectivity: a gap that is one
 pixel wide and runs diagonally still separates two cells.
 
+A model with an outline class (``ModelMeta.border_class``, ``train --border-width``) marks each
+object's rim as well: objects are then the components of the interior (the foreground without the
+rim), grown back over the rim they reach through the foreground (a flooding watershed from the
+interiors); foreground that no interior reaches, a nucleus too small for an interior, is an object
+of its own. Two touching nuclei are split wherever the network sees their rims meet, even where it
+sees no gap between them.
+
 That gap is background the truth does not have: a model trained with separation lines
 (:func:`unet_core.weights.separate_touching`) predicts every object about one pixel too small all
 round. ``expand`` gives it back: each object grows into the background by that many pixels, a
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
+from skimage.segmentation import expand_labels, watershed
 
 from .io import to_channels
 
@@ -77,16 +84,20 @@ def instances(
     foreground_classes: list[int] | tuple[int, ...] = (1,),
     options: InstanceOptions | None = None,
     expected_diameter: float | None = None,
+    border_class: int | None = None,
 ) -> np.ndarray:
     """Instance ids (int32, 0 = background, 1..n consecutive) of a 2-D class label image.
 
-    Order: components, hole filling, size filter, boundary restoration (``expand``), border
-    objects, renumbering. ``expected_diameter``: the model's canonical diameter, for the
-    automatic options.
+    Order: components (of the interiors, grown over the rims, with ``border_class``), hole
+    filling, size filter, boundary restoration (``expand``), border objects, renumbering.
+    ``expected_diameter``: the model's canonical diameter, for the automatic options.
     """
     options = (options or InstanceOptions()).resolved(expected_diameter)
     mask = np.isin(labels, foreground_classes)
-    ids, n = ndi.label(mask, output=np.int32)
+    if border_class is None:
+        ids, n = ndi.label(mask, output=np.int32)
+    else:
+        ids, n = _grown_interiors(mask, mask & (labels != border_class))
     if n == 0:
         return ids
     if options.fill_holes:
@@ -109,6 +120,18 @@ def instances(
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     np.take(new_ids, ids, out=ids)
     return ids
+
+
+def _grown_interiors(mask: np.ndarray, interior: np.ndarray) -> tuple[np.ndarray, int]:
+    """Components of ``interior`` flooded over the rest of ``mask`` (each rim pixel goes to the
+    interior it reaches first through the mask), then the unreached components of ``mask``."""
+    seeds, n = ndi.label(interior, output=np.int32)
+    ids = watershed(np.zeros(mask.shape, np.uint8), seeds, mask=mask).astype(np.int32, copy=False) if n else seeds
+    rest = mask & (ids == 0)
+    extra, m = ndi.label(rest, output=np.int32)
+    if m:
+        ids[rest] = extra[rest] + n
+    return ids, n + m
 
 
 def _fill_holes(ids: np.ndarray) -> np.ndarray:

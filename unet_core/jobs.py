@@ -72,7 +72,7 @@ _VALUE_OPTIONS = {
     "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr_factor",
     "w0", "sigma", "invert_prob", "split", "synth_mix", "synth_n", "synth_seed", "synth_mode", "synth_size",
     "val_every", "val_tile", "val_metric", "val_max_images", "checkpoint_every", "device", "amp", "workers",
-    "threads", "init",
+    "threads", "init", "border_width",
 }
 #: Boolean settings whose False value is a ``--no-...`` flag.
 _OFF_FLAGS = {"augment": "--no-augment", "elastic": "--no-elastic", "export": "--no-export",

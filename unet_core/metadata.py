@@ -114,6 +114,10 @@ class ModelMeta:
             rescaled every image so that its median object diameter was this, and inference
             rescales inputs the same way. None: the model works at the input's own scale (e.g.
             EM at a fixed resolution).
+        border_class: the class of the objects' outlines (a model trained with an outline class,
+            ``train --border-width``): objects are the components of the other foreground
+            classes, grown back over it. None: objects are the components of the foreground.
+            Not written when None.
         quantization: how an int8 model was made from its fp32 parent (:mod:`unet_core.quantize`:
             format, calibration method, tiles, data set, date, parent file and its sha256); None
             for a model with its trained float32 weights. Not written when None, so files without
@@ -128,6 +132,7 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
     default_tile: int | None = None
     diameter: float | None = None
+    border_class: int | None = None
     quantization: dict[str, Any] | None = None
 
     @property
@@ -141,8 +146,9 @@ class ModelMeta:
         d["geometry"] = {"margin": self.geometry.margin, "alignment": self.geometry.alignment,
                          "min_output": self.geometry.min_output}
         d["format_version"] = FORMAT_VERSION
-        if d["quantization"] is None:  # fp32 models keep the record they always had
-            del d["quantization"]
+        for optional in ("quantization", "border_class"):  # older models keep the record they had
+            if d[optional] is None:
+                del d[optional]
         return d
 
     def to_json(self) -> str:
@@ -164,11 +170,13 @@ class ModelMeta:
             raise MetadataError("class_names must be a list of names")
         if len(raw_names) != unet.n_classes:
             raise MetadataError(f"metadata names {len(raw_names)} classes for a {unet.n_classes}-class network")
+        foreground = _foreground(d.get("foreground_classes", [1]), unet.n_classes)
         return cls(
             name=str(d.get("name", "unet")),
             unet=unet,
             class_names=list(raw_names),
-            foreground_classes=_foreground(d.get("foreground_classes", [1]), unet.n_classes),
+            foreground_classes=foreground,
+            border_class=_border_class(d.get("border_class"), foreground),
             normalisation=_normalisation(_dict_field(d, "normalisation")),
             training=_dict_field(d, "training"),
             default_tile=_default_tile(d.get("default_tile")),
@@ -191,6 +199,17 @@ def _foreground(value: Any, n_classes: int) -> list[int]:
         raise MetadataError(f"foreground_classes must be a list of class numbers, not {value!r}")
     classes = [_int_field({"foreground class": k}, "foreground class", 0, n_classes - 1) for k in value]
     return classes
+
+
+def _border_class(value: Any, foreground: list[int]) -> int | None:
+    """None, or one of the foreground classes other than the first (the interiors)."""
+    if value is None:
+        return None
+    border = _int_field({"border_class": value}, "border_class", 1, 15)
+    if border not in foreground[1:]:
+        raise MetadataError(f"border_class {border} must be one of the foreground classes after the first, "
+                            f"{foreground}")
+    return border
 
 
 def _normalisation(d: dict[str, Any]) -> Normalisation:

@@ -59,6 +59,8 @@ class Up(nn.Module):
 #: State-dict key of the first convolution's kernel (out, in_channels, 3, 3): the only weights
 #: that depend on the number of input channels.
 FIRST_CONV_WEIGHT = "down.0.0.weight"
+#: State-dict keys of the 1x1 output convolution (one row per class).
+HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"
 
 
 class UNet(nn.Module):

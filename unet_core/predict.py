@@ -33,6 +33,7 @@ import numpy as np
 from .inference import InferenceOptions, Progress, Segmentation, instance_ids, segment_objects
 from .instances import InstanceOptions, object_table, objects_csv, stack_objects_csv, with_physical_units
 from .io import ImageFile, resolution_from_um, write_png, write_tiff
+from .metadata import ModelMeta
 from .runtime import Predictor
 
 
@@ -62,6 +63,7 @@ class Result:
             the one in ``instances``).
         n_classes: the model's number of classes (None: unknown; labels are then written as
             class indexes).
+        border_class: the model's outline class (:attr:`ModelMeta.border_class`), or None.
     """
 
     image: ImageFile
@@ -69,6 +71,7 @@ class Result:
     instances: np.ndarray  # (Z, H, W) int32
     objects: list[list[dict[str, float]]]  # per slice
     n_classes: int | None = None
+    border_class: int | None = None
 
     @property
     def n_objects(self) -> int:
@@ -76,8 +79,12 @@ class Result:
 
     def label_image(self) -> np.ndarray:
         """The class labels as written to ``<stem>_labels``: 0/255 for a 2-class model (objects
-        white on black in any viewer), class indexes for more classes."""
+        white on black in any viewer), class indexes for more classes. A model with an outline
+        class also writes 0/255, its objects' pixels (interior and outline: the outline is how the
+        network splits objects, not a class of its own)."""
         labels = self.segmentation.labels
+        if self.border_class is not None:
+            return (labels > 0).astype(np.uint8) * np.uint8(255)
         if self.n_classes == 2:
             return labels.astype(np.uint8, copy=False) * np.uint8(255)  # one copy: 1 -> 255
         return labels
@@ -119,19 +126,18 @@ def run(
     so that an id names one object in the whole stack: in the instances TIFF and in the CSV.
     """
     seg, ids = segment_objects(image, predictor, options, instance_options, progress)
-    return measure(image, seg, ids, predictor.meta.unet.n_classes)
+    return measure(image, seg, ids, predictor.meta)
 
 
-def with_instance_options(result: Result, foreground_classes: list[int], expected_diameter: float | None,
-                          instance_options: InstanceOptions) -> Result:
+def with_instance_options(result: Result, meta: ModelMeta, instance_options: InstanceOptions) -> Result:
     """``result`` with its objects derived again under other post-processing options (minimum
-    size, holes, border objects, growth), from its class labels: no network pass."""
-    ids = instance_ids(result.segmentation, foreground_classes, instance_options, expected_diameter,
-                       result.image.shape2d)
-    return measure(result.image, result.segmentation, ids, result.n_classes)
+    size, holes, border objects, growth), from its class labels by the object rule of the model
+    ``meta``: no network pass."""
+    ids = instance_ids(result.segmentation, meta, instance_options, result.image.shape2d)
+    return measure(result.image, result.segmentation, ids, meta)
 
 
-def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, n_classes: int | None) -> Result:
+def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, meta: ModelMeta) -> Result:
     """The :class:`Result` of instance ids ``ids`` (numbered on across a stack, in place) of ``image``."""
     pixel_size = image.pixel_size_um
     objects = []
@@ -146,7 +152,7 @@ def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, n_classes: int
                 row["id"] += offset
         offset += n
         objects.append(rows)
-    return Result(image, seg, ids, objects, n_classes=n_classes)
+    return Result(image, seg, ids, objects, n_classes=meta.unet.n_classes, border_class=meta.border_class)
 
 
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:

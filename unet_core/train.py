@@ -70,16 +70,16 @@ import torch.nn.functional as F
 
 from .augment import augment_tile
 from .checkpoint import atomic_save, checkpoint_meta, read_checkpoint
-from .config import TrainConfig, TrainError
+from .config import DEFAULT_BORDER_WIDTH, TrainConfig, TrainError
 from .datasets import Dataset, DatasetError, SplitRule, open_dataset
 from .evaluate import EvalOptions, EvalReport, evaluate, metric_kind
 from .io import LUMA, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
-from .model import FIRST_CONV_WEIGHT, UNet
+from .model import FIRST_CONV_WEIGHT, HEAD_BIAS, HEAD_WEIGHT, UNet
 from .runlog import LOG_NAME, parse_log_lines
 from .scale import clamp_factor, median_diameter, rescale_image, rescale_labels, scaled_shape
-from .weights import separate_touching, weight_map
+from .weights import outline_class, separate_touching, weight_map
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -136,7 +136,7 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
     stretch = fit_stretch(raw[None], cfg.in_channels, cfg.normalisation, name)
     image = stretch(to_channels(raw, cfg.in_channels))
     classes = dataset.load_classes(i)
-    n_classes = len(cfg.class_names or (0, 1))
+    n_classes = cfg.n_classes - bool(cfg.border_width)  # the border class is made here, not read
     if classes.size and int(classes.max()) >= n_classes:
         raise TrainError(f"{name}: mask has class {int(classes.max())} but the model has {n_classes} classes")
     instances = dataset.load_instances(i)
@@ -145,6 +145,8 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
         separated = separate_touching(instances)
         classes = np.where((instances > 0) & (separated == 0), 0, classes)
         instances = separated
+    if cfg.border_width:
+        classes = outline_class(classes, instances, cfg.border_width, cfg.n_classes - 1)
     weights = weight_map(instances, cfg.w0, cfg.sigma, cfg.class_weights)
     return TrainImage(name, np.ascontiguousarray(image, np.float32), classes.astype(np.uint8), weights)
 
@@ -278,8 +280,10 @@ def open_training_data(cfg: TrainConfig) -> TrainData:
     return TrainData(dataset, rule, train_idx, val_idx, metric_kind(dataset), synthetic)
 
 
-def default_class_names(layout: str) -> list[str]:
-    return ["membrane", "cell"] if layout == "isbi2012" else ["background", "foreground"]
+def default_class_names(layout: str, border: bool = False) -> list[str]:
+    """Class names of a new run: the data set's two classes, and ``"border"`` with an outline class."""
+    names = ["membrane", "cell"] if layout == "isbi2012" else ["background", "foreground"]
+    return names + ["border"] * border
 
 
 # --------------------------------------------------------------------------- run folder records
@@ -482,8 +486,10 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelM
 def apply_init(cfg: TrainConfig) -> TrainConfig:
     """The config with the architecture of ``cfg.init`` (fine-tuning keeps the model's shape).
 
-    One exception: a gray (1-channel) init model may be widened to ``cfg.in_channels`` (3 for
-    colour) by :func:`widen_input`.
+    Two exceptions: a gray (1-channel) init model may be widened to ``cfg.in_channels`` (3 for
+    colour) by :func:`widen_input`, and a two-class one given the outline class of
+    ``cfg.border_width`` by :func:`add_border_class`. A model with an outline class keeps it (at
+    the width it was trained with).
     """
     if not cfg.init:
         return cfg
@@ -492,8 +498,16 @@ def apply_init(cfg: TrainConfig) -> TrainConfig:
     if u.padding != "valid":
         raise TrainError(f"{cfg.init}: only 'valid' (paper) networks can be fine-tuned here")
     in_channels = cfg.in_channels if u.in_channels == 1 and cfg.in_channels > 1 else u.in_channels
-    return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=in_channels,
-                               class_names=cfg.class_names or list(meta.class_names))
+    names = cfg.class_names or list(meta.class_names)
+    border_width = cfg.border_width
+    if border_width and meta.border_class is None:
+        if len(names) != 2:
+            raise TrainError(f"{cfg.init}: only a two-class model can be given a border class, not {names}")
+        names = [*names, "border"]
+    elif meta.border_class is not None and not border_width:  # the model keeps its outline class
+        border_width = int((meta.training.get("config") or {}).get("border_width") or DEFAULT_BORDER_WIDTH)
+    return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=in_channels, class_names=names,
+                               border_width=border_width)
 
 
 def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
@@ -516,10 +530,30 @@ def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, t
     return widened
 
 
+def add_border_class(state: dict[str, torch.Tensor], n_classes: int) -> dict[str, torch.Tensor]:
+    """The weights of a two-class model with a third output, the border, for fine-tuning.
+
+    The border starts as a copy of the foreground output, 1 lower in its logit: the widened model
+    first finds the objects the two-class model found (all interior), and fine-tuning carves the
+    outlines out of them.
+    """
+    weight, bias = state[HEAD_WEIGHT], state[HEAD_BIAS]
+    if weight.shape[0] == n_classes:
+        return state
+    if weight.shape[0] != 2 or n_classes != 3:
+        raise TrainError(f"only a 2-class model can be given a border class, not a {weight.shape[0]}-class one")
+    widened = dict(state)
+    widened[HEAD_WEIGHT] = torch.cat([weight, weight[1:2]])
+    widened[HEAD_BIAS] = torch.cat([bias, bias[1:2] - 1.0])
+    return widened
+
+
 def make_meta(cfg: TrainConfig, data: TrainData, training: dict[str, Any]) -> ModelMeta:
-    names = list(cfg.class_names or default_class_names(data.dataset.layout))
+    names = list(cfg.class_names or default_class_names(data.dataset.layout, bool(cfg.border_width)))
     unet = dataclasses.replace(cfg.unet, n_classes=len(names))
-    return ModelMeta(name=cfg.run_name, unet=unet, class_names=names, foreground_classes=[1],
+    border = cfg.border_class
+    return ModelMeta(name=cfg.run_name, unet=unet, class_names=names,
+                     foreground_classes=[1] if border is None else [1, border], border_class=border,
                      normalisation=cfg.normalisation, training=training, diameter=cfg.diameter)
 
 
@@ -587,8 +621,10 @@ def train(
     bar = TrainProgress(cfg.steps, enabled=progress)
 
     data = open_training_data(cfg)
+    if cfg.border_width and (data.dataset.n_classes > 2 or data.dataset.mask_encoding == "class_indexes"):
+        raise TrainError(f"{data.dataset.root}: a border class needs instance masks of one foreground class")
     if cfg.class_names is None:
-        cfg = dataclasses.replace(cfg, class_names=default_class_names(data.dataset.layout))
+        cfg = dataclasses.replace(cfg, class_names=default_class_names(data.dataset.layout, bool(cfg.border_width)))
     if ckpt is None:
         _write_json(out / "config.json", cfg.to_dict())
         _write_json(out / "manifest.json", manifest(cfg, data))
@@ -619,7 +655,7 @@ def train(
     if cfg.init and ckpt is None:
         state, _ = load_init_weights(cfg.init)
         try:
-            model.load_state_dict(widen_input(state, cfg.in_channels))
+            model.load_state_dict(add_border_class(widen_input(state, cfg.in_channels), cfg.n_classes))
         except RuntimeError as exc:
             raise TrainError(f"{cfg.init}: weights do not fit the network ({exc})") from exc
     model.to(device)
@@ -669,10 +705,14 @@ def train(
     model.train()
 
     def save_last(step: int) -> None:
+        elapsed = elapsed_before + time.perf_counter() - session_start
+        # The training record (split rule above all) travels in last.pt too, so that a checkpoint
+        # evaluated mid-run (`evaluate --model last.pt --split val_groups`) scores the right images.
+        meta = make_meta(cfg, data, _training_record(cfg, data, step, elapsed, best))
         atomic_save({
-            "model": model.state_dict(), "meta": make_meta(cfg, data, {}).to_dict(), "optimizer": opt.state_dict(),
+            "model": model.state_dict(), "meta": meta.to_dict(), "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step, "best": best,
-            "elapsed": elapsed_before + time.perf_counter() - session_start, "config": cfg.to_dict(),
+            "elapsed": elapsed, "config": cfg.to_dict(),
         }, last_path)
 
     stop = _StopRequest()
@@ -825,6 +865,12 @@ def export_run(cfg: TrainConfig, data: TrainData, step: int, elapsed: float,
     return onnx_path, card
 
 
+def _object_rule(meta: ModelMeta) -> str:
+    if meta.border_class is None:
+        return "objects = connected components of class 1"
+    return f"objects = connected components of class 1, grown over the border class {meta.border_class}"
+
+
 def model_card(cfg: TrainConfig, data: TrainData, meta: ModelMeta, step: int, elapsed: float,
                best: dict[str, Any] | None, source: str) -> str:
     """The model card: data, split, settings, steps, time, hardware, metrics, date."""
@@ -836,7 +882,7 @@ def model_card(cfg: TrainConfig, data: TrainData, meta: ModelMeta, step: int, el
         "",
         (f"U-Net (Ronneberger et al. 2015), width {cfg.width}, depth {cfg.depth}, "
          f"{sum(p.numel() for p in UNet.from_config(meta.unet).parameters()):,} parameters, "
-         f"classes {meta.class_names} (objects = connected components of class 1)."),
+         f"classes {meta.class_names} ({_object_rule(meta)})."),
         "",
         "## Data",
         "",
