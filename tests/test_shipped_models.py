@@ -21,12 +21,13 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CARD_SECTIONS = {
     # Cards are written for biologists: what a model is good and not good for first, then how it was made.
     "unet-nuclei": ("## Good for", "## Not good for", "## Results on images it never saw", "## How it was made"),
+    "unet-nuclei-int8": ("## Good for", "## Not good for", "## How it was made"),
     "unet-isbi2012": ("## Good for", "## Not good for", "## How it was made", "## Data", "## Training",
                       "Validation metrics"),
 }
 
 
-@pytest.mark.parametrize("name", ["unet-nuclei", "unet-isbi2012"])
+@pytest.mark.parametrize("name", ["unet-nuclei", "unet-nuclei-int8", "unet-isbi2012"])
 def test_shipped_model_has_card_metadata_and_is_small(name: str) -> None:
     path = MODELS / f"{name}.onnx"
     assert path.stat().st_size < 30e6
@@ -43,6 +44,22 @@ def test_nuclei_model_segments_the_generators_default_images() -> None:
     predictor = OnnxPredictor(MODELS / "unet-nuclei.onnx", "cpu")
     report = evaluate(predictor, synthetic_dataset(3, seed=123), options=EvalOptions(tile=260, kind="instance"))
     assert report.means["foreground_iou"] >= 0.8, report.means
+
+
+def test_the_int8_nuclei_model_is_its_parents_quantized_copy_and_scores_alike() -> None:
+    """The shipped int8 copy names the shipped fp32 file it came from (by hash) and scores within
+    0.01 of it on the generator's images (its card has the figures on real held-out images)."""
+    import hashlib
+
+    int8, fp32 = (OnnxPredictor(MODELS / name, "cpu") for name in ("unet-nuclei-int8.onnx", "unet-nuclei.onnx"))
+    record = int8.meta.quantization
+    assert record["parent"] == "unet-nuclei.onnx" and record["format"] == "int8 QDQ U8S8"
+    assert record["parent_sha256"] == hashlib.sha256((MODELS / "unet-nuclei.onnx").read_bytes()).hexdigest()
+    assert int8.meta.diameter == fp32.meta.diameter and int8.meta.training == fp32.meta.training
+    data, options = synthetic_dataset(3, seed=123), EvalOptions(tile=260, kind="instance")
+    a, b = (evaluate(p, data, options=options).means for p in (int8, fp32))
+    for key in ("foreground_iou", "dsb_ap"):
+        assert abs(a[key] - b[key]) <= 0.01, (key, a[key], b[key])
 
 
 @pytest.mark.skipif(not (SHARED / "isbi2012").is_dir(), reason="needs ../shared/data/isbi2012")
