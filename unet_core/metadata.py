@@ -205,7 +205,7 @@ def _border_class(value: Any, foreground: list[int]) -> int | None:
     """None, or one of the foreground classes other than the first (the interiors)."""
     if value is None:
         return None
-    border = _int_field({"border_class": value}, "border_class", 1, 15)
+    border = _int_field({"border_class": value}, "border_class", 1, ARCH_LIMITS["n_classes"][1] - 1)
     if border not in foreground[1:]:
         raise MetadataError(f"border_class {border} must be one of the foreground classes after the first, "
                             f"{foreground}")

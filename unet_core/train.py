@@ -146,7 +146,7 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
         classes = np.where((instances > 0) & (separated == 0), 0, classes)
         instances = separated
     if cfg.border_width:
-        classes = outline_class(classes, instances, cfg.border_width, cfg.n_classes - 1)
+        classes = outline_class(classes, instances, cfg.border_width, cfg.border_class)
     weights = weight_map(instances, cfg.w0, cfg.sigma, cfg.class_weights)
     return TrainImage(name, np.ascontiguousarray(image, np.float32), classes.astype(np.uint8), weights)
 

@@ -34,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import disk
 
 ClassWeights = Literal["balanced"] | Sequence[float] | None
 
@@ -207,8 +208,7 @@ def outline_class(classes: np.ndarray, labels: np.ndarray, width: int, border_cl
     out = np.array(classes, dtype=np.uint8, copy=True)
     if labels.size == 0:
         return out
-    r = np.arange(-width, width + 1)
-    disc = r[:, None] ** 2 + r[None, :] ** 2 <= width**2
+    disc = disk(width).astype(bool)
     # A pixel is on its object's outline when the disc around it holds any other id; "nearest"
     # repeats the edge pixels, so the image edge itself never counts as another id.
     low = ndimage.minimum_filter(labels, footprint=disc, mode="nearest")
