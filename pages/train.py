@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._common import MODEL_KEY, choose_dataset, metric_help, metric_label
-from unet_core import browse, jobs
+from unet_core import browse, config, jobs
 from unet_core.browse import DataSource, ModelInfo
 from unet_core.datasets import Dataset
 from unet_core.registry import RUN_MODEL_FILE, ModelEntry, list_models
@@ -33,13 +33,13 @@ GEOMETRY = Geometry(4, "valid")
 TILES = (36, 52, 100, 148, 196, 244, 292, 340, 388, 436, 516)
 
 # Two starting points for the settings: the paper's, and a short run that finishes on a laptop CPU.
-PRESETS = {
-    "paper": dict(jobs.PAPER_DEFAULTS),
-    "quick": {**jobs.PAPER_DEFAULTS, "width": 8, "tile": 100, "steps": 300, "optimizer": "adam", "lr": 0.001,
-              "val_every": 100},
-}
 SETTINGS = ("width", "tile", "steps", "optimizer", "lr", "momentum", "w0", "sigma", "augment", "val_every",
             "checkpoint_every", "seed")
+PRESETS = {
+    "paper": config.defaults(SETTINGS),
+    "quick": {**config.defaults(SETTINGS), "width": 8, "tile": 100, "steps": 300, "optimizer": "adam", "lr": 0.001,
+              "val_every": 100},
+}
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 OUTLINE_WIDTH = 2  # px of the outline class; what the shipped nuclei model was trained with
 OPTIMIZERS = {"sgd": "SGD with momentum (paper)", "adam": "Adam"}
@@ -485,7 +485,7 @@ def settings_form(init_width: int | None) -> dict:
             st.number_input("Width (features in the first layer)", value=init_width, disabled=True,
                             key="train_width_init", help="Fine-tuning keeps the model's own size.")
         else:
-            st.number_input("Width (features in the first layer)", min_value=1, max_value=128, step=1,
+            st.number_input("Width (features in the first layer)", **config.bounds("width"), step=1,
                             key="train_width", help="64 in the paper. Half the width trains about 4× faster; "
                             "16 works well for nuclei on a CPU.")
         st.selectbox("Tile (output pixels)", TILES, key="train_tile",
@@ -493,23 +493,23 @@ def settings_form(init_width: int | None) -> dict:
                      + (" · paper" if t == 388 else ""),
                      help="Training shows the network one tile per step; the input is larger by the context "
                      "margin (92 px each side). Larger tiles: more context, slower steps.")
-        st.number_input("Steps", min_value=1, max_value=1_000_000, step=100, key="train_steps",
+        st.number_input("Steps", **config.bounds("steps"), step=100, key="train_steps",
                         help="Each step trains on one tile. Thousands for a good model; see the curves.")
     with opt:
         st.markdown("**Optimiser**")
         optimizer = st.radio("Optimiser", list(OPTIMIZERS), format_func=OPTIMIZERS.__getitem__,
                              key="train_optimizer", on_change=optimizer_changed, label_visibility="collapsed")
-        st.number_input("Learning rate", min_value=1e-6, max_value=1.0, step=None, format="%g", key="train_lr",
+        st.number_input("Learning rate", **config.bounds("lr"), step=None, format="%g", key="train_lr",
                         help="0.01 with SGD (paper), 0.001 with Adam. Lower it if the loss jumps up.")
         if optimizer == "sgd":
-            st.number_input("Momentum", min_value=0.0, max_value=0.999, step=0.01, format="%.3f",
+            st.number_input("Momentum", **config.bounds("momentum"), step=0.01, format="%.4f",
                             key="train_momentum", help="0.99 in the paper: many earlier steps steer each update.")
     with loss:
         st.markdown("**Weight map and augmentation**")
-        st.number_input("Border weight w0", min_value=0.0, max_value=100.0, step=1.0, key="train_w0",
+        st.number_input("Border weight w0", **config.bounds("w0"), step=1.0, key="train_w0",
                         help="Extra weight on the thin background between touching cells (paper: 10), so the "
                         "network learns to separate them. See the Weight maps page.")
-        st.number_input("Border width σ (pixels)", min_value=0.5, max_value=50.0, step=0.5, key="train_sigma",
+        st.number_input("Border width σ (pixels)", **config.bounds("sigma"), step=0.5, key="train_sigma",
                         help="How far from the cells the extra weight reaches (paper: 5 px).")
         st.toggle("Outline class", key="train_border",
                   help="Not in the paper: a third class on each object's rim (2 px), so touching objects are split "
@@ -520,12 +520,12 @@ def settings_form(init_width: int | None) -> dict:
                   "gray values): the paper's key to learning from few images. Leave it on.")
 
     v1, v2, v3, v4 = st.columns(4)
-    v1.number_input("Validate every (steps)", min_value=0, max_value=100_000, step=50, key="train_val_every",
+    v1.number_input("Validate every (steps)", **config.bounds("val_every"), step=50, key="train_val_every",
                     help="Scores the held-out images every this many steps and keeps the best model. 0 = never "
                     "(the last model is kept).")
-    v2.number_input("Save a checkpoint every (steps)", min_value=1, max_value=100_000, step=10,
+    v2.number_input("Save a checkpoint every (steps)", **config.bounds("checkpoint_every"), step=10,
                     key="train_checkpoint_every", help="What Stop and Resume go back to.")
-    v3.number_input("Random seed", min_value=0, max_value=10**6, step=1, key="train_seed",
+    v3.number_input("Random seed", **config.bounds("seed"), step=1, key="train_seed",
                     help="Same seed and settings: the same run, step for step.")
     v4.number_input("CPU threads (0 = automatic)", min_value=0, max_value=256, step=1, key="train_threads",
                     help="Fewer threads leave the computer usable for other work while training.")

@@ -157,20 +157,20 @@ def test_a_command_line_training_in_the_runs_folder_counts_as_busy(root: Path, s
 # --------------------------------------------------------------------------- settings
 
 
-def test_settings_become_the_trainers_options_and_bad_ones_are_refused(tmp_path: Path) -> None:
-    args = jobs.cli_args({"width": 16, "lr": 0.001, "augment": False, "momentum": None, "w0": 10.0,
-                          "synth_mode": "phase"})
-    assert args == ["--width", "16", "--lr", "0.001", "--no-augment", "--w0", "10", "--synth-mode", "phase"]
-    assert jobs.cli_args({"augment": True, "export": True}) == []
-    with pytest.raises(ValueError):
-        jobs.cli_args({"colour": "red"})
+def test_settings_become_the_trainers_config_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    cfg = jobs.new_run_config(tmp_path / "r", "synthetic", {"width": 16, "lr": 0.001, "augment": False,
+                                                            "momentum": None, "synth_mode": "phase"})
+    assert (cfg.width, cfg.lr, cfg.augment.enabled, cfg.momentum, cfg.synth) == (16, 0.001, False, 0.99,
+                                                                                  {"mode": "phase"})
+    assert cfg.out == str((tmp_path / "r").resolve())
+    with pytest.raises(jobs.JobError, match="colour"):
+        jobs.new_run_config(tmp_path / "r", "synthetic", {"colour": "red"})
     with pytest.raises(jobs.JobError, match="use 388 or 404"):
-        jobs.check_settings({"tile": 390})
+        jobs.new_run_config(tmp_path / "r", "synthetic", {"tile": 390})
     with pytest.raises(jobs.JobError, match="momentum"):
-        jobs.check_settings({"momentum": 1.5})
+        jobs.new_run_config(tmp_path / "r", "synthetic", {"momentum": 1.5})
     with pytest.raises(jobs.JobError, match="not there any more"):
-        jobs.check_settings({"init": str(tmp_path / "gone.onnx")})
-    jobs.check_settings(jobs.PAPER_DEFAULTS)
+        jobs.new_run_config(tmp_path / "r", "synthetic", {"init": str(tmp_path / "gone.onnx")})
     for bad in ("", "../up", "a b", "-x", "x" * 65):
         with pytest.raises(jobs.JobError, match="cannot be a run name"):
             jobs.check_name(bad)
@@ -239,7 +239,8 @@ def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> No
     assert info.n_train == 3 and info.n_val == 1 and info.elapsed > 0
     assert info.model == root / "tiny" / "model.onnx" and info.model.is_file()
     assert jobs.read_job(info.folder)["returncode"] == 0
-    assert "--width 2" in (root / "tiny" / jobs.CONSOLE_NAME).read_text()
+    assert "--config" in (root / "tiny" / jobs.CONSOLE_NAME).read_text()  # the settings went as config.json
+    assert json.loads((root / "tiny" / "config.json").read_text())["width"] == 2
     assert jobs.busy(root) is None and not jobs.lock_path(root).exists()
     assert [r.name for r in jobs.list_runs(root)] == ["tiny"]
     with pytest.raises(jobs.JobError, match="exists already"):
@@ -269,19 +270,20 @@ def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
 
 
-def test_a_run_killed_before_it_saved_its_settings_can_still_be_resumed(root: Path) -> None:
+def test_a_run_killed_before_its_first_step_resumes_with_its_settings(root: Path) -> None:
     import signal
 
     held = jobs.start_run("early", "synthetic", {**TINY, "steps": 4}, root=root)
     os.killpg(held.pid, signal.SIGKILL)  # within milliseconds: the trainer is still importing torch
     wait_for(lambda: not jobs.pid_alive(held.pid, held.start_ticks), 30, "the kill")
-    assert not (root / "early" / "config.json").exists()
+    assert json.loads((root / "early" / "config.json").read_text())["steps"] == 4  # written by the launcher
     info = jobs.run_info("early", root)
-    assert info.state != jobs.FINISHED and info.resumable
-    with pytest.raises(jobs.JobError, match="no saved settings"):
-        jobs.finish_run("early", root)  # nothing to make a model from
-    jobs.resume_run("early", root=root)  # starts it again as it was first started
-    assert jobs.wait("early", 180, root), "the restarted run did not end"
+    assert info.state != jobs.FINISHED and info.resumable and not info.has_checkpoint
+    held = jobs.finish_run("early", root)  # nothing to make a model from: the trainer says so
+    assert jobs.wait("early", 120, root)
+    assert "no checkpoint (last.pt) to make a model from" in jobs.run_info("early", root).console_tail
+    jobs.resume_run("early", root=root)  # from scratch, with the saved settings
+    assert jobs.wait("early", 180, root), "the resumed run did not end"
     info = jobs.run_info("early", root)
     assert info.state == jobs.FINISHED and info.step == 4, info.console_tail
 

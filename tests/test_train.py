@@ -260,6 +260,24 @@ def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(fini
     assert read_checkpoint(tmp_path / "rgb" / "last.pt")["model"][FIRST_CONV_WEIGHT].shape[1] == 3
 
 
+def test_every_setting_is_one_command_line_option_checked_where_the_config_is(tmp_path: Path) -> None:
+    from unet_core.cli import build_parser
+    from unet_core.config import config_from_settings, settings_schema
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {o for a in train_parser._actions for o in a.option_strings}
+    schema = settings_schema()
+    assert {row["flag"] for row in schema} <= flags and len(schema) > 50
+    args = train_parser.parse_args(["--out", "x", "--no-augment", "--percentiles", "2", "99", "--split", "last_n:3",
+                                    "--hold-out-groups", "a,b", "--lr", "0.5"])
+    cfg = config_from_settings({row["name"]: getattr(args, row["name"]) for row in schema})
+    assert (cfg.augment.enabled, cfg.normalisation.low_percentile, cfg.split, cfg.lr) == (
+        False, 2.0, {"kind": "last_n", "k": 3, "groups": ["a", "b"]}, 0.5)
+    result = _cli("train", "--data", "synthetic", "--out", str(tmp_path / "r"), "--sigma", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "sigma must lie in [0.1, 100], not 0" in result.stderr
+
+
 def test_an_init_checkpoint_with_hostile_metadata_is_refused_by_name(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"model": {}, "meta": {"unet": {"width": -4}}}, bad)

@@ -275,84 +275,46 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 
-# Options that may be changed when resuming (everything else comes from the run's config.json).
-RESUME_OVERRIDES = ("steps", "val_every", "checkpoint_every", "workers", "threads", "device", "export",
-                    "val_max_images")
-
-
 def _split_arg(value: str) -> dict:
-    """``every_kth:5`` / ``last_n:5`` -> a SplitRule dict."""
-    from .datasets import SplitRule
+    """``every_kth:5`` / ``last_n:5`` -> a SplitRule dict (argparse type)."""
+    from .config import TrainError, parse_split
 
-    kind, _, k = value.partition(":")
     try:
-        return SplitRule(kind, int(k or 5)).to_dict()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--split takes every_kth:K or last_n:N ({exc})") from None
+        return parse_split(value)
+    except TrainError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_train_settings(p: argparse.ArgumentParser) -> None:
+    """One option per training setting of :mod:`unet_core.config` (its flag, type, help, choices)."""
+    from .config import settings_schema
+
+    types = {"int": int, "float": float, "text": str, "pair": float}
+    for row in settings_schema():
+        if row["kind"] == "switch":
+            p.add_argument(row["flag"], dest=row["name"], action="store_const", const=False, default=None,
+                           help=row["help"])
+            continue
+        kind = _split_arg if row["parse"] == "split" else types[row["kind"]]
+        p.add_argument(row["flag"], dest=row["name"], type=kind, nargs=2 if row["kind"] == "pair" else None, choices=row["choices"], metavar=row["metavar"],
+                       help=row["help"])
 
 
 def _train_config(args: argparse.Namespace):
     """The TrainConfig from the command line (or, with --resume, from the run folder)."""
-    import dataclasses
+    from .config import TrainConfig, TrainError, config_from_settings, resumed_with, settings_schema
 
-    from .io import Normalisation
-    from .train import TrainConfig, TrainError
-
+    given = {row["name"]: getattr(args, row["name"]) for row in settings_schema()}
     out = Path(args.out)
     if (args.resume or args.finish) and (out / "config.json").exists():
-        cfg = TrainConfig.load(out / "config.json")
-        changes = {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
-        return dataclasses.replace(cfg, **changes)
-    if args.data is None:
+        return resumed_with(TrainConfig.load(out / "config.json"), given)
+    if args.data is None and not args.config:
         if args.resume or args.finish:
             raise TrainError(f"{out} holds no saved settings (config.json): the run stopped before it saved them, "
                              "so nothing was trained; start it again with --data (and its other options)")
         raise TrainError("--data is required (a data set folder or 'synthetic')")
-    base = TrainConfig.load(args.config).to_dict() if args.config else {}
-    given = {
-        k: getattr(args, k)
-        for k in ("width", "depth", "dropout", "tile", "batch", "steps", "seed", "optimizer", "lr", "momentum",
-                  "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma",
-                  "min_lr_factor", "w0", "sigma", "val_every", "val_tile", "val_metric", "val_max_images",
-                  "checkpoint_every", "device", "amp", "workers", "threads", "init", "name", "invert_prob",
-                  "synth_mix", "synth_n", "synth_seed", "split", "export", "diameter", "in_channels",
-                  "border_width")
-        if getattr(args, k, None) is not None
-    }
-    cfg = {**base, **given, "data": args.data, "out": args.out}
-    if args.no_class_balance:
-        cfg["class_weights"] = None
-    if args.no_separate:
-        cfg["separate_touching"] = False
-    if args.synth_mode or args.synth_size:
-        synth = dict(cfg.get("synth") or {})
-        if args.synth_mode:
-            synth["mode"] = args.synth_mode
-        if args.synth_size:
-            synth["height"] = synth["width"] = args.synth_size
-        cfg["synth"] = synth
-    aug = dict(cfg.get("augment") or {})
-    if args.no_augment:
-        aug["enabled"] = False
-    if args.no_elastic:
-        aug["elastic"] = False
-    if args.scale_jitter:
-        lo, hi = args.scale_jitter
-        aug.update(scale=True, scale_range=[lo, hi])
-    if args.blur is not None:
-        aug.update(blur=args.blur > 0, blur_sigma_range=[0.0, args.blur])
-    if args.noise is not None:
-        aug.update(noise=args.noise > 0, noise_std=args.noise)
-    if args.hold_out_groups:
-        rule = dict(cfg.get("split") or {"kind": "every_kth", "k": 5})
-        rule["groups"] = [g.strip() for g in args.hold_out_groups.split(",") if g.strip()]
-        cfg["split"] = rule
-    if aug:
-        cfg["augment"] = aug
-    if args.percentiles:
-        lo, hi = args.percentiles
-        cfg["normalisation"] = Normalisation(lo, hi).to_dict()
-    return TrainConfig.from_dict(cfg)
+    base = TrainConfig.load(args.config).to_dict() if args.config else None
+    return config_from_settings({**given, "out": args.out}, base)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -531,73 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize)
 
     t = sub.add_parser("train", help="train a U-Net (the paper's recipe; resumable)")
-    t.add_argument("--data", help="data set folder, or 'synthetic' (not needed with --resume)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--finish", action="store_true",
                    help="end the run in --out at its last checkpoint and export its model (a stopped run)")
-    t.add_argument("--init", help="start from this model (.pt checkpoint or .onnx): fine-tuning")
     t.add_argument("--config", help="a config.json to start from (command-line options override it)")
-    t.add_argument("--name", help="model name (default: the run folder's name)")
-    t.add_argument("--width", type=int, help="channels of the first level (paper 64; CPU <= 32)")
-    t.add_argument("--in-channels", type=int, help="input channels (1 gray, 3 colour); with --init a gray model "
-                   "is widened to colour, starting from its luminance view")
-    t.add_argument("--depth", type=int)
-    t.add_argument("--dropout", type=float)
-    t.add_argument("--tile", type=int, help="output tile edge (388 = the paper's 572 input)")
-    t.add_argument("--batch", type=int)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--optimizer", choices=("sgd", "adam"))
-    t.add_argument("--lr", type=float)
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--clip-grad", type=float, help="max gradient norm")
-    t.add_argument("--schedule", choices=("constant", "cosine", "step"))
-    t.add_argument("--warmup-steps", type=int)
-    t.add_argument("--lr-step-size", type=int)
-    t.add_argument("--lr-gamma", type=float)
-    t.add_argument("--min-lr-factor", type=float)
-    t.add_argument("--w0", type=float, help="border weight of the weight map (paper 10)")
-    t.add_argument("--sigma", type=float, help="border width of the weight map in px (paper 5)")
-    t.add_argument("--no-class-balance", action="store_true", help="w_c = 1 instead of balanced class weights")
-    t.add_argument("--no-separate", action="store_true",
-                   help="keep touching instances touching (no background line between them in the class map)")
-    t.add_argument("--border-width", type=int, metavar="PX",
-                   help="train a third class, 'border', on each object's outline this many px wide (0 = off, the "
-                        "paper's two classes); objects are then the interiors grown back over it")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--no-elastic", action="store_true")
-    t.add_argument("--invert-prob", type=float, help="probability of inverting a tile's gray values")
-    t.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), help="normalisation percentiles")
-    t.add_argument("--split", type=_split_arg, help="validation split: every_kth:K or last_n:N "
-                   "(default: the data set's rule)")
-    t.add_argument("--hold-out-groups", metavar="G1,G2", help="also hold out these acquisition groups "
-                   "as a whole (e.g. 'gray_lightbg 1024x1024'; a group is CATEGORY HxW from index.csv, else HxW)")
-    t.add_argument("--diameter", type=float, help="canonical object diameter in px: every image is rescaled "
-                   "so that its median object diameter is this (default: no rescaling)")
-    t.add_argument("--scale-jitter", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="random zoom of each tile by a factor in [MIN, MAX] (log-uniform)")
-    t.add_argument("--blur", type=float, metavar="SIGMA", help="Gaussian blur of each tile by a sigma drawn from "
-                   "[0, SIGMA] px (0 = off; out-of-focus images)")
-    t.add_argument("--noise", type=float, metavar="STD", help="Gaussian noise of this std (fraction of the tile's "
-                   "range; 0 = off)")
-    t.add_argument("--synth-mix", type=float, help="fraction of tiles from synthetic images (with a data folder)")
-    t.add_argument("--synth-n", type=int, help="number of synthetic images")
-    t.add_argument("--synth-seed", type=int)
-    t.add_argument("--synth-mode", choices=("fluorescence", "phase"))
-    t.add_argument("--synth-size", type=int, help="synthetic image edge in px")
-    t.add_argument("--val-every", type=int, help="validate every N steps (0 = never)")
-    t.add_argument("--val-tile", type=int, help="output tile of validation inference")
-    t.add_argument("--val-metric", help="metric best.pt is kept by (default: dsb_ap / rand_error)")
-    t.add_argument("--val-max-images", type=int)
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    t.add_argument("--amp", choices=("none", "bf16", "fp16"))
-    t.add_argument("--workers", type=int, help="DataLoader worker processes")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--no-export", dest="export", action="store_const", const=False, default=None,
-                   help="do not export model.onnx at the end")
+    _add_train_settings(t)
     t.add_argument("--quiet", action="store_true", help="no progress line")
     t.set_defaults(func=cmd_train)
 

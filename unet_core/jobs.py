@@ -27,7 +27,6 @@ Nothing here imports torch: the app server stays light, the trainer does the hea
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, TrainError
+from .config import TrainConfig, TrainError, config_from_settings, resume_args
 from .errors import UserError
 from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from .registry import RUN_MODEL_FILE, runs_dir
@@ -65,27 +64,6 @@ LIVE_STATES = (STARTING, RUNNING)
 
 #: Run names: what a folder name may safely be on every system.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-#: Settings of a new run (TrainConfig field names) and how each becomes a command-line option.
-_VALUE_OPTIONS = {
-    "name", "width", "depth", "dropout", "tile", "batch", "steps", "seed", "optimizer", "lr", "momentum",
-    "weight_decay", "clip_grad", "schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr_factor",
-    "w0", "sigma", "invert_prob", "split", "synth_mix", "synth_n", "synth_seed", "synth_mode", "synth_size",
-    "val_every", "val_tile", "val_metric", "val_max_images", "checkpoint_every", "device", "amp", "workers",
-    "threads", "init", "border_width",
-}
-#: Boolean settings whose False value is a ``--no-...`` flag.
-_OFF_FLAGS = {"augment": "--no-augment", "elastic": "--no-elastic", "export": "--no-export",
-              "class_balance": "--no-class-balance", "separate_touching": "--no-separate"}
-#: Settings that may change when a run is resumed (the trainer's RESUME_OVERRIDES).
-RESUME_OPTIONS = ("steps", "val_every", "checkpoint_every", "workers", "threads", "device", "val_max_images")
-
-#: The paper's defaults (Ronneberger et al. 2015), as the trainer has them.
-PAPER_DEFAULTS: dict[str, Any] = {
-    "width": 64, "tile": 388, "steps": 1000, "optimizer": "sgd", "lr": 0.01, "momentum": 0.99,
-    "w0": 10.0, "sigma": 5.0, "augment": True, "val_every": 250, "checkpoint_every": 50, "seed": 0,
-}
-
 
 class JobError(UserError, RuntimeError):
     """A run that cannot be started, stopped or resumed; the message says what to do."""
@@ -362,39 +340,16 @@ def suggest_name(base: str, root: str | Path | None = None, when: _dt.datetime |
     return name
 
 
-def cli_args(options: dict[str, Any]) -> list[str]:
-    """Command-line options of ``python -m unet_core train`` for ``options`` (None values skipped)."""
-    args: list[str] = []
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key in _OFF_FLAGS:
-            if not value:
-                args.append(_OFF_FLAGS[key])
-            continue
-        if key not in _VALUE_OPTIONS:
-            raise ValueError(f"unknown training setting {key!r}")
-        args += ["--" + key.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
-    return args
-
-
-#: Settings checked by :class:`~unet_core.config.TrainConfig` itself; the others are command-line
-#: forms (``split`` as text, ``augment`` as a switch) or checked here (``init``).
-_NOT_CONFIG_VALUES = frozenset({"split", "augment", "init", "name"})
-
-
-def check_settings(options: dict[str, Any]) -> None:
-    """Refuse settings the trainer would refuse (the trainer's own checks, in
-    :class:`~unet_core.config.TrainConfig`), with a message saying what to change."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in options.items() if k in fields and k not in _NOT_CONFIG_VALUES and v is not None}
+def new_run_config(folder: Path, data: str, options: dict[str, Any]) -> TrainConfig:
+    """The checked config of a new run in ``folder`` from the page's settings (field names and
+    :data:`~unet_core.config.SHORTHANDS`), refused with a message saying what to change."""
     try:
-        TrainConfig(**values)
+        cfg = config_from_settings({**options, "data": data, "out": str(folder.resolve())})
     except TrainError as exc:
         raise JobError(str(exc)) from None
-    init = options.get("init")
-    if init and not Path(init).is_file():
-        raise JobError(f"the model to start from, {init}, is not there any more; choose another one")
+    if cfg.init and not Path(cfg.init).is_file():
+        raise JobError(f"the model to start from, {cfg.init}, is not there any more; choose another one")
+    return cfg
 
 
 def training_data(source: Any) -> tuple[str, dict[str, Any]]:
@@ -447,8 +402,10 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     Args:
         name: the run (folder ``root/name``).
         data: a data set folder or ``"synthetic"`` (new runs; ignored when resuming).
-        options: TrainConfig settings by field name (``width``, ``tile``, ``optimizer``, …; see
-            :func:`cli_args`); when resuming only :data:`RESUME_OPTIONS` are passed on.
+        options: training settings by name (TrainConfig fields such as ``width``, ``tile``,
+            ``optimizer``, and :data:`~unet_core.config.SHORTHANDS` such as ``augment``); when
+            resuming only those that may change (:attr:`~unet_core.config.Setting.resume`) are
+            passed on.
         resume: continue the run from its ``last.pt`` instead of starting a new one.
         finish: (implies ``resume``) end the run at its last checkpoint and export its model.
         root: the runs folder (default :func:`~unet_core.registry.runs_dir`).
@@ -464,32 +421,28 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     root = Path(root or runs_dir())
     name = check_name(name)
     folder = run_folder(name, root)
-    options = dict(options or {})
     resume = resume or finish
-    again = None  # the first start's command, for a run killed before it saved its settings
+    command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
     if resume:
         if not (folder / "config.json").is_file():
-            again = _first_command(folder)
-            if again is None or finish:
-                raise JobError(f"the run {name} has no saved settings (config.json) to resume from; start a "
-                               "new run")
-        options = {k: v for k, v in options.items() if k in RESUME_OPTIONS}
+            raise JobError(f"the run {name} has no saved settings (config.json) to resume from; start a new run")
+        command += ["--finish"] if finish else ["--resume", *resume_args(options or {})]
+        cfg = None
     else:
         if not data:
             raise JobError("choose the images to train on (synthetic or a data folder)")
         if folder.exists() and any(folder.iterdir()):
             raise JobError(f"a run called {name} exists already: choose another name, or resume it")
-    check_settings(options)
-    if again is not None:  # nothing was trained or saved: the same start once more
-        command = [python or sys.executable, *again]
-    else:
-        command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve())]
-        command += (["--finish"] if finish else ["--resume"]) if resume else ["--data", str(data)]
-        command += cli_args(options)
+        cfg = new_run_config(folder, data, dict(options or {}))
+        # The settings go to the trainer as its config.json: written before it starts, so a run
+        # killed at any moment resumes with them.
+        command += ["--config", str(folder.resolve() / "config.json")]
 
     held = acquire_lock(name, os.getpid(), root)  # held by this server until the process exists
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if cfg is not None:
+            _write_json(folder / "config.json", cfg.to_dict())
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
         with open(folder / CONSOLE_NAME, "a") as console:
@@ -522,16 +475,6 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
 def resume_run(name: str, options: dict[str, Any] | None = None, root: str | Path | None = None) -> LockInfo:
     """Continue a stopped or crashed run from its last checkpoint (``--resume``)."""
     return start_run(name, options=options, resume=True, root=root)
-
-
-def _first_command(folder: Path) -> list[str] | None:
-    """The arguments (after the interpreter) that first started the run in ``folder``, from its
-    job file, when that was a new run (``--data``) of this trainer; else None."""
-    command = read_job(folder).get("command")
-    if (isinstance(command, list) and all(isinstance(a, str) for a in command)
-            and command[:3] == ["-m", "unet_core", "train"] and "--data" in command):
-        return command
-    return None
 
 
 def finish_run(name: str, root: str | Path | None = None) -> LockInfo:
@@ -771,8 +714,7 @@ class RunInfo:
 
     @property
     def resumable(self) -> bool:
-        return self.state in (STOPPED, CRASHED, UNFINISHED) and (
-            (self.folder / "config.json").is_file() or _first_command(self.folder) is not None)
+        return self.state in (STOPPED, CRASHED, UNFINISHED) and (self.folder / "config.json").is_file()
 
 
 def _console_path(folder: Path) -> Path | None:
