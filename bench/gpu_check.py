@@ -158,7 +158,7 @@ def check_train_step(width: int, amp: str) -> tuple[bool, str]:
     import torch
 
     from unet_core.model import UNet
-    from unet_core.train import weighted_cross_entropy
+    from unet_core.training.loss import weighted_cross_entropy
 
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
         return False, "this GPU does not support bf16"

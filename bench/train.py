@@ -1,9 +1,9 @@
-"""Benchmark of unet_core.train: training throughput of the paper's net against a plain PyTorch loop.
+"""Benchmark of unet_core.training: training throughput of the paper's net against a plain PyTorch loop.
 
 Both sides train the same network (width 64, depth 4, dropout 0.5: the paper's U-Net) with the
 same batch (1 tile, 572 -> 388), weighted softmax cross-entropy and SGD with momentum 0.99:
 
-* **trainer**: :func:`unet_core.train.train` on synthetic 512 x 512 images, i.e. with everything
+* **trainer**: :func:`unet_core.training.train` on synthetic 512 x 512 images, i.e. with everything
   a real run does per step: a tile cut and augmented (elastic + rotation/flip/shift + gray values)
   in a DataLoader worker, weight maps, per-step seeding, a JSON log line and a progress line;
 * **plain**: a bare loop over pre-made tensors (no data work at all), the upper bound.
@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from unet_core.model import UNet
 from unet_core.tiling import Geometry
-from unet_core.train import TrainConfig, train, weighted_cross_entropy
+from unet_core.training import TrainConfig, train
+from unet_core.training.loss import weighted_cross_entropy
 
 
 def trainer_run(width: int, tile: int, steps: int, workers: int) -> tuple[float, float, list[float]]:

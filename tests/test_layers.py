@@ -40,5 +40,5 @@ assert not loaded
 
 
 def test_the_trainer_does_not_import_the_apps_job_manager() -> None:
-    result = _run("import sys, unet_core.train; assert 'unet_core.jobs' not in sys.modules, 'jobs imported'")
+    result = _run("import sys, unet_core.training; assert 'unet_core.jobs' not in sys.modules, 'jobs imported'")
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Tests of unet_core.train and the train/evaluate/synth commands: tiny nets, small tiles, synthetic data."""
+"""Tests of unet_core.training and the train/evaluate/synth commands: tiny nets, small tiles, synthetic data."""
 
 from __future__ import annotations
 
@@ -20,17 +20,11 @@ import torch
 from unet_core.augment import AugmentConfig
 from unet_core.checkpoint import read_checkpoint
 from unet_core.model import UNet
-from unet_core.train import (
-    TrainConfig,
-    TrainError,
-    learning_rate,
-    load_init_weights,
-    make_tile,
-    read_log,
-    train,
-    weighted_cross_entropy,
-    widen_input,
-)
+from unet_core.training import TrainConfig, TrainError, train
+from unet_core.training.data import make_tile
+from unet_core.training.finetune import load_init_weights, widen_input
+from unet_core.training.loss import learning_rate, weighted_cross_entropy
+from unet_core.training.record import read_log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +93,7 @@ def test_config_round_trips_and_rejects_bad_values() -> None:
 
 
 def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> None:
-    from unet_core.train import TrainImage, step_rng
+    from unet_core.training.data import TrainImage, step_rng
 
     rng0 = np.random.default_rng(0)
     img = TrainImage("a", rng0.random((40, 50, 1), dtype=np.float32), (rng0.random((40, 50)) > 0.5).astype(np.uint8),
@@ -130,7 +124,7 @@ def test_augmented_tiles_keep_image_labels_and_weights_aligned() -> None:
     still shows the labels where the label tile has them, and the weights follow the labels."""
     from scipy import ndimage as ndi
 
-    from unet_core.train import TrainImage, step_rng
+    from unet_core.training.data import TrainImage, step_rng
 
     yy, xx = np.indices((300, 300))
     blobs = ((np.sin(yy / 9.0) + np.cos(xx / 13.0)) > 0.3).astype(np.uint8)
@@ -386,7 +380,7 @@ def test_train_command_reports_a_bad_data_folder(tmp_path: Path) -> None:
 def test_touching_cells_get_a_weighted_background_line(tmp_path: Path) -> None:
     """The paper's separation borders: touching instances are cut apart in the class map."""
     from unet_core.synthetic import synthetic_dataset
-    from unet_core.train import prepare_image
+    from unet_core.training.data import prepare_image
 
     ds = synthetic_dataset(1, seed=0)
     instances = ds.load_instances(0)
@@ -406,7 +400,7 @@ def test_a_border_class_run_widens_its_init_model_and_exports_the_object_rule(fi
     foreground output it copies, exported with the rule that turns the classes into objects."""
     from unet_core.model import HEAD_BIAS, HEAD_WEIGHT
     from unet_core.runtime import OnnxPredictor
-    from unet_core.train import add_border_class
+    from unet_core.training.finetune import add_border_class
 
     state, meta = load_init_weights(finished_run / "model.onnx")
     widened = add_border_class(state, 3)

@@ -319,7 +319,7 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError as _CkptError
-    from .train import TrainError, train
+    from .training import TrainError, train
 
     try:
         cfg = _train_config(args)

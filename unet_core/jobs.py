@@ -7,7 +7,7 @@ and even the app server. Everything the page shows is read back from the run fol
 
 ``runs/NAME/``
     The trainer's files (``config.json``, ``log.jsonl``, ``last.pt``, ``best.pt``, ``model.onnx``,
-    ``model.md``; see :mod:`unet_core.train`), plus two written here: ``console.log`` (the
+    ``model.md``; see :mod:`unet_core.training`), plus two written here: ``console.log`` (the
     process's stdout and stderr) and ``job.json`` (how and when it was started, its process id,
     whether a stop was asked for, and its exit status when this server saw it end).
 

@@ -1,0 +1,405 @@
+"""The training loop as a :class:`Trainer` of small steps that a subclass may override
+(nnU-Net style): :meth:`~Trainer.setup` (run folder, resume check, data, model, optimiser),
+:meth:`~Trainer.train_step`, :meth:`~Trainer.validate`, :meth:`~Trainer.save_last`,
+:meth:`~Trainer.stopped` and :meth:`~Trainer.export`. :func:`train` runs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_save, read_checkpoint
+from ..config import TrainConfig, TrainError
+from ..evaluate import EvalOptions, evaluate
+from ..metrics import LOWER_IS_BETTER, PRIMARY_METRIC
+from ..model import UNet
+from ..runlog import LOG_NAME
+from .card import export_run
+from .data import StepTiles, TrainData, default_class_names, dropout_seed, open_training_data, prepare_image
+from .finetune import add_border_class, apply_init, load_init_weights, widen_input
+from .loss import learning_rate, weighted_cross_entropy
+from .progress import TrainProgress
+from .record import make_meta, manifest, training_record, truncate_log, versions, write_json
+
+log = logging.getLogger(__name__)
+
+#: Settings a resumed run must share with its checkpoint: the replayed steps depend on them.
+RESUME_FIXED = ("width", "depth", "in_channels", "tile", "seed", "data", "batch")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced."""
+
+    out: Path
+    step: int
+    losses: list[float]
+    best: dict[str, Any] | None
+    onnx: Path | None
+    card: Path | None
+    elapsed: float
+    data_wait: float  # fraction of step time spent waiting for data, over this process's steps
+
+
+class _StopRequest:
+    """SIGTERM (the app's Stop, ``kill``) ends the run after the current step, checkpoint saved.
+
+    Without it a stop would lose every step since the last periodic checkpoint. Installed only in
+    the main thread (Python delivers signals there); SIGKILL still relies on the atomic checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """The device of ``cfg.device`` (``auto``: CUDA when PyTorch sees a GPU)."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TrainError("device 'cuda' requested, but PyTorch sees no GPU; use --device cpu")
+    use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+    if cfg.amp == "fp16" and not use_cuda:
+        raise TrainError("fp16 autocast needs a GPU; use --amp bf16 or none on CPU")
+    if cfg.device == "auto" and not use_cuda:
+        log.info("no GPU that PyTorch can use: training on the CPU")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+class Trainer:
+    """One run of the paper's recipe in the run folder ``cfg.out`` (see :mod:`unet_core.training`).
+
+    Args:
+        cfg: the run's config.
+        resume: continue from ``cfg.out/last.pt`` (replaying exactly; from scratch if the run
+            never reached a checkpoint). Without it, a folder that already holds a checkpoint is
+            refused rather than overwritten.
+        progress: show a progress line on stderr.
+        on_step: called with each step's log record (the app, tests).
+        finish: with ``resume``, end the run at its last checkpoint: no more steps, and the model
+            is exported (even if the run was started with export off). How a stopped run
+            becomes a model.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
+                 on_step: Callable[[dict[str, Any]], None] | None = None, finish: bool = False) -> None:
+        self.cfg, self.resume, self.finish, self.on_step = cfg, resume, finish, on_step
+        self.out = Path(cfg.out)
+        self.last_path, self.best_path, self.log_path = self.out / "last.pt", self.out / "best.pt", self.out / LOG_NAME
+        self.bar = TrainProgress(cfg.steps, enabled=progress)
+        self.ckpt: dict[str, Any] | None = None
+        self.start, self.elapsed_before, self.best = 0, 0.0, None
+        self.losses: list[float] = []
+        self.wait_total = self.step_total = 0.0
+        self.session_start = time.perf_counter()
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        """Everything before the first step, in the order that keeps a killed run resumable."""
+        self.open_folder()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.device = resolve_device(self.cfg)
+        self.data = self.open_data()
+        self.write_records()
+        self.pools, self.probs, prep_s = self.prepare_images()
+        self.model, self.opt, self.scaler = self.build_model()
+        self.restore()
+        cfg, data = self.cfg, self.data
+        self.val_metric = PRIMARY_METRIC[data.kind] if cfg.val_metric == "auto" else cfg.val_metric
+        self.val_indices = data.val_indices[: cfg.val_max_images] if cfg.val_max_images else data.val_indices
+        self.log_line({"event": "resume" if self.ckpt is not None else "start", "step": self.start,
+                       "device": str(self.device), "prepare_s": round(prep_s, 2),
+                       "n_train": len(data.train_indices), "n_val": len(self.val_indices)})
+        if self.start >= cfg.steps:
+            self.bar.message(f"the run already reached step {self.start} of {cfg.steps}")
+
+    def open_folder(self) -> None:
+        """The run folder and its checkpoint; ``config.json`` first of all, so that a run killed
+        from here on still resumes with its settings."""
+        if not (self.resume and self.last_path.exists()):
+            self.cfg = apply_init(self.cfg)  # a resumed run's config already holds the init model's architecture
+        self.out.mkdir(parents=True, exist_ok=True)
+        for stale in glob.glob(str(self.out / ".*.tmp")):  # a write killed half-way
+            Path(stale).unlink(missing_ok=True)
+        if self.last_path.exists():
+            if not self.resume:
+                raise TrainError(f"{self.out} already holds a training run (last.pt); pass --resume to continue "
+                                 "it or choose another --out")
+            self.ckpt = read_checkpoint(self.last_path)
+        if self.ckpt is None:
+            write_json(self.out / "config.json", self.cfg.to_dict())
+        if self.finish:
+            if self.ckpt is None or not self.resume:
+                raise TrainError(f"{self.out} has no checkpoint (last.pt) to make a model from; train it first")
+            self.cfg = dataclasses.replace(self.cfg, steps=int(self.ckpt["step"]), export=True)
+
+    def open_data(self) -> TrainData:
+        """The data set and its split; the class names of a new run from its layout."""
+        cfg = self.cfg
+        data = open_training_data(cfg)
+        if cfg.border_width and (data.dataset.n_classes > 2 or data.dataset.mask_encoding == "class_indexes"):
+            raise TrainError(f"{data.dataset.root}: a border class needs instance masks of one foreground class")
+        if cfg.class_names is None:
+            names = default_class_names(data.dataset.layout, bool(cfg.border_width))
+            self.cfg = dataclasses.replace(cfg, class_names=names)
+        return data
+
+    def write_records(self) -> None:
+        """A new run's config, manifest and versions; a resumed run's settings checked against
+        its checkpoint (steps or validation may have been extended)."""
+        cfg = self.cfg
+        if self.ckpt is None:
+            write_json(self.out / "config.json", cfg.to_dict())
+            write_json(self.out / "manifest.json", manifest(cfg, self.data))
+            write_json(self.out / "versions.json", versions())
+            self.log_path.unlink(missing_ok=True)
+            return
+        saved = self.ckpt.get("config", {})
+        for key in RESUME_FIXED:
+            if saved.get(key) != getattr(cfg, key):
+                raise TrainError(f"{self.out}: cannot resume with {key}={getattr(cfg, key)!r}; the run was "
+                                 f"started with {saved.get(key)!r}")
+        write_json(self.out / "config.json", cfg.to_dict())
+
+    def prepare_images(self) -> tuple[list[list[Any]], list[float], float]:
+        """Every training image once (and the synthetic mix): normalised, rescaled, weight maps."""
+        cfg, data = self.cfg, self.data
+        self.bar.message(f"data {data.dataset.root} ({data.dataset.layout}, {len(data.train_indices)} train / "
+                         f"{len(data.val_indices)} val, split {data.rule.to_dict()}); preparing weight maps ...")
+        t0 = time.perf_counter()
+        pools = [[prepare_image(data.dataset, i, cfg) for i in data.train_indices]]
+        probs = [1.0]
+        if data.synthetic is not None:
+            pools.append([prepare_image(data.synthetic, i, cfg) for i in range(len(data.synthetic))])
+            probs = [1.0 - cfg.synth_mix, cfg.synth_mix]
+        return pools, probs, time.perf_counter() - t0
+
+    def build_model(self) -> tuple[UNet, torch.optim.Optimizer, torch.amp.GradScaler]:
+        """The network (He initialisation from the seed, or the init model's weights) and its optimiser."""
+        cfg = self.cfg
+        torch.manual_seed(dropout_seed(cfg.seed, 0))  # He initialisation: a function of the seed
+        model = UNet.from_config(make_meta(cfg, self.data, {}).unet)
+        if cfg.init and self.ckpt is None:
+            state, _ = load_init_weights(cfg.init)
+            try:
+                model.load_state_dict(add_border_class(widen_input(state, cfg.in_channels), cfg.n_classes))
+            except RuntimeError as exc:
+                raise TrainError(f"{cfg.init}: weights do not fit the network ({exc})") from exc
+        model.to(self.device)
+        if cfg.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                         weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return model, opt, torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+
+    def restore(self) -> None:
+        """A resumed run's weights, optimiser state, step and best value; its log cut back to the
+        checkpoint (the steps after it are replayed)."""
+        ckpt = self.ckpt
+        if ckpt is None:
+            return
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start, self.elapsed_before, self.best = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt.get("best")
+        truncate_log(self.log_path, self.start)
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The remaining steps' batches, cut in DataLoader workers ahead of the model."""
+        cfg = self.cfg
+        n_workers = cfg.workers if cfg.workers is not None else min(4, max(1, (os.cpu_count() or 2) // 2))
+        loader = torch.utils.data.DataLoader(
+            StepTiles(self.pools, self.probs, cfg), sampler=range(self.start + 1, cfg.steps + 1), batch_size=None,
+            num_workers=n_workers, prefetch_factor=4 if n_workers else None,
+            multiprocessing_context="fork" if n_workers else None, pin_memory=self.device.type == "cuda",
+        )
+        return iter(loader)
+
+    # ------------------------------------------------------------------ steps
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return self.elapsed_before + time.perf_counter() - self.session_start
+
+    def log_line(self, record: dict[str, Any]) -> None:
+        """Append one line to ``log.jsonl`` (flushed: the app reads it while the run goes on)."""
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[int, float, float]:
+        """One optimiser step on ``batch``: its step number, loss and learning rate."""
+        cfg, device = self.cfg, self.device
+        step = int(batch["step"])
+        lr = learning_rate(cfg, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(dropout_seed(cfg.seed, step))
+        x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "w"))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = self.model(x)
+        loss = weighted_cross_entropy(logits, y, w)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainError(f"the loss became {value} at step {step}; lower the learning rate (now {lr:g}) "
+                             "or use --clip-grad")
+        return step, value, lr
+
+    def due(self, step: int, every: int) -> bool:
+        """Whether something done every ``every`` steps (and at the last) is due at ``step``."""
+        return bool(every) and (step % every == 0 or step == self.cfg.steps)
+
+    def validate(self, step: int) -> tuple[dict[str, Any], str]:
+        """Score the validation images with the real inference path; keep ``best.pt``. The log
+        fields and the progress note."""
+        from ..runtime import TorchPredictor
+
+        cfg, data = self.cfg, self.data
+        predictor = TorchPredictor(self.model, make_meta(cfg, data, {}), self.device.type)
+        report = evaluate(predictor, data.dataset, self.val_indices,
+                          EvalOptions(tile=cfg.val_tile or cfg.tile, kind=data.kind))
+        self.model.train()
+        metric = self.val_metric
+        value = report.means.get(metric, math.nan)
+        better = math.isfinite(value) and (
+            self.best is None or (value < self.best["value"] if metric in LOWER_IS_BETTER else value > self.best["value"]))
+        if better:
+            self.best = {"metric": metric, "value": value, "step": step, "metrics": report.means}
+            meta = make_meta(cfg, data, training_record(cfg, data, step, self.elapsed, self.best))
+            atomic_save({"model": self.model.state_dict(), "meta": meta.to_dict(), "step": step,
+                         "metrics": report.means}, self.best_path)
+        fields = {"val": {k: (v if math.isfinite(v) else None) for k, v in report.means.items()},
+                  "val_s": round(report.seconds, 2), "best": bool(better)}
+        return fields, f"val {metric} {value:.4f}" + (" (best)" if better else "")
+
+    def save_last(self, step: int) -> None:
+        """``last.pt``, atomically: weights, optimiser, step, best, and the training record (the
+        split rule above all, so a checkpoint evaluated mid-run scores the right images)."""
+        cfg, data = self.cfg, self.data
+        meta = make_meta(cfg, data, training_record(cfg, data, step, self.elapsed, self.best))
+        atomic_save({
+            "model": self.model.state_dict(), "meta": meta.to_dict(), "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "step": step, "best": self.best,
+            "elapsed": self.elapsed, "config": cfg.to_dict(),
+        }, self.last_path)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> TrainResult:
+        """Set up, train the remaining steps, then export (or stop with a checkpoint)."""
+        self.setup()
+        stop = _StopRequest()
+        try:
+            step = self.loop(stop)
+        finally:
+            stop.restore()
+        if stop.requested and step < self.cfg.steps:
+            return self.stopped(step)
+        return self.export(step)
+
+    def loop(self, stop: _StopRequest) -> int:
+        """The steps from the checkpoint to ``cfg.steps`` (or to a stop request); the last step."""
+        cfg = self.cfg
+        px_per_step = cfg.batch * cfg.tile * cfg.tile
+        self.model.train()
+        step = self.start
+        batches = self.batches()
+        try:
+            t_end = time.perf_counter()
+            while step < cfg.steps and not stop.requested:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                wait = time.perf_counter() - t0
+                step, loss, lr = self.train_step(batch)
+                step_s = time.perf_counter() - t_end  # from the end of the previous step (its logging) to now
+                self.wait_total += wait
+                self.step_total += step_s
+                self.losses.append(loss)
+                record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr,
+                                          "px_per_s": round(px_per_step / step_s, 1),
+                                          "data_wait": round(wait / step_s, 4), "step_s": round(step_s, 4)}
+                note = ""
+                if self.due(step, cfg.val_every) and self.val_indices:
+                    fields, note = self.validate(step)
+                    record.update(fields)
+                record["elapsed"] = round(self.elapsed, 2)
+                self.log_line(record)
+                if self.on_step:
+                    self.on_step(record)
+                self.bar.update(step, loss, step_s, wait / step_s, note)
+                if self.due(step, cfg.checkpoint_every) or step == cfg.steps or stop.requested:
+                    self.save_last(step)
+                t_end = time.perf_counter()  # validation and checkpoints are not step time
+        finally:
+            del batches  # shuts the DataLoader workers down
+        if step == self.start and self.start < cfg.steps and not stop.requested:
+            raise TrainError("no training step ran")
+        return step
+
+    def result(self, step: int, elapsed: float, onnx: Path | None = None, card: Path | None = None) -> TrainResult:
+        return TrainResult(self.out, step, self.losses, self.best, onnx, card, elapsed,
+                           self.wait_total / self.step_total if self.step_total else 0.0)
+
+    def stopped(self, step: int) -> TrainResult:
+        """A stop request ended the run before its last step: the checkpoint is saved."""
+        self.bar.message(f"stopped at step {step}; the checkpoint is saved: resume with --resume")
+        self.log_line({"event": "stopped", "step": step})
+        return self.result(step, self.elapsed)
+
+    def export(self, step: int) -> TrainResult:
+        """The run reached its last step: export the best checkpoint and write the card."""
+        onnx_path = card_path = None
+        elapsed = self.elapsed  # training time: the export is not part of it
+        if self.cfg.export:
+            self.bar.message("exporting the " + ("best" if self.best_path.exists() else "last")
+                             + " checkpoint to ONNX ...")
+            onnx_path, card_path = export_run(self.cfg, self.data, step, elapsed, self.best)
+        self.log_line({"event": "done", "step": step, "elapsed": round(elapsed, 2), "best": self.best,
+                       "onnx": str(onnx_path) if onnx_path else None,
+                       "data_wait": round(self.wait_total / self.step_total, 4) if self.step_total else None})
+        return self.result(step, elapsed, onnx_path, card_path)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True,
+          on_step: Callable[[dict[str, Any]], None] | None = None, finish: bool = False) -> TrainResult:
+    """Run (or continue) the training described by ``cfg`` in its run folder ``cfg.out`` (see
+    :class:`Trainer` for the arguments).
+
+    Raises:
+        TrainError: a problem the user can fix (data, folder, options); the message says which.
+    """
+    return Trainer(cfg, resume, progress, on_step, finish).run()
