@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 
-.PHONY: run test bench lint clean
+.PHONY: run test quick-test bench lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed /usr/bin/chromium
 	$(PY) -m pytest
+
+# The tests that take a second or less each (under a minute in all): no training runs, no browser.
+quick-test: $(VENV)/.dev-installed
+	$(PY) -m pytest -m "not slow and not browser and not gpu"
 
 bench: $(VENV)/.dev-installed
 	$(PY) bench/inference.py

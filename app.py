@@ -13,7 +13,7 @@ from streamlit.navigation.page import StreamlitPage
 
 from pages._common import MODEL_KEY, active_model, available_pages, device_line
 from unet_core.errors import configure_logging
-from unet_core.registry import list_models
+from unet_core.studio.registry import list_models
 
 #: The browser tab's icon, served by the app itself: a ``:material/...:`` page icon makes the browser
 #: fetch it from fonts.gstatic.com (the icons inside the pages come with Streamlit's own font), and

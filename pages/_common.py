@@ -15,21 +15,13 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from unet_core.browse import (
-    BrowseError,
-    DataSource,
-    OutsideRoot,
-    SampleView,
-    ZipRejected,
-    extract_upload,
-    folder_version,
-    load_sample,
-    open_source,
-    resolve_in_root,
-)
-from unet_core.datasets import DATA_ENV, Dataset, DatasetError, DatasetSummary, data_root, list_datasets
-from unet_core.registry import ModelEntry, default_model, list_models, read_card
+from unet_core.datasets import Dataset, DatasetError, DatasetSummary, list_datasets
+from unet_core.paths import DATA_ENV, data_root
 from unet_core.runtime import ModelLoadError, Predictor, device_summary, load_predictor
+from unet_core.studio.browse import SampleView, load_sample
+from unet_core.studio.registry import ModelEntry, default_model, list_models, read_card
+from unet_core.studio.sources import DataSource, folder_version, open_source
+from unet_core.studio.uploads import BrowseError, OutsideRoot, ZipRejected, extract_upload, resolve_in_root
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +180,7 @@ def show_no_model() -> None:
 # under the data root, or an uploaded zip. The choice (and the image shown) follows the user from
 # page to page through the non-widget keys below; widget keys are per page.
 
-#: session_state: the last :class:`~unet_core.browse.DataSource` chosen on any page.
+#: session_state: the last :class:`~unet_core.studio.browse.DataSource` chosen on any page.
 SOURCE_KEY = "data_source"
 #: session_state: the name of the sample shown last.
 SAMPLE_KEY = "data_sample"
@@ -244,7 +236,7 @@ def open_source_cached(source: DataSource) -> Dataset:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def load_sample_cached(source: DataSource, i: int) -> SampleView:
-    """Sample ``i`` of a source as a :class:`~unet_core.browse.SampleView`; raises BrowseError."""
+    """Sample ``i`` of a source as a :class:`~unet_core.studio.browse.SampleView`; raises BrowseError."""
     return load_sample(open_source_cached(source), i)
 
 

@@ -22,10 +22,12 @@ from pages._common import (
     open_source_cached,
     short_name,
 )
-from unet_core import browse
-from unet_core import visualize as viz
-from unet_core.browse import BrowseError, DatasetStats, DataSource, SampleView
 from unet_core.datasets import Dataset
+from unet_core.studio import browse
+from unet_core.studio import visualize as viz
+from unet_core.studio.browse import DatasetStats, SampleView
+from unet_core.studio.sources import DataSource
+from unet_core.studio.uploads import BrowseError
 
 log = logging.getLogger(__name__)
 

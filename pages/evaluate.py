@@ -18,10 +18,7 @@ from pages._common import (
     short_name,
     show_no_model,
 )
-from unet_core import browse, jobs
-from unet_core import visualize as viz
 from unet_core.baseline import BaselineOptions
-from unet_core.browse import DataSource
 from unet_core.datasets import Dataset
 from unet_core.evaluate import (
     TABLE_METRICS,
@@ -32,8 +29,11 @@ from unet_core.evaluate import (
     predict_sample,
 )
 from unet_core.metrics import LOWER_IS_BETTER
-from unet_core.registry import ModelEntry, list_models
 from unet_core.runtime import Predictor
+from unet_core.studio import browse, registry, runlock
+from unet_core.studio import visualize as viz
+from unet_core.studio.registry import ModelEntry, list_models
+from unet_core.studio.sources import DataSource
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def choose_model() -> ModelEntry | None:
 
 def choose_split(predictor: Predictor, source: DataSource, ds: Dataset) -> tuple[str, list[int], str]:
     """Which images: the model's own split when it was trained on this data set. (part, indices, text)."""
-    rule, own = jobs.split_for(predictor.meta.training, source, len(ds), ds.split_rule)
+    rule, own = registry.split_for(predictor.meta.training, source, len(ds), ds.split_rule)
     # Each new model or data set starts from the useful part: the images the model never saw.
     pairing = (predictor.fingerprint, source)
     if st.session_state.get(SPLIT_FOR) != pairing or "evaluate_split" not in st.session_state:
@@ -251,7 +251,7 @@ if not indices:
 options = EvalOptions(tta=tta)
 settings = (str(entry.path), predictor.fingerprint, source, part, tuple(indices), tta, compare)
 state = st.session_state.get(STATE_KEY)
-holder = jobs.busy()
+holder = runlock.busy()
 count = f"{len(indices)} image{'s' if len(indices) != 1 else ''}"
 if holder is not None:
     st.caption(f"**{holder.run}** is training on this computer at the same time: scoring will be slower.")

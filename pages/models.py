@@ -9,9 +9,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages._common import MODEL_KEY, active_model, model_card, show_no_model
-from unet_core import browse
-from unet_core.browse import ModelInfo
-from unet_core.registry import ModelEntry, list_models
+from unet_core.studio import browse, uploads
+from unet_core.studio.browse import ModelInfo
+from unet_core.studio.registry import ModelEntry, list_models
 
 SHOWN_KEY = "models_shown"
 
@@ -48,7 +48,7 @@ def table_rows(infos: list[ModelInfo], active_path: str | None) -> list[dict]:
         "Width": info.width,
         "Depth": info.depth,
         "Trained on": trained_on(info),
-        "Size": browse.size_text(info.size_bytes),
+        "Size": uploads.size_text(info.size_bytes),
         "Modified": (dt.datetime.fromtimestamp(info.modified).strftime("%Y-%m-%d %H:%M")
                      if info.modified else ""),
     } for info in infos]
@@ -86,10 +86,10 @@ def show_details(entry: ModelEntry, info: ModelInfo, is_active: bool) -> None:
                 parent = f", made from `{entry.parent}`" if entry.parent else ""
                 facts.append(f"**Precision:** {entry.note}{parent}")
             st.markdown("  \n".join(facts))
-        st.markdown(f"**File:** `{info.path}` ({browse.size_text(info.size_bytes)})")
+        st.markdown(f"**File:** `{info.path}` ({uploads.size_text(info.size_bytes)})")
         path = Path(info.path)
         st.download_button(
-            f"Download the model (.onnx, {browse.size_text(info.size_bytes)})",
+            f"Download the model (.onnx, {uploads.size_text(info.size_bytes)})",
             data=path.read_bytes, file_name=f"{entry.name}.onnx", mime="application/octet-stream",
             icon=":material/download:", on_click="ignore", key="models_download", width="stretch",
             help="The ONNX file with everything needed to use it: `python -m unet_core predict IMAGES "

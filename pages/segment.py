@@ -14,7 +14,6 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, kept, predictor_or_stop, show_no_model
-from unet_core import visualize as viz
 from unet_core.inference import InferenceOptions, auto_tile, tile_is_measured
 from unet_core.instances import InstanceOptions
 from unet_core.io import (
@@ -30,6 +29,7 @@ from unet_core.io import (
 )
 from unet_core.predict import Result, result_files, run, with_instance_options, zip_files
 from unet_core.runtime import Predictor
+from unet_core.studio import visualize as viz
 
 log = logging.getLogger(__name__)
 

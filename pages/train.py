@@ -1,6 +1,6 @@
 """Train: teach a U-Net your images in the background; follow its curves, stop, resume.
 
-The run itself is ``python -m unet_core train`` in a process of its own (unet_core.jobs), so it goes
+The run itself is ``python -m unet_core train`` in a process of its own (unet_core.studio.jobs), so it goes
 on when the page is left, reloaded or closed; this page only starts it and reads its folder.
 """
 
@@ -14,11 +14,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._common import MODEL_KEY, choose_dataset, metric_help, metric_label
-from unet_core import browse, config, jobs
-from unet_core.browse import DataSource, ModelInfo
+from unet_core import config
 from unet_core.datasets import Dataset
-from unet_core.registry import RUN_MODEL_FILE, ModelEntry, list_models
 from unet_core.runtime import cuda_driver_available
+from unet_core.studio import browse, jobs, runlock, runs, visualize
+from unet_core.studio.browse import ModelInfo
+from unet_core.studio.registry import RUN_MODEL_FILE, ModelEntry, list_models
+from unet_core.studio.sources import DataSource
 from unet_core.tiling import Geometry
 
 REFRESH_S = 2.0
@@ -46,12 +48,12 @@ OPTIMIZERS = {"sgd": "SGD with momentum (paper)", "adam": "Adam"}
 START_FROM = {"scratch": "Nothing: random weights (from scratch)", "model": "A trained model (fine-tuning)"}
 
 STATE_TEXT = {
-    jobs.STARTING: ("Preparing", ":material/hourglass_top:"),
-    jobs.RUNNING: ("Training", ":material/play_circle:"),
-    jobs.FINISHED: ("Finished", ":material/check_circle:"),
-    jobs.STOPPED: ("Stopped", ":material/stop_circle:"),
-    jobs.CRASHED: ("Failed", ":material/error:"),
-    jobs.UNFINISHED: ("Not finished", ":material/pause_circle:"),
+    runs.STARTING: ("Preparing", ":material/hourglass_top:"),
+    runs.RUNNING: ("Training", ":material/play_circle:"),
+    runs.FINISHED: ("Finished", ":material/check_circle:"),
+    runs.STOPPED: ("Stopped", ":material/stop_circle:"),
+    runs.CRASHED: ("Failed", ":material/error:"),
+    runs.UNFINISHED: ("Not finished", ":material/pause_circle:"),
 }
 
 
@@ -71,7 +73,7 @@ def start(name: str, data: str, options: dict) -> None:
     """Start button: start the run in the background (or leave the reason for the page)."""
     try:
         jobs.start_run(name, data, options)
-    except jobs.JobError as exc:
+    except runlock.JobError as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"The training did not start: {exc}.")
         return
     st.session_state[RUN_KEY] = name
@@ -83,7 +85,7 @@ def _launch(action: Callable[[str], object], name: str, done: str, failed: str) 
     """A button's job action on run ``name``; its outcome is left for the page as a message."""
     try:
         action(name)
-    except jobs.JobError as exc:
+    except runlock.JobError as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"{failed}: {exc}.")
         return
     st.session_state[MESSAGE_KEY] = ("success", done)
@@ -101,12 +103,12 @@ def finish(name: str) -> None:
 def rename(name: str) -> None:
     try:
         new = jobs.rename_run(name, st.session_state.get(f"train_new_name:{name}", ""))
-    except jobs.JobError as exc:
+    except runlock.JobError as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"**{name}** was not renamed: {exc}.")
         return
-    old_model = str(jobs.run_folder(name) / RUN_MODEL_FILE)
+    old_model = str(runs.run_folder(name) / RUN_MODEL_FILE)
     if st.session_state.get(MODEL_KEY) == old_model:  # the active model moved with its run
-        st.session_state[MODEL_KEY] = str(jobs.run_folder(new) / RUN_MODEL_FILE)
+        st.session_state[MODEL_KEY] = str(runs.run_folder(new) / RUN_MODEL_FILE)
     st.session_state[RUN_KEY] = new
     st.session_state[MESSAGE_KEY] = ("success", f"**{name}** is now called **{new}**.")
 
@@ -114,7 +116,7 @@ def rename(name: str) -> None:
 def delete(name: str) -> None:
     try:
         jobs.delete_run(name)
-    except (jobs.JobError, OSError) as exc:
+    except (runlock.JobError, OSError) as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"**{name}** was not deleted: {exc}.")
         return
     st.session_state.pop(RUN_KEY, None)
@@ -144,9 +146,9 @@ def mtime(path: Path) -> float:
 # --------------------------------------------------------------------------- a run
 
 
-def loss_figure(info: jobs.RunInfo) -> go.Figure:
-    keep = jobs.thin(len(info.steps), MAX_POINTS)
-    smooth = jobs.smooth(info.losses)
+def loss_figure(info: runs.RunInfo) -> go.Figure:
+    keep = visualize.thin(len(info.steps), MAX_POINTS)
+    smooth = visualize.smooth(info.losses)
     steps = [info.steps[i] for i in keep]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=steps, y=[info.losses[i] for i in keep], name="each step", mode="lines",
@@ -180,19 +182,19 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def x_range(info: jobs.RunInfo) -> list[float]:
+def x_range(info: runs.RunInfo) -> list[float]:
     """The steps done so far (the progress bar shows how many are left), with room for a marker."""
     return [0, max(info.step, 1) * 1.03]
 
 
-def val_metrics(info: jobs.RunInfo) -> list[str]:
+def val_metrics(info: runs.RunInfo) -> list[str]:
     """The validation metrics worth a curve: the one the best model is chosen by, then overlap."""
     keys = set().union(*(v.keys() for v in info.val)) if info.val else set()
     primary = (info.best or {}).get("metric") or ("rand_error" if "warping_error" in keys else "dsb_ap")
     return [k for k in dict.fromkeys((primary, "foreground_iou", "seg")) if k in keys]
 
 
-def val_figure(info: jobs.RunInfo) -> go.Figure:
+def val_figure(info: runs.RunInfo) -> go.Figure:
     fig = go.Figure()
     for key, color in zip(val_metrics(info), VAL_COLORS):
         pairs = [(s, v.get(key)) for s, v in zip(info.val_steps, info.val) if v.get(key) is not None]
@@ -214,21 +216,21 @@ def val_figure(info: jobs.RunInfo) -> go.Figure:
     return fig
 
 
-def progress_text(info: jobs.RunInfo) -> str:
-    if info.state == jobs.STARTING:
+def progress_text(info: runs.RunInfo) -> str:
+    if info.state == runs.STARTING:
         return "Preparing the images and their weight maps…"
     if info.live and info.total and info.step >= info.total:
         return f"All {info.total:,} steps done; saving the model (ONNX)…"
     text = f"Step {info.step:,} of {info.total:,}"
     if info.live and info.eta is not None:
-        text += f" · about {jobs.duration_text(info.eta)} left"
+        text += f" · about {visualize.duration_text(info.eta)} left"
     return text
 
 
-def show_numbers(info: jobs.RunInfo) -> None:
+def show_numbers(info: runs.RunInfo) -> None:
     cols = st.columns(4)
     cols[0].metric("Steps done", f"{info.step:,} / {info.total:,}")
-    smooth = jobs.smooth(info.losses)
+    smooth = visualize.smooth(info.losses)
     cols[1].metric("Loss (average)", f"{smooth[-1]:.4f}" if smooth else "–",
                    help="The weighted cross-entropy the network minimises, averaged over recent steps. It "
                    "should go down; it does not say directly how good the segmentation is.")
@@ -240,15 +242,15 @@ def show_numbers(info: jobs.RunInfo) -> None:
     else:
         cols[2].metric("Best validation", "–", help="No validation yet (see 'Validate every' in the settings).")
     if info.live:
-        cols[3].metric("Time left", jobs.duration_text(info.eta),
-                       help=f"Running for {jobs.duration_text(info.elapsed)}"
+        cols[3].metric("Time left", visualize.duration_text(info.eta),
+                       help=f"Running for {visualize.duration_text(info.elapsed)}"
                        + (f", {info.seconds_per_step:.2f} s per step" if info.seconds_per_step else ""))
     else:
-        cols[3].metric("Training time", jobs.duration_text(info.elapsed),
+        cols[3].metric("Training time", visualize.duration_text(info.elapsed),
                        help=f"{info.seconds_per_step:.2f} s per step" if info.seconds_per_step else None)
 
 
-def show_curves(info: jobs.RunInfo) -> None:
+def show_curves(info: runs.RunInfo) -> None:
     if not info.steps:
         return
     left, right = st.columns(2)
@@ -269,12 +271,12 @@ def show_curves(info: jobs.RunInfo) -> None:
             st.info(text, icon=":material/info:")
 
 
-def show_run(info: jobs.RunInfo) -> None:
+def show_run(info: runs.RunInfo) -> None:
     """A run's status, progress, numbers and curves (live or not)."""
     label, icon = STATE_TEXT[info.state]
     where = " (started from the command line)" if info.external else ""
     st.markdown(f"#### {icon} {info.name} · {label}{where}")
-    if info.live or info.state != jobs.FINISHED:
+    if info.live or info.state != runs.FINISHED:
         st.progress(info.fraction, text=progress_text(info))
     show_numbers(info)
     show_curves(info)
@@ -282,7 +284,7 @@ def show_run(info: jobs.RunInfo) -> None:
 
 def live_panel(name: str) -> None:
     """Redrawn every few seconds while the run goes on; a full rerun once it ends."""
-    info = jobs.run_info(name)
+    info = runs.run_info(name)
     if not info.live:
         st.rerun()  # the finished / failed view, and the new model in the sidebar's menu
     show_run(info)
@@ -298,12 +300,12 @@ def live_panel(name: str) -> None:
         st.caption("Stop finishes the current step and saves a checkpoint there; Resume continues from it.")
 
 
-def show_ended(info: jobs.RunInfo) -> None:
+def show_ended(info: runs.RunInfo) -> None:
     """What to do with a run that is not running: use its model, resume it, read why it failed."""
     show_run(info)
     every = int(info.config.get("checkpoint_every") or 0)
     # Stop saves at the current step; a crash (or kill -9) falls back to the last periodic one.
-    checkpoint = info.step if info.state == jobs.STOPPED else ((info.step // every) * every if every else None)
+    checkpoint = info.step if info.state == runs.STOPPED else ((info.step // every) * every if every else None)
     if not info.has_checkpoint:
         again = ("There is no checkpoint yet" + (f" (the first comes at step {every:,})" if every else "")
                  + ": Resume starts this run again from the beginning.")
@@ -311,9 +313,9 @@ def show_ended(info: jobs.RunInfo) -> None:
         again = f"Resume continues from the last checkpoint (about step {checkpoint:,})."
     else:
         again = "Resume continues from the last checkpoint."
-    if info.state == jobs.FINISHED:
+    if info.state == runs.FINISHED:
         if info.model is not None:
-            st.success(f"Finished after {info.step:,} steps in {jobs.duration_text(info.elapsed)}. Its model "
+            st.success(f"Finished after {info.step:,} steps in {visualize.duration_text(info.elapsed)}. Its model "
                        f"**{info.name}** is in the model menu in the sidebar.", icon=":material/check_circle:")
             cols = st.columns([1, 1, 3])
             active = st.session_state.get(MODEL_KEY) == str(info.model)
@@ -325,11 +327,11 @@ def show_ended(info: jobs.RunInfo) -> None:
             st.warning("Finished, but no model file was exported (the run was started with export switched "
                        "off): **Make a model now** exports it.", icon=":material/warning:")
             st.button("Make a model now", icon=":material/output:", key="train_finish",
-                      disabled=jobs.busy() is not None or not info.has_checkpoint, on_click=finish, args=(info.name,))
+                      disabled=runlock.busy() is not None or not info.has_checkpoint, on_click=finish, args=(info.name,))
         return
-    if info.state == jobs.STOPPED:
+    if info.state == runs.STOPPED:
         st.info(f"Stopped at step {info.step:,} of {info.total:,}. {again}", icon=":material/stop_circle:")
-    elif info.state == jobs.CRASHED:
+    elif info.state == runs.CRASHED:
         reason = f": {info.error.rstrip('.')}" if info.error else " without a message"
         st.error(f"The training stopped unexpectedly at step {info.step:,} of {info.total:,}{reason}.  \n"
                  "If the message names a file or a setting, fix it and start a new run; if the computer ran "
@@ -337,7 +339,7 @@ def show_ended(info: jobs.RunInfo) -> None:
     else:
         st.info(f"Not running and not finished (step {info.step:,} of {info.total:,}): it was stopped or "
                 f"ended early, outside this app. {again}", icon=":material/pause_circle:")
-    holder = jobs.busy()
+    holder = runlock.busy()
     cols = st.columns([1, 1, 3])
     cols[0].button("Resume", type="primary", icon=":material/play_arrow:", key="train_resume",
                    disabled=holder is not None or not info.resumable, on_click=resume, args=(info.name,))
@@ -347,12 +349,12 @@ def show_ended(info: jobs.RunInfo) -> None:
     if holder is not None:
         cols[2].caption(f"**{holder.run}** is training now; one run at a time on this computer.")
     if info.console_tail:
-        with st.expander("The last lines the training wrote", expanded=info.state == jobs.CRASHED,
+        with st.expander("The last lines the training wrote", expanded=info.state == runs.CRASHED,
                          icon=":material/terminal:"):
             st.code(info.console_tail, language=None)
 
 
-def manage_run(info: jobs.RunInfo) -> None:
+def manage_run(info: runs.RunInfo) -> None:
     """Rename or delete a run that is not training (delete asks for a tick first)."""
     with st.expander("Rename or delete this run", icon=":material/edit:"):
         left, right = st.columns(2)
@@ -367,7 +369,7 @@ def manage_run(info: jobs.RunInfo) -> None:
                       on_click=delete, args=(info.name,))
 
 
-def show_settings(info: jobs.RunInfo) -> None:
+def show_settings(info: runs.RunInfo) -> None:
     c = info.config
     if not c:
         return
@@ -403,17 +405,17 @@ def _input_size(tile: object) -> str:
         return "?"
 
 
-def run_label(info: jobs.RunInfo) -> str:
+def run_label(info: runs.RunInfo) -> str:
     """A run in the menu: its name only. (A state in the label went stale in the browser: after Stop
     the chosen option kept saying "training now" while the panel below said "Stopped".)"""
     return f"{info.name} (started from the command line)" if info.external else info.name
 
 
-def show_runs(runs: list[jobs.RunInfo]) -> None:
+def show_runs(all_runs: list[runs.RunInfo]) -> None:
     st.subheader("Training runs")
-    by_name = {r.name: r for r in runs}
+    by_name = {r.name: r for r in all_runs}
     if st.session_state.get(RUN_KEY) not in by_name:
-        st.session_state[RUN_KEY] = runs[0].name
+        st.session_state[RUN_KEY] = all_runs[0].name
     name = st.selectbox("Run", list(by_name), key=RUN_KEY, format_func=lambda n: run_label(by_name[n]),
                         help="Every run in the runs folder, the running one first. Reloading the page or coming "
                         "back later shows them again: everything is read from the run folders.")
@@ -459,7 +461,7 @@ def choose_start() -> tuple[str | None, int | None]:
 
 
 def settings_form(init_width: int | None) -> dict:
-    """The training settings (paper's defaults first); the options for unet_core.jobs."""
+    """The training settings (paper's defaults first); the options for unet_core.studio.jobs."""
     # Without a GPU the paper's settings take hours: the quick preset comes first there.
     gpu = cuda_driver_available()
     for key, value in PRESETS["paper" if gpu else "quick"].items():
@@ -554,7 +556,7 @@ def data_summary(source: DataSource, ds: Dataset) -> int:
     return n_train
 
 
-def new_run(holder: jobs.LockInfo | None, first: bool) -> None:
+def new_run(holder: runlock.LockInfo | None, first: bool) -> None:
     """The settings of a new run and its Start button (folded away below earlier runs)."""
     with st.expander("Start a new training run", expanded=first, icon=":material/add_circle:"):
         init, init_width = choose_start()
@@ -604,8 +606,8 @@ if message:
     (st.error if kind == "error" else st.success)(text, icon=":material/error:" if kind == "error"
                                                    else ":material/check_circle:")
 
-holder = jobs.busy()
-runs = jobs.list_runs()
-if runs:
-    show_runs(runs)
-new_run(holder, first=not runs)
+holder = runlock.busy()
+all_runs = runs.list_runs()
+if all_runs:
+    show_runs(all_runs)
+new_run(holder, first=not all_runs)

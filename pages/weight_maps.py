@@ -12,9 +12,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._common import choose_dataset, choose_sample, dataset_or_stop, load_sample_cached
-from unet_core import browse
-from unet_core import visualize as viz
-from unet_core.browse import BorderDistances, BrowseError, DataSource
+from unet_core.studio import browse
+from unet_core.studio import visualize as viz
+from unet_core.studio.browse import BorderDistances
+from unet_core.studio.sources import DataSource
+from unet_core.studio.uploads import BrowseError
 
 W0_RANGE = (0.0, 30.0)
 SIGMA_RANGE = (1.0, 20.0)

@@ -15,12 +15,12 @@ from apptest_helpers import APP, TILE, TIMEOUT, segment_page, texts, upload
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from unet_core import visualize as viz
 from unet_core.inference import InferenceOptions
 from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import run
-from unet_core.registry import default_model, list_models, read_card
 from unet_core.runtime import OnnxPredictor, load_predictor
+from unet_core.studio import visualize as viz
+from unet_core.studio.registry import default_model, list_models, read_card
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -177,6 +177,15 @@ def test_a_16_bit_tiff_stack_is_segmented_slice_by_slice(tiny_installed: Path, c
         "Labels (TIFF stack)", "Objects (TIFF)", "Measurements (CSV)"}
     at.slider(key="slice:stack.tif").set_value(3).run()
     assert not at.exception
+    # Each slice's labels are what the engine gives that slice alone (normalised over the stack).
+    (outcome,) = at.session_state["segment_results"]["outcomes"].values()
+    predictor = load_predictor(tiny_installed, "cpu")
+    options = InferenceOptions(tile=TILE, diameter="off")
+    whole = run(ImageFile("stack.tif", stack[..., None], is_stack=True), predictor, options)
+    assert outcome.result.segmentation.labels.shape == (3, 90, 110)
+    assert np.array_equal(outcome.result.segmentation.labels, whole.segmentation.labels)
+    assert np.array_equal(outcome.result.instances, whole.instances)
+    assert len({int(i) for i in np.unique(outcome.result.instances) if i}) == outcome.result.n_objects
 
 
 def test_several_files_give_a_summary_and_one_zip(tiny_installed: Path, cells_image) -> None:

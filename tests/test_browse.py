@@ -1,4 +1,4 @@
-"""Tests of unet_core.browse: the data root guard, safe zip extraction (traversal, links, bombs),
+"""Tests of unet_core.studio.browse: the data root guard, safe zip extraction (traversal, links, bombs),
 per-sample and per-data-set views, weight maps from cached distances, model facts."""
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_core import browse
-from unet_core import visualize as viz
-from unet_core.browse import (
+from unet_core.datasets import DatasetError, SplitRule, open_dataset, split
+from unet_core.paths import DATA_ENV
+from unet_core.studio import browse, sources, uploads
+from unet_core.studio import visualize as viz
+from unet_core.studio.registry import ModelEntry
+from unet_core.studio.sources import DataSource
+from unet_core.studio.uploads import (
     BrowseError,
-    DataSource,
     OutsideRoot,
     ZipRejected,
     extract_upload,
@@ -27,8 +30,6 @@ from unet_core.browse import (
     resolve_in_root,
     safe_extract_zip,
 )
-from unet_core.datasets import DATA_ENV, DatasetError, SplitRule, open_dataset, split
-from unet_core.registry import ModelEntry
 from unet_core.synthetic import SynthConfig, synthetic_dataset, write_dataset
 from unet_core.weights import weight_map_parts
 
@@ -92,10 +93,10 @@ def test_files_linked_from_outside_the_data_root_are_left_out(tmp_path: Path, mo
     (root / "linked" / "masks").symlink_to(outside / "secret" / "masks", target_is_directory=True)
     monkeypatch.setenv(DATA_ENV, str(root))
 
-    ds = browse.open_source(DataSource("folder", path=str(root / "cells"), label="cells"))
+    ds = sources.open_source(DataSource("folder", path=str(root / "cells"), label="cells"))
     assert [s.name for s in ds.samples] == ["000", "001"]
     assert any("images/002.png: links to a file outside the data folder" in p for p in ds.problems)
-    linked = browse.open_source(DataSource("folder", path=str(root / "linked"), label="linked"))
+    linked = sources.open_source(DataSource("folder", path=str(root / "linked"), label="linked"))
     assert len(linked) == 0 and sum("links to a file outside" in p for p in linked.problems) == 2
     # The command line opens what it is given: the user's own folders, links and all.
     assert len(open_dataset(root / "cells")) == 3
@@ -207,13 +208,13 @@ def test_uploads_touch_only_their_own_folders_and_keep_to_a_quota(tmp_path: Path
     extract_upload(data, "new-session", root)
     assert old_project.is_dir(), "an unmarked folder is never pruned"
     assert not (root / "old-session").exists(), "an old upload of this app is"
-    assert (root / "new-session" / browse.UPLOAD_MARK).is_file()
+    assert (root / "new-session" / uploads.UPLOAD_MARK).is_file()
     assert stat.S_IMODE((root / "new-session").stat().st_mode) == 0o700
 
     # The quota counts every upload; the message says what is left and how to raise it.
-    monkeypatch.setenv(browse.UPLOADS_QUOTA_ENV, str(1.5 * len(data) / 1024**3 * 10))
+    monkeypatch.setenv(uploads.UPLOADS_QUOTA_ENV, str(1.5 * len(data) / 1024**3 * 10))
     big = zip_bytes({f"images/{i}.png": bytes(len(data) * 6) for i in range(3)})  # 18x, zeros: a tiny zip
-    with pytest.raises(ZipRejected, match=f"left.*{browse.UPLOADS_QUOTA_ENV}"):
+    with pytest.raises(ZipRejected, match=f"left.*{uploads.UPLOADS_QUOTA_ENV}"):
         extract_upload(big, "third", root)
     assert not (root / "third").exists()
 
@@ -243,7 +244,7 @@ def test_find_dataset_folder_looks_a_few_levels_down(tmp_path: Path) -> None:
 
 def test_open_source_synthetic_is_the_generators_data_set() -> None:
     source = DataSource("synthetic", mode="phase", n=3, seed=4, size=64)
-    ds = browse.open_source(source)
+    ds = sources.open_source(source)
     expected = synthetic_dataset(3, SynthConfig(height=64, width=64, mode="phase"), seed=4)
     np.testing.assert_array_equal(ds.load_image(2), expected.load_image(2))
     view = browse.load_sample(ds, 2)
@@ -399,7 +400,7 @@ def test_model_info_reads_the_metadata_and_survives_a_broken_file(tiny_model_dir
     broken.write_bytes(b"not a model")
     bad = browse.model_info(ModelEntry("broken", broken, None, "shipped"))
     assert bad.error and bad.width is None and bad.size_bytes == 11
-    assert browse.size_text(11) == "11 bytes" and browse.size_text(3 * 1024**2) == "3.0 MB"
+    assert uploads.size_text(11) == "11 bytes" and uploads.size_text(3 * 1024**2) == "3.0 MB"
 
 
 def test_unfinished_runs_are_runs_without_a_model(tmp_path: Path) -> None:

@@ -10,21 +10,19 @@ import numpy as np
 import pytest
 
 from unet_core.datasets import (
-    DATA_ENV,
     Dataset,
     DatasetError,
     SplitRule,
-    data_root,
     default_split_rule,
     detect_mask_encoding,
     list_datasets,
     mask_to_classes,
     mask_to_instances,
     open_dataset,
-    repo_root,
     split,
 )
 from unet_core.io import read_image, write_png, write_tiff
+from unet_core.paths import DATA_ENV, REPO_ROOT, data_root
 
 SHARED = Path("/work/shared/data")
 ISBI = SHARED / "isbi2012"
@@ -372,9 +370,9 @@ def test_data_root_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
     assert data_root() == tmp_path
     monkeypatch.delenv(DATA_ENV)
-    shared = repo_root().parent / "shared" / "data"
-    assert data_root() == (shared if shared.is_dir() else repo_root() / "data")
-    assert (repo_root() / "unet_core" / "datasets.py").is_file()
+    shared = REPO_ROOT.parent / "shared" / "data"
+    assert data_root() == (shared if shared.is_dir() else REPO_ROOT / "data")
+    assert (REPO_ROOT / "unet_core" / "datasets.py").is_file()
 
 
 def test_list_datasets_skips_bad_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

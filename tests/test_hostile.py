@@ -41,8 +41,8 @@ from unet_core.io import (
 )
 from unet_core.metadata import METADATA_KEY
 from unet_core.predict import output_stems
-from unet_core.registry import default_model, list_models
 from unet_core.runtime import ModelLoadError, load_predictor
+from unet_core.studio.registry import default_model, list_models
 
 REPO = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(7)

@@ -1,8 +1,8 @@
-"""unet_core.jobs: one training at a time (the lock, stale locks, command-line runs), real tiny runs
+"""unet_core.studio.jobs: one training at a time (the lock, stale locks, command-line runs), real tiny runs
 started in the background, their progress read back, stop (SIGTERM) and resume, crashed runs.
 
 Every run here is tiny (width 2, 20 px tiles, 64 px synthetic images) and lives in a private runs
-folder; the lock and the /proc scan only look at that folder, so trainings running elsewhere on the
+folder; the lock and the process scan only look at that folder, so trainings running elsewhere on the
 machine are neither seen nor touched.
 """
 
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from unet_core import jobs
-from unet_core.browse import DataSource
 from unet_core.checkpoint import read_checkpoint
 from unet_core.datasets import SplitRule
+from unet_core.runlog import LOG_NAME
+from unet_core.studio import jobs, processes, registry, runlock, runs, visualize
+from unet_core.studio.sources import DataSource
 
 TINY = {"width": 2, "tile": 20, "synth_n": 4, "synth_size": 64, "workers": 0, "threads": 1}
 
@@ -67,55 +68,58 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 def test_a_second_start_is_refused_and_told_who_holds_the_machine(root: Path, sleeper) -> None:
     holder = sleeper()
-    jobs.acquire_lock("alpha", holder.pid, root)
-    with pytest.raises(jobs.RunBusy) as refused:
+    runlock.acquire_lock("alpha", holder.pid, root)
+    with pytest.raises(runlock.RunBusy) as refused:
         jobs.start_run("beta", "synthetic", TINY, root=root)
     assert refused.value.holder.run == "alpha" and refused.value.holder.pid == holder.pid
     assert "**alpha**" in str(refused.value) and "one training runs at a time" in str(refused.value)
     assert not (root / "beta").exists()  # nothing was started or created
-    with pytest.raises(jobs.RunBusy):
-        jobs.acquire_lock("gamma", os.getpid(), root)
-    assert jobs.busy(root).run == "alpha"
+    with pytest.raises(runlock.RunBusy):
+        runlock.acquire_lock("gamma", os.getpid(), root)
+    assert runlock.busy(root).run == "alpha"
 
     holder.kill()
     holder.wait()
-    assert jobs.read_lock(root) is None  # its process is gone: the lock was stale, and is removed
-    assert not jobs.lock_path(root).exists()
-    assert jobs.acquire_lock("beta", os.getpid(), root).run == "beta"
-    jobs.release_lock(root, os.getpid())
-    assert not jobs.lock_path(root).exists()
+    assert runlock.read_lock(root) is None  # its process is gone: the lock was stale, and is removed
+    assert not runlock.lock_path(root).exists()
+    assert runlock.acquire_lock("beta", os.getpid(), root).run == "beta"
+    runlock.release_lock(root, os.getpid())
+    assert not runlock.lock_path(root).exists()
 
 
 def test_stale_locks_are_cleared(root: Path) -> None:
-    path = jobs.lock_path(root)
+    path = runlock.lock_path(root)
     path.write_text(json.dumps({"run": "old", "pid": dead_pid(), "time": 0}))
-    assert jobs.busy(root) is None and not path.exists()
+    assert runlock.busy(root) is None and not path.exists()
 
     # A pid that now belongs to another process (this one) started at another time: stale too.
-    ticks = jobs.process_start_ticks(os.getpid())
-    if ticks is not None:
-        path.write_text(json.dumps({"run": "reused", "pid": os.getpid(), "start_ticks": ticks + 1}))
-        assert jobs.read_lock(root) is None and not path.exists()
+    started = processes.process_started(os.getpid())
+    assert started is not None
+    path.write_text(json.dumps({"run": "reused", "pid": os.getpid(), "started": started + 1}))
+    assert runlock.read_lock(root) is None and not path.exists()
+    path.write_text(json.dumps({"run": "me", "pid": os.getpid(), "started": started}))
+    assert runlock.read_lock(root).run == "me"  # the same process: a live lock
+    path.unlink()
 
     # A lock that cannot be read is excused while it is being written, not later.
     path.write_text("{half")
-    assert jobs.read_lock(root).run == "(starting)"
+    assert runlock.read_lock(root).run == "(starting)"
     os.utime(path, (time.time() - 60, time.time() - 60))
-    assert jobs.read_lock(root) is None and not path.exists()
+    assert runlock.read_lock(root) is None and not path.exists()
 
 
 def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, monkeypatch) -> None:
     import threading
 
-    read = jobs._read_lock_file
+    read = runlock._read_lock_file
 
     def slow_read(path: Path):  # widens the window between looking at the lock and acting on it
         found = read(path)
         time.sleep(0.0005)
         return found
 
-    monkeypatch.setattr(jobs, "_read_lock_file", slow_read)
-    path, dead = jobs.lock_path(root), dead_pid()
+    monkeypatch.setattr(runlock, "_read_lock_file", slow_read)
+    path, dead = runlock.lock_path(root), dead_pid()
     doubles = 0
     for trial in range(1000):
         path.write_text(json.dumps({"run": "old", "pid": dead, "time": 0}))
@@ -124,8 +128,8 @@ def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, mo
         def take(name: str, barrier: threading.Barrier = barrier, won: list = won) -> None:
             barrier.wait()
             try:
-                won.append(jobs.acquire_lock(name, os.getpid(), root))
-            except jobs.RunBusy:
+                won.append(runlock.acquire_lock(name, os.getpid(), root))
+            except runlock.RunBusy:
                 pass
 
         threads = [threading.Thread(target=take, args=(f"s{k}-{trial}",)) for k in range(2)]
@@ -134,22 +138,22 @@ def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, mo
         for t in threads:
             t.join()
         doubles += len(won) != 1
-        assert jobs.read_lock(root, clean=False).run == won[0].run  # the lock names the one winner
-        jobs.release_lock(root)
+        assert runlock.read_lock(root, clean=False).run == won[0].run  # the lock names the one winner
+        runlock.release_lock(root)
     assert doubles == 0
 
 
 def test_a_command_line_training_in_the_runs_folder_counts_as_busy(root: Path, sleeper) -> None:
     sleeper("unet_core", "train", "--out", str(root.parent / "other-runs" / "x"))  # another runs folder
     sleeper("-m", "unet_core", "predict", "--out", str(root / "x"))  # not a training
-    assert jobs.busy(root) is None
+    assert runlock.busy(root) is None
     proc = sleeper("-m", "unet_core", "train", "--data", "synthetic", "--out", str(root / "cli-run"))
-    wait_for(lambda: jobs.training_processes(root), 10, "the process to show in /proc")
-    holder = jobs.busy(root)
+    wait_for(lambda: processes.training_processes(root), 10, "the process to show among the processes")
+    holder = runlock.busy(root)
     assert holder.external and holder.run == "cli-run" and holder.pid == proc.pid
-    with pytest.raises(jobs.RunBusy, match="started from the command line"):
+    with pytest.raises(runlock.RunBusy, match="started from the command line"):
         jobs.start_run("mine", "synthetic", TINY, root=root)
-    with pytest.raises(jobs.JobError, match="stop it there"):  # never signalled from the app
+    with pytest.raises(runlock.JobError, match="stop it there"):  # never signalled from the app
         jobs.stop_run("cli-run", root)
     assert proc.poll() is None
 
@@ -163,16 +167,16 @@ def test_settings_become_the_trainers_config_and_bad_ones_are_refused(tmp_path: 
     assert (cfg.width, cfg.lr, cfg.augment.enabled, cfg.momentum, cfg.synth) == (16, 0.001, False, 0.99,
                                                                                   {"mode": "phase"})
     assert cfg.out == str((tmp_path / "r").resolve())
-    with pytest.raises(jobs.JobError, match="colour"):
+    with pytest.raises(runlock.JobError, match="colour"):
         jobs.new_run_config(tmp_path / "r", "synthetic", {"colour": "red"})
-    with pytest.raises(jobs.JobError, match="use 388 or 404"):
+    with pytest.raises(runlock.JobError, match="use 388 or 404"):
         jobs.new_run_config(tmp_path / "r", "synthetic", {"tile": 390})
-    with pytest.raises(jobs.JobError, match="momentum"):
+    with pytest.raises(runlock.JobError, match="momentum"):
         jobs.new_run_config(tmp_path / "r", "synthetic", {"momentum": 1.5})
-    with pytest.raises(jobs.JobError, match="not there any more"):
+    with pytest.raises(runlock.JobError, match="not there any more"):
         jobs.new_run_config(tmp_path / "r", "synthetic", {"init": str(tmp_path / "gone.onnx")})
     for bad in ("", "../up", "a b", "-x", "x" * 65):
-        with pytest.raises(jobs.JobError, match="cannot be a run name"):
+        with pytest.raises(runlock.JobError, match="cannot be a run name"):
             jobs.check_name(bad)
     assert jobs.check_name(" unet-2.b_c ") == "unet-2.b_c"
     (tmp_path / "unet-my-data-0314").mkdir()
@@ -187,40 +191,40 @@ def test_the_models_own_split_is_used_only_on_its_own_data(tmp_path: Path) -> No
     folder.mkdir()
     training = {"data": str(folder), "split_rule": {"kind": "last_n", "k": 2}}
     own, default = SplitRule("last_n", 2), SplitRule("every_kth", 5)
-    assert jobs.split_for(training, DataSource("folder", path=str(folder)), 10, default) == (own, True)
-    assert jobs.split_for(training, DataSource("folder", path=str(tmp_path)), 10, default) == (default, False)
-    assert jobs.split_for({}, DataSource(), 10, default) == (default, False)
+    assert registry.split_for(training, DataSource("folder", path=str(folder)), 10, default) == (own, True)
+    assert registry.split_for(training, DataSource("folder", path=str(tmp_path)), 10, default) == (default, False)
+    assert registry.split_for({}, DataSource(), 10, default) == (default, False)
     synth = {"data": "synthetic", "split_rule": {"kind": "every_kth", "k": 3},
              "config": {"synth_n": 8, "synth_seed": 0, "synth": {"height": 64, "width": 64}}}
-    assert jobs.split_for(synth, DataSource(n=8, size=64), 8, default)[1]
-    assert not jobs.split_for(synth, DataSource(n=8, size=512), 8, default)[1]  # other images
-    assert not jobs.split_for(synth, DataSource(n=8, seed=1, size=64), 8, default)[1]
+    assert registry.split_for(synth, DataSource(n=8, size=64), 8, default)[1]
+    assert not registry.split_for(synth, DataSource(n=8, size=512), 8, default)[1]  # other images
+    assert not registry.split_for(synth, DataSource(n=8, seed=1, size=64), 8, default)[1]
 
 
 # --------------------------------------------------------------------------- reading runs
 
 
 def test_the_log_is_read_incrementally_and_a_half_written_line_waits(tmp_path: Path) -> None:
-    log = tmp_path / jobs.LOG_NAME
+    log = tmp_path / LOG_NAME
     log.write_text('{"event": "start", "step": 0}\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
-    assert [r.get("step") for r in jobs.read_log(tmp_path)] == [0, 1]
+    assert [r.get("step") for r in runs.read_log(tmp_path)] == [0, 1]
     with open(log, "a") as fh:
         fh.write('ss": 0.4}\n')
-    assert [r.get("loss") for r in jobs.read_log(tmp_path)] == [None, 0.5, 0.4]
+    assert [r.get("loss") for r in runs.read_log(tmp_path)] == [None, 0.5, 0.4]
     tmp = tmp_path / "new"
     tmp.write_text('{"step": 1, "loss": 0.9}\n')
     os.replace(tmp, log)  # what a resume does when it truncates the log
-    assert jobs.read_log(tmp_path) == [{"step": 1, "loss": 0.9}]
+    assert runs.read_log(tmp_path) == [{"step": 1, "loss": 0.9}]
 
 
 def test_small_helpers() -> None:
-    assert jobs.smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
-    assert jobs.thin(10, 4)[-1] == 9 and len(jobs.thin(10, 4)) <= 5 and jobs.thin(3, 4) == [0, 1, 2]
-    assert [jobs.duration_text(s) for s in (None, 40, 600, 3725)] == ["–", "40 s", "10 min", "1 h 02 min"]
-    assert jobs.error_line("step 1\nerror: /x: no such folder\n") == "/x: no such folder"
-    assert jobs.error_line("Traceback (most recent call last):\n  File x\nRuntimeError: out of memory") == \
+    assert visualize.smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
+    assert visualize.thin(10, 4)[-1] == 9 and len(visualize.thin(10, 4)) <= 5 and visualize.thin(3, 4) == [0, 1, 2]
+    assert [visualize.duration_text(s) for s in (None, 40, 600, 3725)] == ["–", "40 s", "10 min", "1 h 02 min"]
+    assert runs.error_line("step 1\nerror: /x: no such folder\n") == "/x: no such folder"
+    assert runs.error_line("Traceback (most recent call last):\n  File x\nRuntimeError: out of memory") == \
         "RuntimeError: out of memory"
-    assert jobs.error_line("all fine") is None
+    assert runs.error_line("all fine") is None
 
 
 # --------------------------------------------------------------------------- real runs
@@ -228,34 +232,34 @@ def test_small_helpers() -> None:
 
 def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> None:
     held = jobs.start_run("tiny", "synthetic", {**TINY, "steps": 6, "val_every": 3}, root=root)
-    assert jobs.busy(root).run == "tiny" and held.pid > 0
-    assert jobs.run_info("tiny", root).live
+    assert runlock.busy(root).run == "tiny" and held.pid > 0
+    assert runs.run_info("tiny", root).live
     assert jobs.wait("tiny", 180, root), "the tiny run did not end"
 
-    info = jobs.run_info("tiny", root)
-    assert info.state == jobs.FINISHED, info.console_tail
+    info = runs.run_info("tiny", root)
+    assert info.state == runs.FINISHED, info.console_tail
     assert info.steps == [1, 2, 3, 4, 5, 6] and info.total == 6 and info.step == 6
     assert info.val_steps == [3, 6] and info.best["metric"] == "dsb_ap"
     assert info.n_train == 3 and info.n_val == 1 and info.elapsed > 0
     assert info.model == root / "tiny" / "model.onnx" and info.model.is_file()
-    assert jobs.read_job(info.folder)["returncode"] == 0
-    assert "--config" in (root / "tiny" / jobs.CONSOLE_NAME).read_text()  # the settings went as config.json
+    assert runs.read_job(info.folder)["returncode"] == 0
+    assert "--config" in (root / "tiny" / runs.CONSOLE_NAME).read_text()  # the settings went as config.json
     assert json.loads((root / "tiny" / "config.json").read_text())["width"] == 2
-    assert jobs.busy(root) is None and not jobs.lock_path(root).exists()
-    assert [r.name for r in jobs.list_runs(root)] == ["tiny"]
-    with pytest.raises(jobs.JobError, match="exists already"):
+    assert runlock.busy(root) is None and not runlock.lock_path(root).exists()
+    assert [r.name for r in runs.list_runs(root)] == ["tiny"]
+    with pytest.raises(runlock.JobError, match="exists already"):
         jobs.start_run("tiny", "synthetic", TINY, root=root)
 
 
 def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
     jobs.start_run("long", "synthetic", settings, root=root)
-    wait_for(lambda: jobs.run_info("long", root).step >= 12, 120, "12 steps")
-    pid = jobs.read_job(root / "long")["pid"]
+    wait_for(lambda: runs.run_info("long", root).step >= 12, 120, "12 steps")
+    pid = runs.read_job(root / "long")["pid"]
     assert jobs.stop_run("long", root)
-    assert not jobs.pid_alive(pid) and jobs.busy(root) is None
-    info = jobs.run_info("long", root)
-    assert info.state == jobs.STOPPED and info.resumable and 12 <= info.step < 5000
+    assert not processes.pid_alive(pid) and runlock.busy(root) is None
+    info = runs.run_info("long", root)
+    assert info.state == runs.STOPPED and info.resumable and 12 <= info.step < 5000
     saved = read_checkpoint(root / "long" / "last.pt")
     assert saved["step"] == info.step, "Stop saves a checkpoint at the step it stopped after"
     assert not jobs.stop_run("long", root)  # not running any more
@@ -263,10 +267,10 @@ def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     target = saved["step"] + 8
     jobs.resume_run("long", {"steps": target, "width": 64}, root=root)  # width cannot change: dropped
     assert jobs.wait("long", 180, root), "the resumed run did not end"
-    info = jobs.run_info("long", root)
-    assert info.state == jobs.FINISHED, info.console_tail
+    info = runs.run_info("long", root)
+    assert info.state == runs.FINISHED, info.console_tail
     assert info.steps == list(range(1, target + 1)) and info.total == target
-    assert "resumed:" in (root / "long" / jobs.CONSOLE_NAME).read_text()
+    assert "resumed:" in (root / "long" / runs.CONSOLE_NAME).read_text()
     assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
 
 
@@ -275,50 +279,50 @@ def test_a_run_killed_before_its_first_step_resumes_with_its_settings(root: Path
 
     held = jobs.start_run("early", "synthetic", {**TINY, "steps": 4}, root=root)
     os.killpg(held.pid, signal.SIGKILL)  # within milliseconds: the trainer is still importing torch
-    wait_for(lambda: not jobs.pid_alive(held.pid, held.start_ticks), 30, "the kill")
+    wait_for(lambda: not processes.pid_alive(held.pid, held.started), 30, "the kill")
     assert json.loads((root / "early" / "config.json").read_text())["steps"] == 4  # written by the launcher
-    info = jobs.run_info("early", root)
-    assert info.state != jobs.FINISHED and info.resumable and not info.has_checkpoint
+    info = runs.run_info("early", root)
+    assert info.state != runs.FINISHED and info.resumable and not info.has_checkpoint
     held = jobs.finish_run("early", root)  # nothing to make a model from: the trainer says so
     assert jobs.wait("early", 120, root)
-    assert "no checkpoint (last.pt) to make a model from" in jobs.run_info("early", root).console_tail
+    assert "no checkpoint (last.pt) to make a model from" in runs.run_info("early", root).console_tail
     jobs.resume_run("early", root=root)  # from scratch, with the saved settings
     assert jobs.wait("early", 180, root), "the resumed run did not end"
-    info = jobs.run_info("early", root)
-    assert info.state == jobs.FINISHED and info.step == 4, info.console_tail
+    info = runs.run_info("early", root)
+    assert info.state == runs.FINISHED and info.step == 4, info.console_tail
 
 
 def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Path, sleeper) -> None:
     settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
     jobs.start_run("long", "synthetic", settings, root=root)
-    wait_for(lambda: jobs.run_info("long", root).step >= 6, 120, "6 steps")
-    with pytest.raises(jobs.JobError, match="training now"):
+    wait_for(lambda: runs.run_info("long", root).step >= 6, 120, "6 steps")
+    with pytest.raises(runlock.JobError, match="training now"):
         jobs.delete_run("long", root)
     assert jobs.stop_run("long", root)
     stopped_at = read_checkpoint(root / "long" / "last.pt")["step"]
 
     jobs.finish_run("long", root)  # export off at the start: finishing exports anyway
     assert jobs.wait("long", 180, root), "the export did not end"
-    info = jobs.run_info("long", root)
-    assert info.state == jobs.FINISHED, info.console_tail
+    info = runs.run_info("long", root)
+    assert info.state == runs.FINISHED, info.console_tail
     assert info.step == info.total == stopped_at and info.model == root / "long" / "model.onnx"
-    assert "--finish" in (root / "long" / jobs.CONSOLE_NAME).read_text()
+    assert "--finish" in (root / "long" / runs.CONSOLE_NAME).read_text()
 
     assert jobs.rename_run("long", " short ", root) == "short"
     assert not (root / "long").exists() and (root / "short" / "model.onnx").is_file()
     config = json.loads((root / "short" / "config.json").read_text())
     assert config["out"] == str(root / "short") and config.get("name") in (None, "short")  # None: the folder's name
-    assert [r.name for r in jobs.list_runs(root)] == ["short"]
+    assert [r.name for r in runs.list_runs(root)] == ["short"]
     (root / "other").mkdir()
-    with pytest.raises(jobs.JobError, match="exists already"):
+    with pytest.raises(runlock.JobError, match="exists already"):
         jobs.rename_run("short", "other", root)
-    with pytest.raises(jobs.JobError, match="cannot be a run name"):
+    with pytest.raises(runlock.JobError, match="cannot be a run name"):
         jobs.rename_run("short", "../escape", root)
-    with pytest.raises(jobs.JobError, match="no run called"):
+    with pytest.raises(runlock.JobError, match="no run called"):
         jobs.delete_run("missing", root)
     sleeper("-m", "unet_core", "train", "--out", str(root / "other"))  # a command-line run in that folder
-    wait_for(lambda: "other" in jobs.training_processes(root), 30, "the command-line run to show")
-    with pytest.raises(jobs.JobError, match="training now"):
+    wait_for(lambda: "other" in processes.training_processes(root), 30, "the command-line run to show")
+    with pytest.raises(runlock.JobError, match="training now"):
         jobs.delete_run("other", root)
     jobs.delete_run("short", root)
     assert not (root / "short").exists() and (root / "other").is_dir()
@@ -327,13 +331,13 @@ def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Pa
 def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Path, tmp_path: Path) -> None:
     jobs.start_run("bad", str(tmp_path / "missing"), TINY, root=root)
     assert jobs.wait("bad", 120, root)
-    info = jobs.run_info("bad", root)
-    assert info.state == jobs.CRASHED
+    info = runs.run_info("bad", root)
+    assert info.state == runs.CRASHED
     assert "no such folder" in info.error and "missing" in info.console_tail
-    assert jobs.busy(root) is None
+    assert runlock.busy(root) is None
     # Its settings were saved before the data was opened: once the folder is there, Resume retries.
     assert info.resumable and (root / "bad" / "config.json").is_file()
     jobs.resume_run("bad", root=root)
     assert jobs.wait("bad", 120, root)
-    info = jobs.run_info("bad", root)
-    assert info.state == jobs.CRASHED and "no such folder" in info.error  # still missing
+    info = runs.run_info("bad", root)
+    assert info.state == runs.CRASHED and "no such folder" in info.error  # still missing

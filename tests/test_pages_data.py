@@ -14,8 +14,8 @@ from apptest_helpers import APP, TIMEOUT, texts
 from streamlit.testing.v1 import AppTest
 
 from pages._common import MODEL_KEY
-from unet_core import browse
 from unet_core.datasets import open_dataset
+from unet_core.studio import uploads
 from unet_core.synthetic import SynthConfig, synthetic_dataset, write_dataset
 
 SMALL = SynthConfig(height=64, width=80, n_cells=(3, 9), radius=(5.0, 10.0))
@@ -185,8 +185,8 @@ def test_an_uploaded_zip_is_opened_as_a_data_set(data_root: Path, tmp_path: Path
 ])
 def test_a_crafted_zip_is_refused_with_a_message(data_root: Path, tmp_path: Path, monkeypatch, members,
                                                  reason) -> None:
-    monkeypatch.setattr(browse, "MAX_ZIP_BYTES", 1_000_000)
-    monkeypatch.setattr(browse, "MAX_ZIP_MEMBERS", 10)
+    monkeypatch.setattr(uploads, "MAX_ZIP_BYTES", 1_000_000)
+    monkeypatch.setattr(uploads, "MAX_ZIP_MEMBERS", 10)
     at = open_page("pages/datasets.py")
     at.radio(key="datasets_kind").set_value("upload").run()
     at.file_uploader(key="datasets_zip").upload("evil.zip", zip_upload(members), "application/zip").run()

@@ -17,10 +17,11 @@ from apptest_helpers import APP, TIMEOUT, open_page, texts
 from streamlit.testing.v1 import AppTest
 
 from pages._common import MODEL_KEY
-from unet_core import jobs, runtime
-from unet_core.browse import DataSource
+from unet_core import runtime
 from unet_core.metadata import read_metadata
-from unet_core.registry import list_models
+from unet_core.studio import jobs, runlock, runs
+from unet_core.studio.registry import list_models
+from unet_core.studio.sources import DataSource
 
 SMALL_SYNTH = DataSource(n=4, size=64)
 
@@ -95,7 +96,7 @@ def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> No
     assert "Training **tiny-run** started" in texts(at.success)
     # While it runs: the live view with its Stop button, and a second start is refused, naming it.
     # (importing torch and exporting alone keep the process alive for seconds)
-    assert jobs.busy().run == "tiny-run"
+    assert runlock.busy().run == "tiny-run"
     assert at.selectbox(key="train_run").value == "tiny-run"
     assert at.button(key="train_stop")
     assert at.button(key="train_start").disabled
@@ -124,9 +125,9 @@ def test_a_crashed_run_is_shown_with_what_it_wrote(studio_dirs) -> None:
                                                     "data": "synthetic"}))
     (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "step_s": 0.1,
                                                           "elapsed": 0.1 * s}) + "\n" for s in range(1, 61)))
-    (folder / jobs.CONSOLE_NAME).write_text("step 60/100\nTraceback (most recent call last):\n  File x\n"
+    (folder / runs.CONSOLE_NAME).write_text("step 60/100\nTraceback (most recent call last):\n  File x\n"
                                             "RuntimeError: DataLoader worker (pid 4242) is killed by signal\n")
-    (folder / jobs.JOB_NAME).write_text(json.dumps({"pid": 0, "started": time.time() - 60}))
+    (folder / runs.JOB_NAME).write_text(json.dumps({"pid": 0, "started": time.time() - 60}))
     (folder / "last.pt").write_bytes(b"checkpoint")  # only its presence is looked at
     at = open_page("pages/train.py")
     assert not at.exception
@@ -198,7 +199,7 @@ def test_evaluate_page_without_a_model_or_with_a_broken_one(studio_dirs) -> None
 def test_compare_overlay_marks_missed_and_extra_pixels() -> None:
     import numpy as np
 
-    from unet_core import visualize as viz
+    from unet_core.studio import visualize as viz
 
     base = np.full((10, 10, 3), 100, np.uint8)
     truth = np.zeros((10, 10), np.int32)

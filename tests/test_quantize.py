@@ -44,8 +44,8 @@ from unet_core.quantize import (
     sha256_of,
     training_indices,
 )
-from unet_core.registry import list_models, read_card
 from unet_core.runtime import ModelLoadError, OnnxPredictor, inspect_onnx, load_predictor
+from unet_core.studio.registry import list_models, read_card
 from unet_core.synthetic import SynthConfig, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent

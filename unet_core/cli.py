@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from .errors import REPORT_TO, UserError, configure_logging
 from .io import ImageReadError
@@ -22,36 +23,27 @@ DEFAULT_MODEL = REPO_ROOT / "models" / "unet-nuclei.onnx"
 log = logging.getLogger(__name__)
 
 
-class ProgressBar:
-    """A dependency-free progress line on stderr: files done and tiles of the current file."""
+class FileProgress:
+    """Progress on stderr (tqdm): one bar of tiles per file, ``[i/n] name``."""
 
-    def __init__(self, n_files: int, stream=sys.stderr) -> None:
+    def __init__(self, n_files: int) -> None:
         self.n_files = n_files
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self.file_index = 0
-        self.name = ""
-        self.started = time.perf_counter()
-        self._last = 0.0
+        self._bar: tqdm | None = None
 
     def start_file(self, index: int, name: str) -> None:
-        self.file_index, self.name = index, name
-        self.started = time.perf_counter()
+        self.close()
+        self._bar = tqdm(total=0, desc=f"[{index + 1}/{self.n_files}] {name}", unit="tile", file=sys.stderr,
+                         mininterval=0.1 if sys.stderr.isatty() else 5.0, dynamic_ncols=True)
 
     def tiles(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < total and now - self._last < (0.1 if self.interactive else 5.0):
-            return
-        self._last = now
-        width = 24
-        filled = int(width * done / max(total, 1))
-        line = (f"[{self.file_index + 1}/{self.n_files}] {self.name}  "
-                f"|{'#' * filled}{'.' * (width - filled)}| tiles {done}/{total}  {now - self.started:5.1f}s")
-        if self.interactive:
-            self.stream.write("\r" + line + ("\n" if done == total else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _pixels_or_auto(value: str, minimum: int, name: str = "") -> int | None:
@@ -152,71 +144,93 @@ def _resolved(name: str) -> Path | None:
         return None
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import InferenceOptions
+def _segment_file(name: str, stem: str, predictor, options, inst, args: argparse.Namespace, out: Path,
+                  inputs: set[Path], bar: FileProgress):
+    """Read, segment and write one image of ``predict``: (what was written, the segmentation)."""
     from .io import channels_for_model, read_image
-    from .predict import check_outputs, output_names, output_stems, run, write_outputs
+    from .predict import check_outputs, output_names, run, write_outputs
+
+    image = read_image(name)
+    # --channel is for the multi-channel images of a batch: gray and RGB images are read as always.
+    chosen = args.channels if image.has_separate_channels else None
+    image = channels_for_model(image, predictor.meta.unet.in_channels, chosen)
+    # Checked before segmenting too: a refused output should not cost the segmentation.
+    check_outputs(out, output_names(stem, image.is_stack, args.probs), args.overwrite, inputs)
+    result = run(image, predictor, options, inst, bar.tiles)
+    return write_outputs(result, out, stem, args.overwrite, inputs), result.segmentation
+
+
+def _failure(name: str, exc: Exception) -> str:
+    """The one-line message for an image that could not be segmented (a bug is logged in full)."""
+    if isinstance(exc, (ImageReadError, ValueError, OSError)):
+        return f"{_file_message(name, exc)}{_channel_hint(exc)}"
+    if isinstance(exc, MemoryError):
+        return f"{name}: not enough memory to segment this image (try a smaller --tile)"
+    log.error("internal error while segmenting %s", name, exc_info=exc)
+    return (f"{name}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); please report it, "
+            "with the traceback logged above")
+
+
+def _report_file(name: str, stem: str, seg, written) -> None:
+    """What ``predict`` says about a segmented image: notes on stderr, the outputs on stdout."""
+    if stem != Path(name).stem:
+        print(f"note: {name}: results named {stem}_* (another input has the same name)", file=sys.stderr)
+    if seg.diameter_source in ("given", "estimated"):
+        print(f"note: {name}: object diameter {seg.diameter:.1f} px ({seg.diameter_source}), "
+              f"segmented at {seg.factor:.2f}x" if seg.diameter else
+              f"note: {name}: object diameter could not be estimated", file=sys.stderr)
+    for note in written.notes:
+        print(f"note: {name}: {note}", file=sys.stderr)
+    print(f"{name}: {written.n_objects} objects -> " + ", ".join(p.name for p in written.outputs))
+
+
+def _open_predict(args: argparse.Namespace):
+    """The output folder and the predictor of ``predict``, or an error message."""
     from .runtime import ModelLoadError, load_predictor
 
     out = Path(args.out)
     # Before any work: a file given as --out would fail only after the first image is segmented.
     if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file, not a folder; give the folder the results go to", file=sys.stderr)
-        return 2
+        return None, f"--out {out} is a file, not a folder; give the folder the results go to"
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     try:
         predictor = load_predictor(model_path, args.device)
     except ModelLoadError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return None, " ".join(str(exc).split())
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"error: --out {out}: cannot create the folder ({exc.strerror or exc})", file=sys.stderr)
-        return 2
+        return None, f"--out {out}: cannot create the folder ({exc.strerror or exc})"
     print(f"model {model_path.name} on {predictor.device_name}", file=sys.stderr)
+    return (out, predictor), None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import InferenceOptions
+    from .predict import output_stems
+
+    opened, error = _open_predict(args)
+    if opened is None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out, predictor = opened
     options = InferenceOptions(tile=args.tile, batch=args.batch, tta=args.tta, keep_probs=args.probs,
                                diameter=args.diameter)
     inst = _instance_options(args)
-    bar = ProgressBar(len(args.images))
-    stems = output_stems(args.images)
+    bar = FileProgress(len(args.images))
     inputs = {p for p in map(_resolved, args.images) if p is not None}
     failed = 0
-    for i, (name, stem) in enumerate(zip(args.images, stems)):
+    for i, (name, stem) in enumerate(zip(args.images, output_stems(args.images))):
         bar.start_file(i, Path(name).name)
         try:
-            image = read_image(name)
-            # --channel is for the multi-channel images of a batch: gray and RGB images are read as always.
-            chosen = args.channels if image.has_separate_channels else None
-            image = channels_for_model(image, predictor.meta.unet.in_channels, chosen)
-            # Checked before segmenting too: a refused output should not cost the segmentation.
-            check_outputs(out, output_names(stem, image.is_stack, args.probs), args.overwrite, inputs)
-            result = run(image, predictor, options, inst, bar.tiles)
-            written = write_outputs(result, out, stem, args.overwrite, inputs)
-        except (ImageReadError, ValueError, OSError) as exc:
+            written, seg = _segment_file(name, stem, predictor, options, inst, args, out, inputs, bar)
+        except Exception as exc:  # noqa: BLE001 -- this file fails, the others go on; _failure logs a bug
+            bar.close()
             failed += 1
-            print(f"error: {_file_message(name, exc)}{_channel_hint(exc)}", file=sys.stderr)
+            print(f"error: {_failure(name, exc)}", file=sys.stderr)
             continue
-        except MemoryError:
-            failed += 1
-            print(f"error: {name}: not enough memory to segment this image (try a smaller --tile)", file=sys.stderr)
-            continue
-        except Exception as exc:  # a bug: this file fails, the others are still segmented
-            failed += 1
-            log.exception("internal error while segmenting %s", name)
-            print(f"error: {name}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                  "please report it, with the traceback logged above", file=sys.stderr)
-            continue
-        if stem != Path(name).stem:
-            print(f"note: {name}: results named {stem}_* (another input has the same name)", file=sys.stderr)
-        seg = result.segmentation
-        if seg.diameter_source in ("given", "estimated"):
-            print(f"note: {name}: object diameter {seg.diameter:.1f} px ({seg.diameter_source}), "
-                  f"segmented at {seg.factor:.2f}x" if seg.diameter else
-                  f"note: {name}: object diameter could not be estimated", file=sys.stderr)
-        for note in written.notes:
-            print(f"note: {name}: {note}", file=sys.stderr)
-        print(f"{name}: {written.n_objects} objects -> " + ", ".join(p.name for p in written.outputs))
+        bar.close()
+        _report_file(name, stem, seg, written)
     if failed:
         print(f"{failed} of {len(args.images)} files failed", file=sys.stderr)
     return 1 if failed else 0
@@ -399,15 +413,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not indices:
         print(f"error: the {args.split} split of {args.data} ({rule.to_dict()}) is empty", file=sys.stderr)
         return 2
-    bar = ProgressBar(1)
+    bar = FileProgress(1)
     bar.start_file(0, f"{args.split} split")
     try:
         options = EvalOptions(tile=args.tile, tta=args.tta, kind=args.kind, diameter=args.diameter,
                               instance_options=_instance_options(args))
         report = evaluate(segmenter, dataset, indices, options, progress=bar.tiles)
     except (ImageReadError, ValueError, OSError) as exc:
+        bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    bar.close()
     report.model = str(args.model) if args.model else f"baseline: {args.baseline}"
     report.split = f"{args.split} split, rule {rule.to_dict()}" if args.split != "all" else "all images"
     print(report.to_json(images=args.per_image))
@@ -439,12 +455,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m unet_core", description="U-Net Studio engine")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="say what the engine is doing (tile measurement, scale search, GPU fallback)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_predict(sub) -> None:
+    """The ``predict`` command and its options."""
     p = sub.add_parser("predict", help="segment images with an ONNX model (overlap-tile)",
                        epilog="File names starting with '-': put the images last, after '--', e.g. "
                               "predict --out results/ -- -scan1.tif scan2.tif")
@@ -469,11 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_object_options(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export(sub) -> None:
+    """The ``export`` command and its options."""
     e = sub.add_parser("export", help="export a checkpoint to ONNX (with metadata and a parity check)")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
 
+
+def _add_quantize(sub) -> None:
+    """The ``quantize`` command and its options."""
     q = sub.add_parser("quantize", help="make an int8 copy of an ONNX model for fast CPU inference "
                        "(static, calibrated on its training images)")
     q.add_argument("model", help="the fp32 .onnx model")
@@ -492,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="which images and tile positions are drawn (default 0)")
     q.set_defaults(func=cmd_quantize)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` command and its options."""
     t = sub.add_parser("train", help="train a U-Net (the paper's recipe; resumable)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -502,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress line")
     t.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` command and its options."""
     v = sub.add_parser("evaluate", help="evaluate a model on a data set (metrics JSON + markdown report)")
     v.add_argument("--model", help="model .onnx (or .pt checkpoint)")
     v.add_argument("--baseline", choices=("otsu-watershed", "otsu"),
@@ -524,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--mode", choices=("fluorescence", "phase"), help="look of a synthetic data set")
     v.set_defaults(func=cmd_evaluate)
 
+
+def _add_synth(sub) -> None:
+    """The ``synth`` command and its options."""
     s = sub.add_parser("synth", help="write a synthetic data set (images/ + masks/)")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, required=True)
@@ -531,6 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=("fluorescence", "phase"), default="fluorescence")
     s.add_argument("--size", type=int, help="image edge in px (default 512)")
     s.set_defaults(func=cmd_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m unet_core", description="U-Net Studio engine")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say what the engine is doing (tile measurement, scale search, GPU fallback)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
+    _add_export(sub)
+    _add_quantize(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_synth(sub)
     return parser
 
 

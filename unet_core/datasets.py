@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from scipy import ndimage
 
 from .errors import UserError
 from .io import IMAGE_SUFFIXES, ImageReadError, read_image, read_image_shape
+from .paths import data_root
 
 LAYOUTS = ("isbi2012", "ctc", "generic", "synthetic")
 MASK_ENCODINGS = ("binary_0_255", "binary_0_1", "class_indexes", "instance_ids")
@@ -57,7 +57,6 @@ SPLIT_PARTS = ("train", "val", "val_random", "val_groups")
 #: A file beside images/ + masks/ that says which images were acquired together (DSB 2018 style:
 #: ``id,category,height,width,...``); see :func:`_acquisition_groups`.
 INDEX_FILE = "index.csv"
-DATA_ENV = "UNET_STUDIO_DATA"
 
 # A mask with at most this many distinct non-zero values, all of them <= this number, may be a
 # class map; more values than this can only be instance ids.
@@ -445,24 +444,6 @@ def split(
 
 
 # --------------------------------------------------------------------------- data root
-
-
-def repo_root() -> Path:
-    """The repository root: the folder that holds ``unet_core``."""
-    return Path(__file__).resolve().parent.parent
-
-
-def data_root() -> Path:
-    """The folder whose sub-folders are the data sets the app and CLI offer.
-
-    ``$UNET_STUDIO_DATA`` if set, else ``../shared/data`` next to the repository when it
-    exists, else ``./data`` in the repository.
-    """
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    shared = repo_root().parent / "shared" / "data"
-    return shared if shared.is_dir() else repo_root() / "data"
 
 
 def list_datasets(root: str | Path | None = None) -> list[DatasetSummary]:

@@ -35,6 +35,7 @@ import numpy as np
 from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .metadata import ModelMeta
+from .paths import cache_dir
 from .runtime import Predictor
 from .scale import (
     MAX_FACTOR,
@@ -411,7 +412,15 @@ def _run_tiles(
             if not last:
                 pending = pool.submit(prepare, groups[i + 1])
             free = release and last
-            yield group, (predict_tta(predictor, x, free) if tta else predictor.predict_batch(x, release=free))
+            probs = predict_tta(predictor, x, free) if tta else predictor.predict_batch(x, release=free)
+            yield group, _output_crop(probs, group[0])
+
+
+def _output_crop(probs: np.ndarray, tile: Tile) -> np.ndarray:
+    """The tile's own pixels of a batch result: a "same"-padded net returns its whole input, context
+    included, which is cut off here (a "valid" net's output is the tile already)."""
+    dy, dx = (probs.shape[-2] - tile.h) // 2, (probs.shape[-1] - tile.w) // 2
+    return probs[..., dy:dy + tile.h, dx:dx + tile.w] if dy or dx else probs
 
 
 def _batches(tiles: list[Tile], batch: int) -> Iterator[list[Tile]]:
@@ -454,14 +463,6 @@ TILE_CANDIDATES = (196, 324, 388, 516, 708, 900, 1028)
 # Timed runs per candidate (the fastest counts): one run alone varied by 10 % on a shared
 # machine, enough to pick a smaller tile than the fastest.
 TUNE_REPEATS = 2
-
-
-def cache_dir() -> Path:
-    """Where U-Net Studio keeps machine-local caches (``UNET_STUDIO_CACHE`` or ~/.cache)."""
-    root = os.environ.get("UNET_STUDIO_CACHE") or Path.home() / ".cache" / "unet-studio"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def tile_memory_bytes(tile: int, batch: int, width: int, geometry: Geometry) -> int:

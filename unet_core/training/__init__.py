@@ -9,8 +9,8 @@ The recipe of Ronneberger et al. (2015), Sec. 3, as defaults of :class:`TrainCon
 pixel-wise softmax cross-entropy whose weights are the paper's maps (Eq. 2, ``w0 = 10``,
 ``sigma = 5``, balanced class weights; :func:`unet_core.weights.weight_map` of each image's
 instance labels, computed once per image); batch 1 of large tiles (572 -> 388); SGD with momentum
-0.99; He initialisation and dropout 0.5 at the end of the contracting path (in
-:class:`~unet_core.model.UNet`); elastic + geometric + gray-value augmentation
+0.99; He initialisation and dropout 0.5 at the end of the contracting path (one ``Dropout2d``
+after the bottleneck, :class:`~unet_core.model.UNet`); elastic + geometric + gray-value augmentation
 (:class:`~unet_core.augment.AugmentConfig`). Adam, learning-rate schedules, polarity inversion and
 mixing in synthetic images are options.
 

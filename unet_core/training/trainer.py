@@ -27,7 +27,7 @@ from ..config import TrainConfig, TrainError
 from ..evaluate import EvalOptions, evaluate
 from ..metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from ..model import UNet
-from ..runlog import LOG_NAME
+from ..runlog import LOG_NAME, STOP_FILE
 from .card import export_run
 from .data import StepTiles, TrainData, default_class_names, dropout_seed, open_training_data, prepare_image
 from .finetune import add_border_class, apply_init, load_init_weights, widen_input
@@ -56,24 +56,36 @@ class TrainResult:
 
 
 class _StopRequest:
-    """SIGTERM (the app's Stop, ``kill``) ends the run after the current step, checkpoint saved.
+    """A stop asked for by SIGTERM (the app's Stop on POSIX, ``kill``) or by the stop request file
+    (:data:`~unet_core.runlog.STOP_FILE`, the app's Stop everywhere) ends the run after the
+    current step, checkpoint saved.
 
-    Without it a stop would lose every step since the last periodic checkpoint. Installed only in
-    the main thread (Python delivers signals there); SIGKILL still relies on the atomic checkpoints.
+    Without it a stop would lose every step since the last periodic checkpoint. The signal handler
+    is installed only in the main thread (Python delivers signals there); SIGKILL still relies on
+    the atomic checkpoints. A request left from an earlier stop is cleared when the run starts
+    (:meth:`Trainer.open_folder`).
     """
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, folder: Path) -> None:
+        self.file = folder / STOP_FILE
+        self.signalled = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        if not self.signalled and self.file.exists():
+            self.signalled = True  # latched: the file is removed when the run ends
+        return self.signalled
+
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signalled = True
 
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+        self.file.unlink(missing_ok=True)
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
@@ -145,6 +157,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in glob.glob(str(self.out / ".*.tmp")):  # a write killed half-way
             Path(stale).unlink(missing_ok=True)
+        (self.out / STOP_FILE).unlink(missing_ok=True)  # an earlier stop's request: this run goes on
         if self.last_path.exists():
             if not self.resume:
                 raise TrainError(f"{self.out} already holds a training run (last.pt); pass --resume to continue "
@@ -322,11 +335,12 @@ class Trainer:
     def run(self) -> TrainResult:
         """Set up, train the remaining steps, then export (or stop with a checkpoint)."""
         self.setup()
-        stop = _StopRequest()
+        stop = _StopRequest(self.out)
         try:
             step = self.loop(stop)
         finally:
             stop.restore()
+            self.bar.close()
         if stop.requested and step < self.cfg.steps:
             return self.stopped(step)
         return self.export(step)

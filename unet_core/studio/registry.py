@@ -11,9 +11,9 @@ Two places hold models:
 An int8 model (:mod:`unet_core.quantize`) is listed right after its fp32 parent, its label saying
 so: ``unet-nuclei-int8 (shipped, int8 (calibrated on dsb2018))``.
 
-Both folders can be moved with the environment variables ``UNET_STUDIO_MODELS`` and
-``UNET_STUDIO_RUNS`` (tests point the app at temporary folders this way). A model without a card
-file still gets one: :func:`read_card` writes it from the metadata embedded in the ONNX file.
+Both folders (:func:`unet_core.paths.models_dir`, :func:`unet_core.paths.runs_dir`) can be moved
+with the environment variables ``UNET_STUDIO_MODELS`` and ``UNET_STUDIO_RUNS`` (tests point the app
+at temporary folders this way). A model without a card file still gets one: :func:`read_card` writes it from the metadata embedded in the ONNX file.
 
 Every model is checked when listed (:func:`unet_core.runtime.inspect_onnx`: metadata in range,
 graph matching it): an invalid one is still listed, with the reason in ``error``, so the app can
@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_ENV = "UNET_STUDIO_MODELS"
-RUNS_ENV = "UNET_STUDIO_RUNS"
+from ..paths import models_dir, runs_dir
+
 #: the shipped model the app selects first when it exists.
 DEFAULT_MODEL_NAME = "unet-nuclei"
 RUN_MODEL_FILE = "model.onnx"
@@ -79,16 +77,6 @@ class ModelEntry:
         return f"{self.name} ({origin}{note}{', invalid' if self.error else ''})"
 
 
-def models_dir() -> Path:
-    """The folder of shipped models (``UNET_STUDIO_MODELS`` or ``models/`` of the repository)."""
-    return Path(os.environ.get(MODELS_ENV) or REPO_ROOT / "models")
-
-
-def runs_dir() -> Path:
-    """The folder of training runs (``UNET_STUDIO_RUNS`` or ``runs/`` of the repository)."""
-    return Path(os.environ.get(RUNS_ENV) or REPO_ROOT / "runs")
-
-
 def _card(path: Path) -> Path | None:
     card = path.with_suffix(".md")
     return card if card.is_file() else None
@@ -111,8 +99,8 @@ def _facts(path: Path) -> tuple[str | None, str | None, str | None]:
 @functools.lru_cache(maxsize=64)
 def _checked(path: str, mtime_ns: int, size: int) -> tuple[str | None, str | None, str | None]:
     # mtime and size are part of the key: a model exported again in place is checked again.
-    from .quantize import describe, plain_name
-    from .runtime import ModelLoadError, inspect_onnx
+    from ..quantize import describe, plain_name
+    from ..runtime import ModelLoadError, inspect_onnx
 
     try:
         meta = inspect_onnx(path)
@@ -196,7 +184,7 @@ def read_card(entry: ModelEntry) -> str:
             return entry.card_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             return f"The model card {entry.card_path.name} cannot be read ({exc})."
-    from .metadata import read_metadata
+    from ..metadata import read_metadata
 
     try:
         meta = read_metadata(entry.path)
@@ -223,3 +211,46 @@ def read_card(entry: ModelEntry) -> str:
     else:
         lines += ["", "No training record is stored in this model (no model card file either)."]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- which images a model saw
+
+
+def split_for(training: dict[str, Any], source: Any, n_items: int, default_rule: Any) -> tuple[Any, bool]:
+    """The split rule to evaluate a model with on a data set, and whether it is the model's own.
+
+    When ``source`` (a :class:`~unet_core.studio.browse.DataSource`) is the data the model was trained on
+    (the same folder, or the same synthetic images: count, seed, look and size), the model's split
+    rule from its metadata (``training["split_rule"]``) says which images it never saw; otherwise
+    the data set's own rule ``default_rule`` is used (and every image is new to the model anyway).
+    """
+    from ..datasets import SplitRule
+
+    rule_dict = training.get("split_rule") if isinstance(training, dict) else None
+    if not rule_dict or not trained_on(training, source):
+        return default_rule, False
+    try:
+        return SplitRule.from_dict(rule_dict), True
+    except (KeyError, TypeError, ValueError):
+        return default_rule, False
+
+
+def trained_on(training: dict[str, Any], source: Any) -> bool:
+    """Whether a model's training record names the data of ``source``."""
+    data = training.get("data") if isinstance(training, dict) else None
+    if not data:
+        return False
+    if source.kind == "synthetic":
+        if data != "synthetic":
+            return False
+        cfg = training.get("config") or {}
+        synth = cfg.get("synth") or {}
+        return (cfg.get("synth_n") == source.n and cfg.get("synth_seed") == source.seed
+                and synth.get("mode", "fluorescence") == source.mode
+                and synth.get("height", 512) == source.size and synth.get("width", 512) == source.size)
+    if data == "synthetic" or not source.path:
+        return False
+    try:
+        return Path(data).resolve() == Path(source.path).resolve()
+    except OSError:
+        return False

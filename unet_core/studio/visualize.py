@@ -6,6 +6,9 @@ ready for ``st.image`` or a PNG. Nothing here changes what is measured: it only 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -188,3 +191,40 @@ def compare_overlay(display_rgb: np.ndarray, predicted: np.ndarray, truth: np.nd
     edges = find_boundaries(np.asarray(predicted), mode="inner")
     out[edges] = OUTLINE_RGB
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def smooth(values: Sequence[float], window: int | None = None) -> list[float]:
+    """A trailing moving average (window: about 4 % of the points, 5 to 200; 1 for very few points)."""
+    n = len(values)
+    if not n:
+        return []
+    window = window or (1 if n < 10 else max(5, min(200, n // 25)))
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def thin(n: int, max_points: int) -> list[int]:
+    """Indexes of at most ``max_points`` of ``n`` points, evenly spread, the last one kept."""
+    if n <= max_points:
+        return list(range(n))
+    step = n / max_points
+    idx = sorted({int(i * step) for i in range(max_points)} | {n - 1})
+    return idx
+
+
+def duration_text(seconds: float | None) -> str:
+    """``"4 h 05 min"``, ``"12 min"``, ``"40 s"``, or ``"–"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = round(max(0.0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = (seconds + 30) // 60 if seconds < 3600 else seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
