@@ -19,6 +19,16 @@ from unet_core.model import UNet
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+#: Fixtures that export, quantize or train a model first (seconds each, once per session or
+#: module): a test that uses one is ``slow``, like the tests marked so by hand.
+SLOW_FIXTURES = {"tiny_model_dir", "d2s_model", "quantized", "finished_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

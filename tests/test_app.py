@@ -49,6 +49,7 @@ def test_app_starts_without_a_model_and_says_how_to_get_one(studio_dirs) -> None
     assert not at.file_uploader  # nothing to segment with: the page stops at the explanation
 
 
+@pytest.mark.slow
 def test_app_starts_with_a_model_and_shows_its_card(tiny_installed: Path) -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -70,6 +71,7 @@ def test_a_model_that_will_not_load_is_an_error_not_a_traceback(studio_dirs) -> 
 # --------------------------------------------------------------------------- segmenting
 
 
+@pytest.mark.slow
 def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cells_image,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pixels = cells_image()
@@ -124,6 +126,7 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     assert next(m for m in at.metric if m.label == "Objects").value == "0"
 
 
+@pytest.mark.slow
 def test_results_and_options_survive_a_visit_to_another_page(tiny_installed: Path, cells_image) -> None:
     at = segment_page()
     assert next(s for s in at.selectbox if s.label == "Tile size").value == "auto"  # shown as "Automatic"
@@ -188,6 +191,7 @@ def test_a_16_bit_tiff_stack_is_segmented_slice_by_slice(tiny_installed: Path, c
     assert len({int(i) for i in np.unique(outcome.result.instances) if i}) == outcome.result.n_objects
 
 
+@pytest.mark.slow
 def test_several_files_give_a_summary_and_one_zip(tiny_installed: Path, cells_image) -> None:
     tiff = io.BytesIO()
     tifffile.imwrite(tiff, cells_image(seed=2))
@@ -255,6 +259,7 @@ def scale_aware_installed(studio_dirs, tiny_model: tuple) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed: Path, cells_image) -> None:
     at = segment_page()
     assert "Object diameter (pixels)" in [n.label for n in at.number_input]
@@ -265,6 +270,7 @@ def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed
     assert "Object diameter **12.0 px** (given)" in captions and "2.00×" in captions
 
 
+@pytest.mark.slow
 def test_segment_page_estimates_the_diameter_by_default(scale_aware_installed: Path, cells_image) -> None:
     at = segment(segment_page(), ("cells.png", png_bytes(cells_image((120, 140))), "image/png"))
     assert not at.exception

@@ -42,6 +42,7 @@ def outcome(at: AppTest):
     return only
 
 
+@pytest.mark.slow
 def test_a_two_channel_tiff_is_warned_about_and_segmented_on_the_picked_channel(
         tiny_installed: Path, cells_image) -> None:
     nuclei = cells_image((90, 110), np.uint16)

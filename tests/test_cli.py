@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -90,6 +91,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
     assert code == 2 and "none.onnx" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_command_from_checkpoint(tmp_path) -> None:
     torch.manual_seed(1)
     net = UNet(width=2, depth=2, dropout=0)

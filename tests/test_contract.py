@@ -24,6 +24,8 @@ from unet_core.model import UNet
 from unet_core.runtime import OnnxPredictor, Predictor, TorchPredictor, cuda_driver_available
 from unet_core.tiling import Geometry
 
+pytestmark = pytest.mark.slow  # four ONNX exports (about 20 s) before the first test
+
 CONFIGS = {
     "d2-valid-gray-2cls": UNetConfig(in_channels=1, n_classes=2, width=4, depth=2, padding="valid"),
     "d3-valid-rgb-3cls": UNetConfig(in_channels=3, n_classes=3, width=4, depth=3, padding="valid"),

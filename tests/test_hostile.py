@@ -366,6 +366,7 @@ def test_hostile_checkpoint_is_a_model_load_error(hostile_checkpoints: dict[str,
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_claiming_a_giant_network_is_refused_before_building_it(hostile_checkpoints) -> None:
     # Width 256, depth 6 would be ~15 GB of parameters: with 4 GB of address space to spare the
     # refusal must come from comparing shapes (on PyTorch's meta device), not from a failed alloc.
@@ -392,6 +393,7 @@ def _predict_cli(args: list[str], cwd: Path | None = None) -> subprocess.Complet
                           env=env, cwd=cwd, timeout=300, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["onnx", "pt"])
 def test_predict_with_a_hostile_model_is_one_error_line_and_exit_2(model, hostile_models, hostile_checkpoints,
                                                                      tmp_path: Path) -> None:

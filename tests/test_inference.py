@@ -46,6 +46,7 @@ def test_export_embeds_metadata_and_weights(tiny_model: tuple[UNet, Path]) -> No
         assert torch.equal(weights[key], value), key
 
 
+@pytest.mark.slow
 def test_seamless_for_three_tile_sizes_and_a_single_pass(predictor: OnnxPredictor) -> None:
     image = _image((1, 1000, 777, 1))
     probs = {}

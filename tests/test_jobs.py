@@ -108,6 +108,7 @@ def test_stale_locks_are_cleared(root: Path) -> None:
     assert runlock.read_lock(root) is None and not path.exists()
 
 
+@pytest.mark.slow
 def test_two_sessions_racing_past_a_stale_lock_never_both_hold_it(root: Path, monkeypatch) -> None:
     import threading
 
@@ -230,6 +231,7 @@ def test_small_helpers() -> None:
 # --------------------------------------------------------------------------- real runs
 
 
+@pytest.mark.slow
 def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> None:
     held = jobs.start_run("tiny", "synthetic", {**TINY, "steps": 6, "val_every": 3}, root=root)
     assert runlock.busy(root).run == "tiny" and held.pid > 0
@@ -251,6 +253,7 @@ def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> No
         jobs.start_run("tiny", "synthetic", TINY, root=root)
 
 
+@pytest.mark.slow
 def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
     jobs.start_run("long", "synthetic", settings, root=root)
@@ -274,6 +277,7 @@ def test_stop_saves_a_checkpoint_and_resume_continues(root: Path) -> None:
     assert json.loads((root / "long" / "config.json").read_text())["width"] == 2
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_step_resumes_with_its_settings(root: Path) -> None:
     import signal
 
@@ -292,6 +296,7 @@ def test_a_run_killed_before_its_first_step_resumes_with_its_settings(root: Path
     assert info.state == runs.FINISHED and info.step == 4, info.console_tail
 
 
+@pytest.mark.slow
 def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Path, sleeper) -> None:
     settings = {**TINY, "steps": 5000, "val_every": 0, "checkpoint_every": 5, "export": False}
     jobs.start_run("long", "synthetic", settings, root=root)
@@ -328,6 +333,7 @@ def test_a_stopped_run_becomes_a_model_and_runs_are_renamed_and_deleted(root: Pa
     assert not (root / "short").exists() and (root / "other").is_dir()
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Path, tmp_path: Path) -> None:
     jobs.start_run("bad", str(tmp_path / "missing"), TINY, root=root)
     assert jobs.wait("bad", 120, root)

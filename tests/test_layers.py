@@ -73,6 +73,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_inference_and_the_apps_engine_side_run_without_torch() -> None:
     code = """
 import sys
@@ -97,6 +98,7 @@ assert not loaded
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_the_trainer_loads_no_app_support() -> None:
     code = ("import sys, unet_core.training, unet_core.cli; "
             "loaded = [m for m in sys.modules if m.startswith('unet_core.studio')]; assert not loaded, loaded")

@@ -8,6 +8,7 @@ import torch
 from unet_core.model import UNet, center_crop, count_conv_layers, count_parameters
 
 
+@pytest.mark.slow
 def test_paper_network_layers_parameters_and_sizes() -> None:
     net = UNet(in_channels=1, n_classes=2, width=64, depth=4).eval()
     assert count_conv_layers(net) == 23

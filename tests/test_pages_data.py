@@ -64,6 +64,7 @@ def folder_members(folder: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- Datasets
 
 
+@pytest.mark.slow
 def test_datasets_page_shows_the_synthetic_default(studio_dirs) -> None:
     at = open_page("pages/datasets.py")
     assert not at.error
@@ -177,6 +178,7 @@ def test_an_uploaded_zip_is_opened_as_a_data_set(data_root: Path, tmp_path: Path
     assert extracted.is_relative_to(tmp_path / "uploads") and extracted.name == "my cells"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("members", "reason"), [
     ({"set/images/a.png": b"x", "../../evil.png": b"x"}, "outside the zip's folder"),
     ({"/tmp/evil.png": b"x"}, "absolute path"),
@@ -213,6 +215,7 @@ def test_a_zip_that_is_no_zip_or_holds_no_data_set_is_explained(data_root: Path)
 # --------------------------------------------------------------------------- Weight maps
 
 
+@pytest.mark.slow
 def test_weight_maps_react_to_sigma_w0_class_weights_and_the_image(studio_dirs) -> None:
     at = open_page("pages/weight_maps.py")
     assert not at.error

@@ -80,6 +80,7 @@ def test_fine_tuning_keeps_the_models_width(tiny_installed: Path) -> None:
     assert width.value == 4 and width.disabled
 
 
+@pytest.mark.slow
 def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state["data_source"] = SMALL_SYNTH
@@ -161,6 +162,7 @@ def test_a_crashed_run_is_shown_with_what_it_wrote(studio_dirs) -> None:
 # --------------------------------------------------------------------------- Evaluate
 
 
+@pytest.mark.slow
 def test_evaluate_page_scores_the_tiny_model_per_image(tiny_installed: Path) -> None:
     at = open_page("pages/evaluate.py", {"data_source": DataSource(n=3, size=96)})
     assert not at.error

@@ -91,6 +91,7 @@ def d2s_model(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
                    upconv="depth_to_space")
 
 
+@pytest.mark.slow
 def test_depth_to_space_export_gives_the_same_probabilities(tiny_model, d2s_model: Path) -> None:
     net, plain = tiny_model
     assert "ConvTranspose" in _ops(plain)
@@ -182,6 +183,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
     return Quantized(data, fp32, result.path, net)
 
 
+@pytest.mark.slow
 def test_calibration_uses_only_training_images(quantized: Quantized) -> None:
     meta = inspect_onnx(quantized.fp32)
     ds = open_dataset(quantized.data)
@@ -291,6 +293,7 @@ def test_options_are_checked() -> None:
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_quantize_command_runs_end_to_end(tiny_model, tmp_path: Path) -> None:
     _, model = tiny_model
     data, out = tmp_path / "synth", tmp_path / "tiny-all-int8.onnx"

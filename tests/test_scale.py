@@ -211,6 +211,7 @@ def test_index_csv_gives_categories_and_groups(tmp_path: Path) -> None:
     assert ds.split_indices("val_groups", SplitRule("every_kth", 5, ("gray 40x40",))) == [2]
 
 
+@pytest.mark.slow
 def test_baseline_finds_synthetic_cells_in_either_polarity() -> None:
     """Bright-on-dark and the same image inverted (dark-on-light) give the same objects."""
     ds = synthetic_dataset(2, SynthConfig(touching_fraction=0.2), seed=5)

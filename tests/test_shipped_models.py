@@ -39,6 +39,7 @@ def test_shipped_model_has_card_metadata_and_is_small(name: str) -> None:
     assert meta.training["split_rule"]["kind"] in ("every_kth", "last_n")
 
 
+@pytest.mark.slow
 def test_nuclei_model_segments_the_generators_default_images() -> None:
     """The app's default model on the app's default data: foreground IoU >= 0.8."""
     predictor = OnnxPredictor(MODELS / "unet-nuclei.onnx", "cpu")
@@ -46,6 +47,7 @@ def test_nuclei_model_segments_the_generators_default_images() -> None:
     assert report.means["foreground_iou"] >= 0.8, report.means
 
 
+@pytest.mark.slow
 def test_the_int8_nuclei_model_is_its_parents_quantized_copy_and_scores_alike() -> None:
     """The shipped int8 copy names the shipped fp32 file it came from (by hash) and scores within
     0.01 of it on the generator's images (its card has the figures on real held-out images)."""
@@ -80,6 +82,7 @@ def _scaled(image, truth, factor: float):
     return rescale_image(image, shape).round().clip(0, 255).astype("uint8"), rescale_labels(truth, shape)
 
 
+@pytest.mark.slow
 def test_nuclei_model_segments_half_and_double_size_alike_with_automatic_diameter() -> None:
     """The same synthetic nuclei at 0.5x, 1x and 2x their size: foreground IoU within 0.05 of the 1x
     result, and the estimated diameter within 10 % of the true one, with ``diameter="auto"``."""

@@ -20,6 +20,7 @@ import torch
 from unet_core.augment import AugmentConfig
 from unet_core.checkpoint import read_checkpoint
 from unet_core.model import UNet
+from unet_core.runlog import STOP_FILE
 from unet_core.training import TrainConfig, TrainError, train
 from unet_core.training.data import make_tile
 from unet_core.training.finetune import load_init_weights, widen_input
@@ -158,6 +159,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_an_easy_synthetic_set(finished_run: Path) -> None:
     losses = [v for _, v in sorted(_losses(finished_run).items())]
     assert len(losses) == 40
@@ -254,6 +256,7 @@ def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(fini
     assert read_checkpoint(tmp_path / "rgb" / "last.pt")["model"][FIRST_CONV_WEIGHT].shape[1] == 3
 
 
+@pytest.mark.slow
 def test_every_setting_is_one_command_line_option_checked_where_the_config_is(tmp_path: Path) -> None:
     from unet_core.cli import build_parser
     from unet_core.config import config_from_settings, settings_schema
@@ -272,6 +275,7 @@ def test_every_setting_is_one_command_line_option_checked_where_the_config_is(tm
     assert "sigma must lie in [0.1, 100], not 0" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_init_checkpoint_with_hostile_metadata_is_refused_by_name(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"model": {}, "meta": {"unet": {"width": -4}}}, bad)
@@ -289,6 +293,7 @@ def test_refuses_to_overwrite_a_run_without_resume(finished_run: Path) -> None:
 # --------------------------------------------------------------------------- resume after kill -9
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_replays_the_losses_exactly(tmp_path: Path) -> None:
     steps = 30
     args = ["--data", "synthetic", "--width", "3", "--tile", "20", "--steps", str(steps), "--synth-n", "8",
@@ -326,9 +331,14 @@ def test_resume_after_sigkill_replays_the_losses_exactly(tmp_path: Path) -> None
     assert not list(run.glob(".*.tmp"))
 
 
-def test_sigterm_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> None:
-    """The app's Stop (SIGTERM) loses no step: the checkpoint is written at the stop."""
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "stop file"])
+def test_a_stop_request_ends_the_run_after_the_step_with_its_checkpoint(tmp_path: Path, how: str) -> None:
+    """The app's Stop loses no step: SIGTERM (POSIX) or the stop request file (every system, the
+    only way on Windows, where terminating a process kills it) ends the run with its checkpoint."""
     run = tmp_path / "stopped"
+    run.mkdir()
+    (run / STOP_FILE).write_text("left from an earlier stop\n")  # must not stop this run
     args = ["--data", "synthetic", "--width", "3", "--tile", "20", "--steps", "500", "--synth-n", "4",
             "--synth-size", "72", "--checkpoint-every", "1000", "--val-every", "0", "--workers", "1",
             "--threads", "1", "--quiet"]
@@ -337,18 +347,22 @@ def test_sigterm_stops_after_the_step_with_its_checkpoint(tmp_path: Path) -> Non
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(_losses(run)) < 5:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        (run / STOP_FILE).write_text("stop\n")
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     logged = max(_losses(run))
     assert 5 <= logged < 500
     assert read_checkpoint(run / "last.pt")["step"] == logged
     assert read_log(run / "log.jsonl")[-1] == {"event": "stopped", "step": logged}
-    assert not (run / "model.onnx").exists()
+    assert not (run / "model.onnx").exists() and not (run / STOP_FILE).exists()
 
 
 # --------------------------------------------------------------------------- evaluate and synth commands
 
 
+@pytest.mark.slow
 def test_synth_and_evaluate_commands(finished_run: Path, tmp_path: Path) -> None:
     data = tmp_path / "synth"
     made = _cli("synth", "--out", str(data), "--n", "5", "--seed", "3", "--size", "96")
@@ -374,6 +388,7 @@ def test_evaluate_command_missing_data_folder(finished_run: Path, tmp_path: Path
     assert res.stdout == ""
 
 
+@pytest.mark.slow
 def test_train_command_reports_a_bad_data_folder(tmp_path: Path) -> None:
     res = _cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--tile", "36")
     assert res.returncode == 2 and "no such folder" in res.stderr
@@ -396,6 +411,7 @@ def test_touching_cells_get_a_weighted_background_line(tmp_path: Path) -> None:
     assert np.array_equal(plain.classes, (instances > 0).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_a_border_class_run_widens_its_init_model_and_exports_the_object_rule(finished_run: Path,
                                                                             tmp_path: Path) -> None:
     """``border_width``: a third class on the outlines, from a two-class init model whose
