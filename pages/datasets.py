@@ -255,7 +255,7 @@ def show_whole_dataset(ds: Dataset, stats: DatasetStats) -> None:
         for column, (key, fig) in zip(st.columns(len(figures)), figures):
             column.plotly_chart(fig, width="stretch", key=f"datasets_{key}")
     with tab_split:
-        st.markdown(f"**Validation:** {browse.describe_split(ds.split_rule, len(ds))}. Training never sees "
+        st.markdown(f"**Validation:** {browse.describe_split(ds.split_rule, len(ds), ds.groups)}. Training never sees "
                     "these images; they measure how well the model does on images it has not learnt from.")
         st.dataframe(browse.split_rows(ds), hide_index=True, width="stretch", height=320,
                      column_config={"#": st.column_config.NumberColumn("#", width="small")})

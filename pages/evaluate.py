@@ -20,6 +20,7 @@ from pages._common import (
 )
 from unet_core.baseline import BaselineOptions
 from unet_core.datasets import Dataset
+from unet_core.errors import UserError
 from unet_core.evaluate import (
     TABLE_METRICS,
     EvalOptions,
@@ -80,10 +81,10 @@ def choose_split(predictor: Predictor, source: DataSource, ds: Dataset) -> tuple
     st.session_state[SPLIT_FOR] = pairing
     if own:
         how = ("The model was trained on this data set: **validation images** are the ones it never learnt from "
-               f"({browse.describe_split(rule, len(ds))}).")
+               f"({browse.describe_split(rule, len(ds), ds.groups)}).")
     else:
         how = ("The model was not trained on these images, so all of them are new to it. The validation and "
-               f"training parts follow the data set's own rule ({browse.describe_split(rule, len(ds))}).")
+               f"training parts follow the data set's own rule ({browse.describe_split(rule, len(ds), ds.groups)}).")
     parts = [p for p in SPLITS if rule.groups or not p.startswith("val_")]
     part = st.radio("Images to score", parts, format_func=SPLITS.__getitem__, horizontal=True,
                     key="evaluate_split")
@@ -261,7 +262,7 @@ if st.button(f"Evaluate on {count}", type="primary", icon=":material/fact_check:
         baseline = run_evaluation(BaselineOptions(), ds, indices, options) if compare else None
         with st.spinner("Drawing the worst images…"):
             views = worst_views(predictor, ds, report, options)
-    except (OSError, ValueError) as exc:  # an unreadable image or mask (ImageReadError, DatasetError)
+    except (OSError, UserError) as exc:  # an unreadable image or mask (ImageReadError, DatasetError)
         st.error(f"Evaluation stopped: {exc}.  \nFix or remove that file (the Datasets page lists problem files), "
                  "then try again.", icon=":material/error:")
         st.stop()

@@ -14,6 +14,7 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, kept, predictor_or_stop, show_no_model
+from unet_core.errors import UserError
 from unet_core.inference import InferenceOptions, auto_tile, tile_is_measured
 from unet_core.instances import InstanceOptions
 from unet_core.io import (
@@ -283,7 +284,7 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
         return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: ")
                        + ": pick it under the uploader (a picker shows each channel), then press Segment again",
                        advice="")
-    except ValueError as exc:  # ImageReadError included: unreadable, empty, constant images
+    except UserError as exc:  # ImageReadError included: unreadable, empty, constant images
         # Engine messages start with the file name; the page prints the name itself.
         return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: "))
     except MemoryError:

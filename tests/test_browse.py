@@ -284,6 +284,12 @@ def test_split_rows_and_words_follow_the_data_sets_rule(tmp_path: Path) -> None:
     assert browse.describe_split(SplitRule("last_n", 5), 30).startswith("the last 5 images: 5 of 30")
     assert browse.describe_rule(SplitRule("every_kth", 2), 10, 10) == (
         "every 2nd image for validation (10 train / 10 validation)")
+    assert browse.describe_rule(SplitRule("none"), 664, 0) == "trained on every image, none held out (664 train / 0 validation)"
+    groups = ["x 2x2", "y 4x4", "x 2x2", "y 4x4"]
+    assert browse.describe_split(SplitRule("none", groups=("y 4x4",)), 4, groups) == (
+        "the acquisition groups y 4x4: 2 of 4 held out for validation, 2 for training")
+    assert browse.describe_split(SplitRule("every_kth", 5, ("y 4x4",)), 4, groups).startswith(
+        "every 5th image and the acquisition groups y 4x4: 3 of 4 held out")
 
 
 def test_thumbnail_is_square_transparent_padded_and_framed() -> None:

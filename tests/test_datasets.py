@@ -345,6 +345,11 @@ def test_split_rules() -> None:
         train, val = rule.indices(17, "train"), rule.indices(17, "val")
         assert sorted(train + val) == list(range(17))
         assert train == rule.indices(17, "train")  # deterministic
+    # "none": a final model trains on everything; with groups, only the groups are held out.
+    assert SplitRule("none").indices(6, "train") == list(range(6)) and SplitRule("none").val_indices(6) == []
+    groups = ["a", "b", "a", "c", "b", "a"]
+    assert SplitRule("none", groups=("b",)).indices(6, "val", groups) == [1, 4]
+    assert SplitRule("none", groups=("b",)).indices(6, "val_random", groups) == []
     with pytest.raises(ValueError):
         SplitRule("random", 5)
     with pytest.raises(ValueError):

@@ -15,7 +15,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import REPORT_TO, UserError, configure_logging
-from .io import ImageReadError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "unet-nuclei.onnx"
@@ -162,7 +161,7 @@ def _segment_file(name: str, stem: str, predictor, options, inst, args: argparse
 
 def _failure(name: str, exc: Exception) -> str:
     """The one-line message for an image that could not be segmented (a bug is logged in full)."""
-    if isinstance(exc, (ImageReadError, ValueError, OSError)):
+    if isinstance(exc, (UserError, OSError)):
         return f"{_file_message(name, exc)}{_channel_hint(exc)}"
     if isinstance(exc, MemoryError):
         return f"{name}: not enough memory to segment this image (try a smaller --tile)"
@@ -407,7 +406,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         try:
             indices = dataset.split_indices(args.split, rule)
-        except ValueError as exc:
+        except (UserError, ValueError) as exc:  # a split that does not fit these images
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if not indices:
@@ -419,7 +418,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         options = EvalOptions(tile=args.tile, tta=args.tta, kind=args.kind, diameter=args.diameter,
                               instance_options=_instance_options(args))
         report = evaluate(segmenter, dataset, indices, options, progress=bar.tiles)
-    except (ImageReadError, ValueError, OSError) as exc:
+    except (UserError, OSError) as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -448,7 +447,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         kwargs["height"] = kwargs["width"] = args.size
     try:
         out = write_dataset(args.out, args.n, SynthConfig(**kwargs), args.seed)
-    except (ValueError, OSError) as exc:
+    except (UserError, ValueError, OSError) as exc:  # ValueError: SynthConfig's checks of --size
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.n} {args.mode} samples to {out} (images/, masks/)")

@@ -149,7 +149,7 @@ class TrainConfig:
     out: str = "runs/unet"
     name: str | None = _setting(None, "model name (default: the run folder's name)")
     split: dict[str, Any] | None = _setting(
-        None, "validation split: every_kth:K or last_n:N (default: the data set's rule)", parse="split",
+        None, "validation split: every_kth:K, last_n:N or none (train on every image; default: the data set's rule)", parse="split",
         metavar="RULE")
     class_names: list[str] | None = None
     synth_n: int = _setting(40, "number of synthetic images", (1, 100_000))
@@ -281,7 +281,9 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as exc:
+        except TrainError:
+            raise
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: a value of the wrong kind
             raise TrainError(f"{path}: cannot read the training config ({exc})") from exc
 
 
@@ -357,12 +359,12 @@ SHORTHANDS: dict[str, Shorthand] = {
 
 
 def parse_split(text: str) -> dict[str, Any]:
-    """``"every_kth:5"`` / ``"last_n:5"`` -> a :class:`~unet_core.datasets.SplitRule` dict."""
+    """``"every_kth:5"`` / ``"last_n:5"`` / ``"none"`` -> a :class:`~unet_core.datasets.SplitRule` dict."""
     kind, _, k = str(text).partition(":")
     try:
         return SplitRule(kind, int(k or 5)).to_dict()
     except ValueError as exc:
-        raise TrainError(f"a split is every_kth:K or last_n:N, not {text!r} ({exc})") from None
+        raise TrainError(f"a split is every_kth:K, last_n:N or none, not {text!r} ({exc})") from None
 
 
 def user_settings() -> dict[str, Setting]:

@@ -52,7 +52,7 @@ from .paths import data_root
 LAYOUTS = ("isbi2012", "ctc", "generic", "synthetic")
 MASK_ENCODINGS = ("binary_0_255", "binary_0_1", "class_indexes", "instance_ids")
 BINARY_ENCODINGS = ("binary_0_255", "binary_0_1")
-SPLIT_KINDS = ("every_kth", "last_n")
+SPLIT_KINDS = ("every_kth", "last_n", "none")
 SPLIT_PARTS = ("train", "val", "val_random", "val_groups")
 #: A file beside images/ + masks/ that says which images were acquired together (DSB 2018 style:
 #: ``id,category,height,width,...``); see :func:`_acquisition_groups`.
@@ -84,8 +84,10 @@ class SplitRule:
 
     Args:
         kind: ``"every_kth"``: items 0, k, 2k, ... are validation (every k-th, starting with the
-            first); ``"last_n"``: the last ``k`` items are validation (ISBI 2012: slices 25-29).
-        k: the k of ``every_kth`` or the n of ``last_n``; at least 1.
+            first); ``"last_n"``: the last ``k`` items are validation (ISBI 2012: slices 25-29);
+            ``"none"``: no item is held out by this rule (a final model trained on every image
+            after the recipe was validated with another rule; with ``groups``, only they are held out).
+        k: the k of ``every_kth`` or the n of ``last_n`` (ignored by ``none``); at least 1.
         groups: acquisition groups (:attr:`Sample.group`, e.g. ``"gray_lightbg 1024x1024"``)
             held out *as a whole* besides the rule above, so that validation also measures how a
             model does on a new experiment, not only on new images of experiments it has seen.
@@ -121,8 +123,10 @@ class SplitRule:
             raise ValueError(f"part must be one of {SPLIT_PARTS}, not {part!r}")
         if self.kind == "every_kth":
             random = set(range(0, n_items, self.k))
-        else:
+        elif self.kind == "last_n":
             random = set(range(max(0, n_items - self.k), n_items))
+        else:
+            random = set()
         grouped: set[int] = set()
         if self.groups:
             if sample_groups is None or len(sample_groups) != n_items:
@@ -459,7 +463,7 @@ def list_datasets(root: str | Path | None = None) -> list[DatasetSummary]:
     for folder in sorted(folders, key=lambda p: _natural_key(p.name)):
         try:
             ds = open_dataset(folder, confine=root)
-        except (ValueError, OSError):  # DatasetError, or anything else a broken folder throws
+        except (UserError, ValueError, OSError):  # DatasetError, or anything else a broken folder throws
             continue
         found.append(
             DatasetSummary(folder.name, folder, ds.layout, len(ds), ds.mask_encoding, len(ds.problems))

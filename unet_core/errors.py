@@ -3,8 +3,8 @@
 Every error the engine raises for something the user can fix (a bad file, folder, setting or
 model) derives from :class:`UserError`; its message names the thing and what to do, and the CLI
 and the pages show it as it is. Anything else that escapes is a bug: it is logged with its
-traceback and shown as an internal error with what to report. ``UserError`` is a ``ValueError``
-so that code written before it existed keeps catching these errors.
+traceback and shown as an internal error with what to report. ``UserError`` is deliberately no
+``ValueError``: a ``ValueError`` from a programming mistake must not pass for "your file is bad".
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ REPORT_TO = "the U-Net Studio developers (with the lines above and the command o
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-class UserError(ValueError):
+class UserError(Exception):
     """An error the user can act on; the message says what and how."""
 
 

@@ -263,11 +263,11 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _quantization_parent(proto: onnx.ModelProto) -> str | None:
     """The parent model file named in a quantized model's metadata, or None."""
-    from .metadata import metadata_from_proto
+    from .metadata import MetadataError, metadata_from_proto
 
     try:
         record = metadata_from_proto(proto, "model").quantization or {}
-    except ValueError:
+    except MetadataError:
         return None
     parent = record.get("parent")
     return str(parent) if parent else None

@@ -510,7 +510,7 @@ def _load_parent(model_path: Path) -> tuple[Any, ModelMeta]:
         weights = state_dict_from_onnx(model_path)
         net = UNet.from_config(meta.unet)
         net.load_state_dict(weights)
-    except (ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: load_state_dict's mismatch
+    except (UserError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError: load_state_dict's mismatch
         raise QuantizeError(f"{model_path}: its weights do not fit the network its metadata describes "
                             f"({' '.join(str(exc).split())[:300]}); "
                             "export it again with python -m unet_core export") from exc

@@ -19,7 +19,7 @@ Models
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,16 +306,30 @@ def area_histogram(areas: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.nd
     return edges, counts, logarithmic
 
 
-def describe_split(rule: SplitRule, n_items: int) -> str:
-    """The split in words, e.g. ``every 5th image (1st, 6th, 11th, …): 2 of 8 for validation``."""
-    val = rule.val_indices(n_items)
-    if rule.kind == "every_kth":
+def describe_split(rule: SplitRule, n_items: int, groups: Sequence[str | None] | None = None) -> str:
+    """The split in words, e.g. ``every 5th image, starting with the first (1st, 6th): 2 of 8 held
+    out for validation, 6 for training`` (``groups``: each sample's acquisition group, needed when
+    the rule holds out groups)."""
+    val = rule.indices(n_items, "val", groups)
+    how = _held_out_words(rule)
+    if rule.kind == "every_kth" and val and not rule.groups:
         listed = ", ".join(_ordinal(i + 1) for i in val[:3]) + (", …" if len(val) > 3 else "")
-        head = "every image" if rule.k == 1 else f"every {_ordinal(rule.k)} image"
-        how = f"{head}, starting with the first ({listed})" if val else head
-    else:
-        how = f"the last {rule.k} image{'s' if rule.k != 1 else ''}"
+        how = f"{how}, starting with the first ({listed})"
     return f"{how}: {len(val)} of {n_items} held out for validation, {n_items - len(val)} for training"
+
+
+def _held_out_words(rule: SplitRule) -> str:
+    """What ``rule`` holds out: ``every 5th image``, ``the last 5 images``, ``nothing`` (+ groups)."""
+    if rule.kind == "every_kth":
+        how = "every image" if rule.k == 1 else f"every {_ordinal(rule.k)} image"
+    elif rule.kind == "last_n":
+        how = f"the last {rule.k} image{'s' if rule.k != 1 else ''}"
+    else:
+        how = "no image" if not rule.groups else ""
+    if rule.groups:
+        names = ", ".join(rule.groups)
+        how = f"{how} and the acquisition groups {names}" if how else f"the acquisition groups {names}"
+    return how
 
 
 def _ordinal(n: int) -> str:
@@ -531,10 +545,10 @@ def model_info(entry: ModelEntry) -> ModelInfo:
 
 def describe_rule(rule: SplitRule, n_train: Any = None, n_val: Any = None) -> str:
     """A recorded split in words: ``every 5th image for validation (122 train / 31 val)``."""
-    how = (f"every {_ordinal(rule.k)} image" if rule.kind == "every_kth" and rule.k > 1
-           else "every image" if rule.kind == "every_kth" else f"the last {rule.k} images")
     counts = f" ({n_train} train / {n_val} validation)" if n_train is not None and n_val is not None else ""
-    return f"{how} for validation{counts}"
+    if rule.kind == "none" and not rule.groups:
+        return f"trained on every image, none held out{counts}"
+    return f"{_held_out_words(rule)} for validation{counts}"
 
 
 def _short_error(exc: Exception, path: Path) -> str:

@@ -13,6 +13,7 @@ import torch
 from ..augment import augment_tile
 from ..config import TrainConfig, TrainError
 from ..datasets import Dataset, DatasetError, SplitRule, open_dataset
+from ..errors import UserError
 from ..evaluate import metric_kind
 from ..io import fit_stretch, to_channels
 from ..scale import clamp_factor, median_diameter, rescale_image, rescale_labels, scaled_shape
@@ -171,7 +172,7 @@ def open_training_data(cfg: TrainConfig) -> TrainData:
     try:
         train_idx = dataset.split_indices("train", rule)
         val_idx = dataset.split_indices("val", rule)
-    except ValueError as exc:
+    except (UserError, ValueError) as exc:  # a split that does not fit these images
         raise TrainError(f"{cfg.data}: {exc}") from exc
     if not train_idx:
         raise TrainError(f"{cfg.data}: the split {rule.to_dict()} leaves no training images")

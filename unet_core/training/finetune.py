@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import checkpoint_meta, read_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_meta, read_checkpoint
 from ..config import DEFAULT_BORDER_WIDTH, TrainConfig, TrainError
 from ..io import LUMA
 from ..metadata import ModelMeta
@@ -31,7 +31,7 @@ def load_init_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelM
     try:
         ckpt = read_checkpoint(path)
         return ckpt["model"], checkpoint_meta(ckpt, path)  # checked like any model file's metadata
-    except ValueError as exc:
+    except CheckpointError as exc:
         raise TrainError(str(exc)) from exc
 
 
