@@ -8,15 +8,14 @@ somebody else cannot run code on this machine.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import write_atomically
 from .errors import UserError
 from .metadata import MetadataError, ModelMeta
 from .model import UNet
@@ -28,18 +27,8 @@ class CheckpointError(UserError):
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # fsync: a machine that loses power keeps the old or the new checkpoint, never an empty file.
+    write_atomically(path, lambda fh: torch.save(obj, fh), fsync=True)
 
 
 def save_checkpoint(path: str | Path, model: UNet, meta: ModelMeta, **state: Any) -> None:

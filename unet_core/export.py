@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from .atomic import write_atomically
 from .metadata import METADATA_KEY, ModelMeta, read_metadata  # noqa: F401  (re-exported)
 from .model import UNet
 
@@ -206,14 +205,7 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
 
 def save_atomically(proto: Any, path: Path) -> None:
     """Write an ONNX model so that ``path`` is either the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda fh: onnx.save_model(proto, fh))
 
 
 def add_metadata(proto: onnx.ModelProto, meta: ModelMeta) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
 from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .metadata import ModelMeta
@@ -532,7 +533,7 @@ def auto_tile(predictor: Predictor) -> tuple[int, int]:
         cache = _read_json(cache_file)
         cache[_tile_key(predictor)] = {"tile": tile, "batch": batch, "ms_per_mpx": timings,
                                        "measured": time.strftime("%Y-%m-%d")}
-        _write_json(cache_file, cache)
+        write_json(cache_file, cache, indent=1)
     return tile, batch
 
 
@@ -580,7 +581,3 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)

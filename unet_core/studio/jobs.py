@@ -28,7 +28,6 @@ Nothing here imports torch: the app server stays light, the trainer does the hea
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json
 from ..config import TrainConfig, TrainError, config_from_settings, resume_args
 from ..paths import runs_dir
 from ..runlog import STOP_FILE
@@ -104,17 +104,11 @@ def training_data(source: Any) -> tuple[str, dict[str, Any]]:
     return str(Path(source.path).resolve()), {}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _update_job(folder: Path, **changes: Any) -> None:
     with _JOB_LOCK:
         job = read_job(folder)
         job.update(changes)
-        _write_json(folder / JOB_NAME, job)
+        write_json(folder / JOB_NAME, job)
 
 
 def _reap(proc: subprocess.Popen, folder: Path, root: Path) -> None:
@@ -163,7 +157,7 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if cfg is not None:
-            _write_json(folder / "config.json", cfg.to_dict())
+            write_json(folder / "config.json", cfg.to_dict())
         proc = _spawn(command, folder, resume)
     except OSError as exc:
         release_lock(root, held.pid)
@@ -181,7 +175,7 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
                 "ended": None})
     job.setdefault("created", info.time)
     with _JOB_LOCK:
-        _write_json(folder / JOB_NAME, job)
+        write_json(folder / JOB_NAME, job)
     threading.Thread(target=_reap, args=(proc, folder, root), daemon=True, name=f"reap-{name}").start()
     return info
 
@@ -260,7 +254,7 @@ def rename_run(name: str, new_name: str, root: str | Path | None = None) -> str:
         if config.get("name") == name:  # the default model name is the run's name
             config["name"] = new_name
         config["out"] = str(target)
-        _write_json(target / "config.json", config)
+        write_json(target / "config.json", config)
     log.info("renamed the run %s to %s", name, new_name)
     return new_name
 

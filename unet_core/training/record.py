@@ -16,17 +16,11 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_text
 from ..config import TrainConfig
 from ..metadata import ModelMeta
 from ..runlog import parse_log_lines
 from .data import TrainData, default_class_names, synth_config
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a run killed mid-write keeps the old file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, Any]:
@@ -122,9 +116,7 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_log(path) if r.get("step", 0) <= step and r.get("event") != "done"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def make_meta(cfg: TrainConfig, data: TrainData, training: dict[str, Any]) -> ModelMeta:

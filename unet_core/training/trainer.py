@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_json
 from ..checkpoint import atomic_save, read_checkpoint
 from ..config import TrainConfig, TrainError
 from ..evaluate import EvalOptions, evaluate
@@ -33,7 +34,7 @@ from .data import StepTiles, TrainData, default_class_names, dropout_seed, open_
 from .finetune import add_border_class, apply_init, load_init_weights, widen_input
 from .loss import learning_rate, weighted_cross_entropy
 from .progress import TrainProgress
-from .record import make_meta, manifest, training_record, truncate_log, versions, write_json
+from .record import make_meta, manifest, training_record, truncate_log, versions
 
 log = logging.getLogger(__name__)
 
