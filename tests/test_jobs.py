@@ -208,14 +208,14 @@ def test_the_models_own_split_is_used_only_on_its_own_data(tmp_path: Path) -> No
 def test_the_log_is_read_incrementally_and_a_half_written_line_waits(tmp_path: Path) -> None:
     log = tmp_path / LOG_NAME
     log.write_text('{"event": "start", "step": 0}\n{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
-    assert [r.get("step") for r in runs.read_log(tmp_path)] == [0, 1]
+    assert [r.get("step") for r in runs.cached_log(tmp_path)] == [0, 1]
     with open(log, "a") as fh:
         fh.write('ss": 0.4}\n')
-    assert [r.get("loss") for r in runs.read_log(tmp_path)] == [None, 0.5, 0.4]
+    assert [r.get("loss") for r in runs.cached_log(tmp_path)] == [None, 0.5, 0.4]
     tmp = tmp_path / "new"
     tmp.write_text('{"step": 1, "loss": 0.9}\n')
     os.replace(tmp, log)  # what a resume does when it truncates the log
-    assert runs.read_log(tmp_path) == [{"step": 1, "loss": 0.9}]
+    assert runs.cached_log(tmp_path) == [{"step": 1, "loss": 0.9}]
 
 
 def test_small_helpers() -> None:

@@ -20,12 +20,11 @@ import torch
 from unet_core.augment import AugmentConfig
 from unet_core.checkpoint import read_checkpoint
 from unet_core.model import UNet
-from unet_core.runlog import STOP_FILE
+from unet_core.runlog import STOP_FILE, read_log
 from unet_core.training import TrainConfig, TrainError, train
 from unet_core.training.data import make_tile
 from unet_core.training.finetune import load_init_weights, widen_input
 from unet_core.training.loss import learning_rate, weighted_cross_entropy
-from unet_core.training.record import read_log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
-from .io import to_channels
+from .io import gray_plane
 
 #: Automatic minimum object size: this fraction of the area of a disc of the canonical diameter.
 MIN_SIZE_FRACTION = 0.1
@@ -186,7 +186,7 @@ def object_table(ids: np.ndarray, intensity: np.ndarray,
         area += np.bincount(chunk, minlength=n + 1)
         sum_y += np.bincount(chunk, np.repeat(np.arange(y0, y0 + rows, dtype=np.float64), width), minlength=n + 1)
         sum_x += np.bincount(chunk, np.tile(columns, rows), minlength=n + 1)
-        sum_i += np.bincount(chunk, _gray(intensity[y0 : y0 + band]).ravel(), minlength=n + 1)
+        sum_i += np.bincount(chunk, gray_plane(intensity[y0 : y0 + band]).ravel(), minlength=n + 1)
     table = []
     for i, sl in enumerate(boxes, start=1):
         if sl is None:
@@ -217,11 +217,6 @@ def with_physical_units(rows: list[dict[str, float]], pixel_size: tuple[float, f
              "centroid_y_um": round(row["centroid_y"] * size_y, 4),
              "centroid_x_um": round(row["centroid_x"] * size_x, 4)}
             for row in rows]
-
-
-def _gray(pixels: np.ndarray) -> np.ndarray:
-    """(h, w) or (h, w, C) raw pixels -> (h, w) gray values in the image's own units."""
-    return to_channels(pixels, 1)[..., 0] if pixels.ndim == 3 else pixels.astype(np.float64)
 
 
 def objects_csv(rows: list[dict[str, float]], slice_index: int | None = None,

@@ -1014,6 +1014,14 @@ class Stretch:
         return out
 
 
+def gray_plane(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` pixels as one ``(H, W)`` plane in the image's own units: the
+    plane itself, luminance for RGB(A), the gray channel of gray+alpha; what a one-channel model
+    sees of the image before normalisation (:func:`to_channels`)."""
+    pixels = np.asarray(pixels)
+    return to_channels(pixels, 1)[..., 0] if pixels.ndim == 3 else pixels
+
+
 def fit_stretch(data: np.ndarray, n_channels: int, norm: Normalisation, name: str = "image") -> Stretch:
     """Compute the percentile stretch of a whole image or stack (after channel conversion).
 

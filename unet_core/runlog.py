@@ -8,6 +8,7 @@ Kept apart from both so that neither the trainer (torch) nor the app (no torch) 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 #: The log's file name inside a run folder.
@@ -28,3 +29,11 @@ def parse_log_lines(data: bytes) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of the log file ``path``, read afresh ([] when there is none yet)."""
+    try:
+        return parse_log_lines(Path(path).read_bytes())
+    except FileNotFoundError:
+        return []

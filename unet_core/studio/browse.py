@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..datasets import Dataset, DatasetError, SplitRule
-from ..io import LUMA, ImageReadError
+from ..io import ImageReadError, gray_plane
 from ..scale import median_diameter
 from ..weights import (
     ClassWeights,
@@ -115,15 +115,7 @@ def contrast_limits(pixels: np.ndarray, percentiles: tuple[float, float] = viz.D
     :func:`unet_core.studio.visualize.stretch_limits` keeps 8-bit images at 0..255, as viewers do; for
     looking at training data the stretch helps more (dim nuclei in 8-bit files are common).
     """
-    values = gray(pixels)
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
-    if finite.size == 0:
-        return 0.0, 1.0
-    sample = finite[:: max(1, finite.size // 1_000_000)].astype(np.float64)
-    low, high = (float(v) for v in np.percentile(sample, percentiles))
-    if high <= low:
-        low, high = float(sample.min()), float(sample.max())
-    return (low, high) if high > low else (low, low + 1.0)
+    return viz.stretch_limits(gray_plane(pixels), percentiles, keep_8bit=False)
 
 
 def thumbnail(image: np.ndarray, instances: np.ndarray, max_side: int = 160, alpha: float = 0.25,
@@ -156,16 +148,6 @@ def thumbnail(image: np.ndarray, instances: np.ndarray, max_side: int = 160, alp
     return out
 
 
-def gray(image: np.ndarray) -> np.ndarray:
-    """One intensity plane of ``(H, W, C)`` pixels: the channel itself, luminance for RGB(A)."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        return image
-    if image.shape[-1] >= 3:
-        return image[..., :3].astype(np.float32) @ LUMA
-    return image[..., 0]
-
-
 @dataclass(frozen=True)
 class IntensityHistogram:
     """Pixel counts per intensity bin, background and objects apart.
@@ -189,7 +171,7 @@ def intensity_histogram(image: np.ndarray, instances: np.ndarray, bins: int = 12
 
     8-bit images are binned over 0..255; other types over their own minimum..maximum.
     """
-    values = gray(image)
+    values = gray_plane(image)
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
     if np.asarray(image).dtype == np.uint8:
         low, high = 0.0, 256.0

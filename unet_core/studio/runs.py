@@ -93,8 +93,9 @@ class _LogCache:
 _LOGS = _LogCache()
 
 
-def read_log(folder: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``log.jsonl`` (without a half-written last line)."""
+def cached_log(folder: str | Path) -> list[dict[str, Any]]:
+    """The records of a run folder's ``log.jsonl`` (without a half-written last line), re-read only
+    where the file grew (the Train page asks every second)."""
     return _LOGS.rows(Path(folder) / LOG_NAME)
 
 
@@ -228,7 +229,7 @@ def run_info(name: str, root: str | Path | None = None, *, held: LockInfo | None
     """
     root = Path(root or runs_dir())
     folder = run_folder(name, root)
-    rows = read_log(folder)
+    rows = cached_log(folder)
     config = load_config(folder)
     job = read_job(folder)
     info = RunInfo(name, folder, UNFINISHED, config=config, total=int(config.get("steps") or 0))

@@ -27,21 +27,26 @@ _VIRIDIS = np.array([
 ], dtype=np.float32)
 
 
-def stretch_limits(pixels: np.ndarray) -> tuple[float, float]:
+def stretch_limits(pixels: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES,
+                   keep_8bit: bool = True) -> tuple[float, float]:
     """Display range ``(low, high)`` of an image or a whole stack (so slices look alike).
 
-    8-bit images keep their own range (0..255), as in every other viewer; other types are
-    stretched between percentiles, falling back to min..max for sparse images.
+    Args:
+        pixels: the image or stack, any dtype (NaN ignored).
+        percentiles: the stretch between these percentiles (default :data:`DISPLAY_PERCENTILES`),
+            falling back to min..max for sparse images.
+        keep_8bit: 8-bit images keep their own range (0..255), as in every other viewer (default);
+            False stretches them too (Fiji's "Auto": dim 8-bit nuclei become visible).
     """
     pixels = np.asarray(pixels)
-    if pixels.dtype == np.uint8:
+    if keep_8bit and pixels.dtype == np.uint8:
         return 0.0, 255.0
     finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels.ravel()
     if finite.size == 0:
         return 0.0, 1.0
     # A strided sample keeps this fast for large stacks; the percentiles barely move.
     sample = finite[:: max(1, finite.size // 2_000_000)].astype(np.float64)
-    low, high = np.percentile(sample, DISPLAY_PERCENTILES)
+    low, high = np.percentile(sample, percentiles)
     if high <= low:
         low, high = float(sample.min()), float(sample.max())
     if high <= low:  # a constant image: any range works, it is drawn black

@@ -19,7 +19,7 @@ import torch
 from ..atomic import write_text
 from ..config import TrainConfig
 from ..metadata import ModelMeta
-from ..runlog import parse_log_lines
+from ..runlog import read_log
 from .data import TrainData, default_class_names, synth_config
 
 
@@ -101,14 +101,6 @@ def manifest(cfg: TrainConfig, data: TrainData) -> dict[str, Any]:
         d["synthetic"] = {"n": cfg.synth_n, "seed": cfg.synth_seed, "config": synth_config(cfg).to_dict(),
                           "mix": cfg.synth_mix if cfg.data != "synthetic" else 1.0}
     return d
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The parsed lines of a run's log.jsonl, read afresh (a half-written last line is skipped)."""
-    try:
-        return parse_log_lines(Path(path).read_bytes())
-    except FileNotFoundError:
-        return []
 
 
 def truncate_log(path: Path, step: int) -> None:
