@@ -24,8 +24,11 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any], fsync:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # Opened by name (not from the descriptor) so that fh.name is the path: onnx.save_model
+        # derives the folder of external data from it.
+        with open(tmp, "wb") as fh:
             write(fh)
             if fsync:
                 fh.flush()

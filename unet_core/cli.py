@@ -366,52 +366,46 @@ def _open_eval_data(spec: str, n: int, seed: int, mode: str | None):
     return open_dataset(spec)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _eval_segmenter(args: argparse.Namespace):
+    """The model (or baseline) ``evaluate`` scores, and the training record whose split it uses."""
     from .baseline import BaselineOptions
-    from .datasets import DatasetError, SplitRule
-    from .evaluate import EvalOptions, evaluate
-    from .runtime import ModelLoadError, load_predictor
+    from .runtime import load_predictor
 
-    try:
-        dataset = _open_eval_data(args.data, args.n, args.seed, args.mode)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if len(dataset) == 0:
-        print(f"error: {args.data}: no usable image/mask pairs", file=sys.stderr)
-        return 2
     if (args.model is None) == (args.baseline is None):
-        print("error: give --model or --baseline", file=sys.stderr)
-        return 2
+        raise UserError("give --model or --baseline")
     if args.baseline:
-        segmenter = BaselineOptions(method=args.baseline)
-        training: dict = {}
-        if args.rule_from:
-            try:
-                training = load_predictor(args.rule_from, "cpu").meta.training
-            except ModelLoadError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-    else:
-        try:
-            segmenter = load_predictor(args.model, args.device)
-        except ModelLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        training = segmenter.meta.training
+        training = load_predictor(args.rule_from, "cpu").meta.training if args.rule_from else {}
+        return BaselineOptions(method=args.baseline), training
+    segmenter = load_predictor(args.model, args.device)
+    return segmenter, segmenter.meta.training
+
+
+def _eval_indices(args: argparse.Namespace, dataset, training: dict):
+    """The split rule (the model's own when it records one) and the images of ``--split``."""
+    from .datasets import SplitRule
+
     rule_dict = training.get("split_rule")
     rule = SplitRule.from_dict(rule_dict) if rule_dict and args.data != "synthetic" else dataset.split_rule
     if args.split == "all":
-        indices = list(range(len(dataset)))
-    else:
-        try:
-            indices = dataset.split_indices(args.split, rule)
-        except (UserError, ValueError) as exc:  # a split that does not fit these images
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        return rule, list(range(len(dataset)))
+    try:
+        indices = dataset.split_indices(args.split, rule)
+    except ValueError as exc:  # a rule that holds out groups these images do not have
+        raise UserError(str(exc)) from None
     if not indices:
-        print(f"error: the {args.split} split of {args.data} ({rule.to_dict()}) is empty", file=sys.stderr)
-        return 2
+        raise UserError(f"the {args.split} split of {args.data} ({rule.to_dict()}) is empty")
+    return rule, indices
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model or a baseline on a data set (errors a user can fix reach main: exit 2)."""
+    from .evaluate import EvalOptions, evaluate
+
+    dataset = _open_eval_data(args.data, args.n, args.seed, args.mode)
+    if len(dataset) == 0:
+        raise UserError(f"{args.data}: no usable image/mask pairs")
+    segmenter, training = _eval_segmenter(args)
+    rule, indices = _eval_indices(args, dataset, training)
     bar = FileProgress(1)
     bar.start_file(0, f"{args.split} split")
     try:
