@@ -197,6 +197,11 @@ def show_report(state: dict) -> None:
     st.info("Scored at the **argmax of the probabilities**: every pixel gets the class the model finds most "
             "likely (no threshold tuned). Objects are the connected regions of the object classes. Metrics: "
             f"{KIND_TEXT[report.kind]}.", icon=":material/info:")
+    if report.skipped:
+        n = len(report.skipped)
+        st.warning(f"**{n} image{'s' if n != 1 else ''} could not be scored** (left out of the means):  \n"
+                   + "  \n".join(f"`{s['name']}`: {s['problem']}" for s in report.skipped[:10]),
+                   icon=":material/warning:")
     show_means(report)
     if state.get("comparison"):
         st.markdown("**The U-Net beside the classical method** (Otsu threshold + distance-transform watershed, "
@@ -259,10 +264,11 @@ if holder is not None:
 if st.button(f"Evaluate on {count}", type="primary", icon=":material/fact_check:", key="evaluate_run"):
     try:
         report = run_evaluation(predictor, ds, indices, options)
-        baseline = run_evaluation(BaselineOptions(), ds, indices, options) if compare else None
+        scored = [r.index for r in report.rows]  # the baseline on the same images as the model
+        baseline = run_evaluation(BaselineOptions(), ds, scored, options) if compare else None
         with st.spinner("Drawing the worst images…"):
             views = worst_views(predictor, ds, report, options)
-    except (OSError, UserError) as exc:  # an unreadable image or mask (ImageReadError, DatasetError)
+    except (OSError, UserError) as exc:  # no image could be scored (EvalError), or an unreadable model
         st.error(f"Evaluation stopped: {exc}.  \nFix or remove that file (the Datasets page lists problem files), "
                  "then try again.", icon=":material/error:")
         st.stop()

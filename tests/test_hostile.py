@@ -559,3 +559,63 @@ def test_a_file_name_starting_with_a_dash_works_after_double_dash(tiny_model, tm
     assert (tmp_path / "out" / "-x_labels.png").is_file() and (tmp_path / "out" / "y_labels.png").is_file()
     proc = _predict_cli(["--help"])
     assert "after '--'" in " ".join(proc.stdout.split())
+
+
+# --------------------------------------------------------------------------- one bad sample
+
+
+def _data_set_with_bad_samples(root: Path, n_good: int) -> tuple[Path, list[str]]:
+    """A synthetic images/ + masks/ set of ``n_good`` good pairs plus three bad ones: a truncated
+    image, a constant image and a mask whose ids do not fit int32."""
+    from unet_core.synthetic import SynthConfig, write_dataset
+
+    write_dataset(root, n_good, SynthConfig(height=64, width=80, n_cells=(4, 9), radius=(5.0, 10.0)), seed=3)
+    good_mask = np.asarray(Image.open(next((root / "masks").glob("*.png"))))
+    Image.fromarray(_noise((64, 80))).save(root / "images" / "zz_truncated.png")
+    data = (root / "images" / "zz_truncated.png").read_bytes()
+    (root / "images" / "zz_truncated.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.full((64, 80), 7, np.uint8)).save(root / "images" / "zz_constant.png")
+    for name in ("zz_truncated", "zz_constant"):
+        Image.fromarray(good_mask).save(root / "masks" / f"{name}.png")
+    Image.fromarray(_noise((64, 80), seed=4)).save(root / "images" / "zz_huge_ids.png")
+    huge = np.where(good_mask > 0, 3_000_000_006, 0).astype(np.uint32)
+    tifffile.imwrite(root / "masks" / "zz_huge_ids.tif", huge)
+    return root, ["zz_truncated", "zz_constant", "zz_huge_ids"]
+
+
+@pytest.mark.slow
+def test_training_leaves_out_bad_samples_by_name_and_refuses_when_most_are_bad(tmp_path: Path, capsys) -> None:
+    from unet_core.runlog import read_log
+
+    data, bad = _data_set_with_bad_samples(tmp_path / "cells", n_good=6)
+    run = tmp_path / "run"
+
+    def args(out: Path, folder: Path) -> list[str]:
+        return ["train", "--out", str(out), "--data", str(folder), "--width", "4", "--tile", "36", "--steps", "2",
+                "--split", "none", "--workers", "0", "--threads", "1", "--no-export", "--quiet"]
+
+    assert main(args(run, data)) == 0
+    skipped = [r["problem"] for r in read_log(run / "log.jsonl") if r.get("event") == "skipped"]
+    assert sorted(p.split(":")[0].split(".")[0] for p in skipped) == sorted(bad)
+    assert any("int32" in p for p in skipped) and any("constant" in p for p in skipped)
+    assert any("truncated" in p for p in skipped)
+
+    mostly_bad, _ = _data_set_with_bad_samples(tmp_path / "bad", n_good=2)
+    capsys.readouterr()
+    assert main(args(tmp_path / "run2", mostly_bad)) == 2
+    err = capsys.readouterr().err
+    assert "only 2 of 5 training images can be used" in err and "zz_" in err and "Traceback" not in err
+
+
+def test_evaluation_scores_the_other_images_and_names_the_bad_ones(tiny_model, tmp_path: Path, capsys) -> None:
+    data, bad = _data_set_with_bad_samples(tmp_path / "cells", n_good=3)
+    report = tmp_path / "report.md"
+    code = main(["evaluate", "--model", str(tiny_model[1]), "--data", str(data), "--split", "all", "--tile", TILE,
+                 "--diameter", "off", "--report", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err
+    result = json.loads(out)
+    assert result["n_images"] == 3 and {s["name"] for s in result["skipped"]} == set(bad)
+    assert all(np.isfinite(v) for v in result["metrics"].values() if v is not None)
+    for name in bad:
+        assert f"error: {name}: " in err and f"{name}: " in report.read_text()

@@ -424,7 +424,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(report.to_markdown())
         print(f"report: {args.report}", file=sys.stderr)
-    return 0
+    for s in report.skipped:
+        print(f"error: {s['name']}: {s['problem']} (not scored; the means leave it out)", file=sys.stderr)
+    return 1 if report.skipped else 0
 
 
 # --------------------------------------------------------------------------- synth

@@ -16,6 +16,7 @@ class probabilities** (no threshold sweep) with :func:`unet_core.metrics.evaluat
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 
 from .baseline import BaselineOptions, segment_baseline
 from .datasets import Dataset
+from .errors import UserError
 from .inference import InferenceOptions, segment_objects
 from .instances import InstanceOptions
 from .io import ImageFile
@@ -43,6 +45,12 @@ TABLE_METRICS = {
 
 #: progress(done, total): images evaluated so far.
 EvalProgress = Callable[[int, int], None]
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(UserError):
+    """An evaluation that scored no image; the message names the first image's problem."""
 
 
 @dataclass
@@ -93,6 +101,9 @@ class EvalReport:
     split: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Images that could not be scored (an unreadable image or mask): ``{"index", "name", "problem"}``.
+    #: They are left out of every mean; the report names them.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def primary(self) -> str:
@@ -123,6 +134,7 @@ class EvalReport:
             "data": self.data,
             "split": self.split,
             "n_images": len(self.rows),
+            "skipped": self.skipped,
             "evaluated_at": "argmax of the class probabilities",
             "options": self.options,
             "seconds": round(self.seconds, 3),
@@ -154,6 +166,7 @@ class EvalReport:
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
             + (", probabilities averaged over the 8 flips/rotations (TTA)" if self.options.get("tta") else ""),
             f"- tile: {self.options.get('tile') or 'auto'}; time: {self.seconds:.1f} s",
+            *(f"- **not scored** (left out of the means): {s['name']}: {s['problem']}" for s in self.skipped),
             "",
             "## Means",
             "",
@@ -226,25 +239,23 @@ def evaluate(
     if kind not in PRIMARY_METRIC:
         raise ValueError(f"kind must be 'auto', 'semantic' or 'instance', not {options.kind!r}")
     rows: list[ImageResult] = []
+    skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
     for n, i in enumerate(indices):
-        t0 = time.perf_counter()
-        sample = dataset.samples[i]
-        labels, pred, diameter = predict_sample(segmenter, dataset, i, options)
-        if kind == "semantic":
-            gt = dataset.load_classes(i)
-            fg = 1 if isinstance(segmenter, BaselineOptions) else segmenter.meta.foreground_classes[0]
-            n_classes = 2 if isinstance(segmenter, BaselineOptions) else segmenter.meta.unet.n_classes
-            metrics = evaluate_pair(labels, gt, "semantic", foreground_class=fg, num_classes=n_classes)
-        else:
-            metrics = evaluate_pair(pred, dataset.load_instances(i), "instance")
-        rows.append(ImageResult(i, sample.name, int(labels.shape[0]), int(labels.shape[1]),
-                                {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0,
-                                sample.category, diameter))
+        try:
+            rows.append(score_sample(segmenter, dataset, i, options, kind))
+        except (UserError, OSError) as exc:  # this image only: the others are still scored
+            name = dataset.samples[i].name
+            skipped.append({"index": i, "name": name, "problem": str(exc).removeprefix(f"{name}: ")})
+            log.warning("%s: not scored (%s)", name, exc)
         if progress:
             progress(n + 1, len(indices))
+    if not rows and skipped:
+        raise EvalError(f"none of the {len(indices)} images could be scored; the first: "
+                        f"{skipped[0]['name']}: {skipped[0]['problem']}")
     return EvalReport(
         kind=kind,
+        skipped=skipped,
         rows=rows,
         means=mean_metrics(rows),
         model=str(segmenter.method) if isinstance(segmenter, BaselineOptions) else "",
@@ -252,6 +263,23 @@ def evaluate(
         options={"tile": options.tile, "tta": options.tta, "batch": options.batch, "diameter": str(options.diameter)},
         seconds=time.perf_counter() - started,
     )
+
+
+def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOptions,
+                 kind: str) -> ImageResult:
+    """The metrics of sample ``i`` (``kind``: ``"semantic"`` or ``"instance"``)."""
+    t0 = time.perf_counter()
+    sample = dataset.samples[i]
+    labels, pred, diameter = predict_sample(segmenter, dataset, i, options)
+    if kind == "semantic":
+        gt = dataset.load_classes(i)
+        fg = 1 if isinstance(segmenter, BaselineOptions) else segmenter.meta.foreground_classes[0]
+        n_classes = 2 if isinstance(segmenter, BaselineOptions) else segmenter.meta.unet.n_classes
+        metrics = evaluate_pair(labels, gt, "semantic", foreground_class=fg, num_classes=n_classes)
+    else:
+        metrics = evaluate_pair(pred, dataset.load_instances(i), "instance")
+    return ImageResult(i, sample.name, int(labels.shape[0]), int(labels.shape[1]),
+                       {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0, sample.category, diameter)
 
 
 def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,

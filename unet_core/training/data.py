@@ -53,6 +53,32 @@ def prepare_image(dataset: Dataset, i: int, cfg: TrainConfig) -> TrainImage:
     return TrainImage(name, np.ascontiguousarray(image, np.float32), classes.astype(np.uint8), weights)
 
 
+#: Training refuses to start when fewer than this fraction of its images can be used: so many bad
+#: files mean a wrong folder or a wrong setting, not a few damaged images.
+MIN_USABLE_FRACTION = 0.5
+
+
+def prepare_pool(dataset: Dataset, indices: list[int], cfg: TrainConfig) -> tuple[list[TrainImage], list[str]]:
+    """:func:`prepare_image` of each index, and the problems of those that cannot be used (a
+    corrupt or constant image, a mask that does not decode): each is left out, named.
+
+    Raises:
+        TrainError: fewer than :data:`MIN_USABLE_FRACTION` of the images are usable.
+    """
+    pool, problems = [], []
+    for i in indices:
+        name = dataset.samples[i].name
+        try:
+            pool.append(prepare_image(dataset, i, cfg))
+        except (UserError, OSError) as exc:  # this image only; a bug (any other error) stops the run
+            text = str(exc)
+            problems.append(text if text.startswith(name) else f"{name}: {text}")
+    if indices and len(pool) < MIN_USABLE_FRACTION * len(indices):
+        raise TrainError(f"{dataset.root}: only {len(pool)} of {len(indices)} training images can be used; "
+                         f"the first problems: {'; '.join(problems[:3])}")
+    return pool, problems
+
+
 def _to_canonical_scale(image: np.ndarray, classes: np.ndarray, instances: np.ndarray,
                         diameter: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image (linear), classes and instances (nearest) rescaled so that the median object

@@ -30,7 +30,15 @@ from ..metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from ..model import UNet
 from ..runlog import LOG_NAME, STOP_FILE
 from .card import export_run
-from .data import StepTiles, TrainData, default_class_names, dropout_seed, open_training_data, prepare_image
+from .data import (
+    StepTiles,
+    TrainData,
+    default_class_names,
+    dropout_seed,
+    open_training_data,
+    prepare_image,
+    prepare_pool,
+)
 from .finetune import add_border_class, apply_init, load_init_weights, widen_input
 from .loss import learning_rate, weighted_cross_entropy
 from .progress import TrainProgress
@@ -125,6 +133,7 @@ class Trainer:
         self.ckpt: dict[str, Any] | None = None
         self.start, self.elapsed_before, self.best = 0, 0.0, None
         self.losses: list[float] = []
+        self.skipped: list[str] = []  # training images left out, with their problems
         self.wait_total = self.step_total = 0.0
         self.session_start = time.perf_counter()
 
@@ -147,6 +156,8 @@ class Trainer:
         self.log_line({"event": "resume" if self.ckpt is not None else "start", "step": self.start,
                        "device": str(self.device), "prepare_s": round(prep_s, 2),
                        "n_train": len(data.train_indices), "n_val": len(self.val_indices)})
+        for problem in self.skipped:
+            self.log_line({"event": "skipped", "step": self.start, "problem": problem})
         if self.start >= cfg.steps:
             self.bar.message(f"the run already reached step {self.start} of {cfg.steps}")
 
@@ -205,8 +216,11 @@ class Trainer:
         self.bar.message(f"data {data.dataset.root} ({data.dataset.layout}, {len(data.train_indices)} train / "
                          f"{len(data.val_indices)} val, split {data.rule.to_dict()}); preparing weight maps ...")
         t0 = time.perf_counter()
-        pools = [[prepare_image(data.dataset, i, cfg) for i in data.train_indices]]
-        probs = [1.0]
+        pool, problems = prepare_pool(data.dataset, data.train_indices, cfg)
+        self.skipped = problems
+        for problem in problems:  # each unusable image is named (and in the run's log, by setup)
+            self.bar.message(f"left out: {problem}")
+        pools, probs = [pool], [1.0]
         if data.synthetic is not None:
             pools.append([prepare_image(data.synthetic, i, cfg) for i in range(len(data.synthetic))])
             probs = [1.0 - cfg.synth_mix, cfg.synth_mix]
