@@ -15,7 +15,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, kept, predictor_or_stop, show_no_model
 from unet_core.errors import UserError
-from unet_core.inference import InferenceOptions, auto_tile, tile_is_measured
+from unet_core.inference import InferenceOptions, auto_tile, estimate_seconds, tile_is_measured
 from unet_core.instances import InstanceOptions
 from unet_core.io import (
     CONVERT_FIRST,
@@ -48,6 +48,10 @@ LAYOUT_KEY = "segment_channel_layouts"
 #: session_state: the pixel size (µm) typed for images whose file does not say (0 = unknown).
 PIXEL_SIZE_KEY = "segment_pixel_size_um"
 EXAMPLE_NAME = "example_nuclei.png"
+#: The Stop button shown while images are segmented (True in the rerun its click starts).
+STOP_KEY = "segment_stop"
+#: Work estimated to take longer than this (seconds) is announced with a warning before it starts.
+LONG_WORK_S = 60.0
 
 # Download buttons per output file, by the end of the name the CLI gives it: label, mime, help.
 DOWNLOADS = {
@@ -91,6 +95,7 @@ class Source:
     key: str
     name: str
     load: Callable[[], ImageFile]
+    pixels: int | None = None  # all slices, from the header; None when the header cannot be read
 
 
 @dataclass
@@ -126,12 +131,15 @@ def example_pixels() -> np.ndarray | None:
 def upload_source(upload: UploadedFile, in_channels: int = 1, channels: tuple[int, ...] | None = None) -> Source:
     """An upload, read with the chosen ``channels`` (numbered from 1) for a model taking ``in_channels``."""
     key = upload.file_id + (f":channels={','.join(map(str, channels))}" if channels else "")
+    header, _ = channel_layout(upload)
     return Source(key, upload.name,
-                  lambda: channels_for_model(read_image_bytes(upload.getvalue(), upload.name), in_channels, channels))
+                  lambda: channels_for_model(read_image_bytes(upload.getvalue(), upload.name), in_channels, channels),
+                  header.pixels if header is not None else None)
 
 
 def example_source(pixels: np.ndarray) -> Source:
-    return Source("example", EXAMPLE_NAME, lambda: ImageFile(EXAMPLE_NAME, pixels[None, :, :, None]))
+    return Source("example", EXAMPLE_NAME, lambda: ImageFile(EXAMPLE_NAME, pixels[None, :, :, None]),
+                  int(pixels.shape[0] * pixels.shape[1]))
 
 
 def channel_layout(upload: UploadedFile) -> tuple[ImageHeader | None, list[np.ndarray]]:
@@ -308,13 +316,38 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
     )
 
 
+def work_note(sources: list[Source], predictor: Predictor, options: InferenceOptions,
+              reuse: dict[str, Outcome]) -> None:
+    """The size of the images still to segment and, once this computer's speed is measured, about
+    how long they take; a warning for long work (Stop is offered while it runs)."""
+    todo = [s for s in sources if s.key not in reuse]
+    pixels = sum(s.pixels or 0 for s in todo)
+    if not todo or not pixels:
+        return
+    size = f"{pixels / 1e6:.1f} megapixels" if pixels >= 1e5 else f"{pixels:,} pixels"
+    seconds = estimate_seconds(predictor, pixels, options)
+    if seconds is None:
+        st.caption(f"To segment: {size}. The first run measures this computer's speed.")
+    elif seconds < LONG_WORK_S:
+        st.caption(f"To segment: {size}, about {viz.duration_text(seconds)} on {predictor.device_name}.")
+    else:
+        st.warning(f"To segment: **{size}, about {viz.duration_text(seconds)}** on {predictor.device_name}. "
+                   "You can stop it at any time (finished images are kept). For many or huge images, "
+                   "`python -m unet_core predict` does the same without a browser.", icon=":material/schedule:")
+
+
 def segment_all(sources: list[Source], predictor: Predictor, options: InferenceOptions,
-                instance_options: InstanceOptions, reuse: dict[str, Outcome]) -> dict[str, Outcome]:
-    """Segment every source not in ``reuse`` (results of the same settings), with a progress bar."""
+                instance_options: InstanceOptions, reuse: dict[str, Outcome],
+                keep: Callable[[dict[str, Outcome]], None]) -> dict[str, Outcome]:
+    """Segment every source not in ``reuse`` (results of the same settings), with a progress bar
+    and a Stop button. Each finished image is handed to ``keep`` at once: Stop (a rerun of the page,
+    which ends this run at its next tile) loses only the image under way."""
     if options.tile is None and not tile_is_measured(predictor) and any(s.key not in reuse for s in sources):
         with st.spinner("Measuring the fastest tile size for this model on this computer: once, a few seconds…"):
             auto_tile(predictor)
     bar = st.progress(0.0, text="Preparing…")
+    st.button("Stop", icon=":material/stop:", key=STOP_KEY, help="Stop after the current tile; the images "
+              "finished so far are kept.")
     outcomes: dict[str, Outcome] = {}
     n = len(sources)
     for i, source in enumerate(sources):
@@ -327,8 +360,19 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
                          text=f"{name}: tile {done} of {total} · image {i + 1} of {n}")
 
         outcomes[source.key] = segment_one(source, predictor, options, instance_options, progress)
+        keep(outcomes)
     bar.empty()
     return outcomes
+
+
+def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: dict[str, Outcome],
+                 partial: bool = False) -> dict:
+    """What the page keeps of a run: its settings, the images asked for and the outcomes so far
+    (``partial``: a run that was stopped, or is still under way)."""
+    file_sets = [o.files for o in outcomes.values() if o.files]
+    zipped = zip_files(file_sets) if len(file_sets) > 1 and not partial else None
+    return {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes, "zip": zipped,
+            "partial": partial}
 
 
 def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions, post: str) -> dict:
@@ -490,6 +534,7 @@ def show_results(outcomes: list[Outcome], zip_bytes: bytes | None, class_names: 
             [{"Image": o.name, "Objects": o.result.n_objects, "Seconds": round(o.seconds, 1)} for o in done],
             hide_index=True,
         )
+        zip_bytes = zip_bytes or zip_files([o.files for o in done if o.files])  # a stopped run's finished images
         st.download_button("All results (ZIP)", zip_bytes, file_name="unet_studio_results.zip",
                            mime="application/zip", icon=":material/folder_zip:", on_click="ignore",
                            type="primary")
@@ -521,22 +566,32 @@ with inputs_col:
     sources = choose_inputs(predictor.meta.unet.in_channels)
     keys = tuple(s.key for s in sources)
     st.caption(f"Model **{entry.label}** on {predictor.device_name}.")
+    same = bool(state) and state["settings"] == settings and state["post"] == post
+    reuse = state["outcomes"] if same else {}
+    work_note(sources, predictor, options, reuse)
     count = f"{len(sources)} image{'s' if len(sources) != 1 else ''}"
     if st.button(f"Segment {count}" if sources else "Segment", type="primary", disabled=not sources,
                  icon=":material/play_arrow:", key="segment_run"):
-        reuse = state["outcomes"] if state and state["settings"] == settings and state["post"] == post else {}
-        outcomes = segment_all(sources, predictor, options, instance_options, reuse)
-        file_sets = [o.files for o in outcomes.values() if o.files]
-        state = {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes,
-                 "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
+
+        def keep(done: dict[str, Outcome]) -> None:
+            st.session_state[STATE_KEY] = result_state(settings, post, keys, done, partial=True)
+
+        state = result_state(settings, post, keys, segment_all(sources, predictor, options, instance_options,
+                                                                reuse, keep))
         st.session_state[STATE_KEY] = state
 
 # The upload box empties when the user visits another page (Streamlit cannot refill it), so with no
-# file in it the last results stay on show rather than being thrown away.
-current = bool(state) and state["settings"] == settings and (state["keys"] == keys or not sources)
+# file in it the last results stay on show rather than being thrown away; so do the finished
+# images of a stopped run.
+current = bool(state) and state["settings"] == settings and (
+    state["keys"] == keys or not sources or state.get("partial", False))
 if current and state.get("post") != post:
     state = repost(state, predictor, instance_options, post)
     st.session_state[STATE_KEY] = state
+if current and state.get("partial"):
+    done = len(state["outcomes"])
+    st.info(f"Stopped after {done} of {len(state['keys'])} image{'s' if len(state['keys']) != 1 else ''}. "
+            "Press **Segment** to do the rest (finished images are not done again).", icon=":material/stop:")
 
 if current:
     if not sources:

@@ -556,7 +556,21 @@ def data_summary(source: DataSource, ds: Dataset) -> int:
     return n_train
 
 
-def new_run(holder: runlock.LockInfo | None, first: bool) -> None:
+def confirm_length(options: dict, earlier: list[runs.RunInfo], init_width: int | None) -> bool:
+    """How long the run will take (shown always); for a long one, a tick that confirms it. Whether
+    it may start."""
+    est = jobs.estimate_new_run(options, earlier, cuda_driver_available(), init_width)
+    length = visualize.duration_text(est.seconds)
+    st.caption(f":material/schedule: About **{length}** ({est.step_seconds:.2g} s a step, estimated from "
+               f"{est.basis}), plus preparing the images and validating.")
+    if est.seconds < jobs.LONG_RUN_S:
+        return True
+    return st.checkbox(f"Yes, start a run of about {length}", key="train_confirm_long",
+                       help="It keeps going when you close the browser; Stop on this page ends it, and a stopped "
+                       "run can be resumed or made into a model. Fewer steps or a smaller width take less time.")
+
+
+def new_run(holder: runlock.LockInfo | None, first: bool, earlier: list[runs.RunInfo]) -> None:
     """The settings of a new run and its Start button (folded away below earlier runs)."""
     with st.expander("Start a new training run", expanded=first, icon=":material/add_circle:"):
         init, init_width = choose_start()
@@ -570,6 +584,7 @@ def new_run(holder: runlock.LockInfo | None, first: bool) -> None:
         options = settings_form(init_width)
         options["init"] = init
         st.divider()
+        confirmed = confirm_length(options, earlier, init_width)
 
         source = chosen[0] if chosen else DataSource()
         # The suggested name follows the data (and the runs made) until the user types their own.
@@ -587,6 +602,8 @@ def new_run(holder: runlock.LockInfo | None, first: bool) -> None:
                        "one run at a time on this computer. Wait for it or stop it above.")
         elif not chosen or n_train == 0:
             problem = "Choose images with masks above."
+        elif not confirmed:
+            problem = "This run takes long on this computer: tick the confirmation above to start it."
         button_col.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
                           disabled=problem is not None, width="stretch", on_click=start,
                           args=(name, data, {**options, **extra}))
@@ -610,4 +627,4 @@ holder = runlock.busy()
 all_runs = runs.list_runs()
 if all_runs:
     show_runs(all_runs)
-new_run(holder, first=not all_runs)
+new_run(holder, first=not all_runs, earlier=all_runs)

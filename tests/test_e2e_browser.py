@@ -200,3 +200,39 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
     assert browser_labels.dtype == np.uint8 and browser_labels.shape == (260, 300)
     np.testing.assert_array_equal(browser_labels, cli_labels)
     assert len(np.unique(cli_labels)) > 1, "a one-class result would make the comparison meaningless"
+
+
+def test_segmenting_can_be_stopped_between_tiles_and_finished_later(studio_url: str, tmp_path: Path) -> None:
+    """Large uploads: the page says how much there is to do, Stop ends the run at the next tile and
+    keeps the finished images, and Segment then does only the rest."""
+    yy, xx = np.mgrid[0:2400, 0:2400]
+    paths = []
+    for k in range(3):
+        blobs = ((np.sin(xx / (9.0 + k)) * np.cos(yy / 11.0)) > 0.6).astype(np.uint8) * 150 + 30
+        paths.append(tmp_path / f"big{k}.png")
+        Image.fromarray(blobs).save(paths[-1])
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{studio_url}/segment", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Segment")).to_be_visible(timeout=WAIT_MS)
+            settle(page)
+            page.locator("input[type=file]").set_input_files(paths)
+            expect(page.get_by_text("To segment: 17.3 megapixels")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_role("button", name="Segment 3 images").click()
+            expect(page.get_by_text("image 2 of 3")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_role("button", name="Stop").click()
+            expect(page.get_by_text("Stopped after 1 of 3 images")).to_be_visible(timeout=WAIT_MS)
+            settle(page)
+            expect(page.get_by_text("big0.png").first).to_be_visible()
+            shoot(page, "segment-stopped")
+            # The speed is measured now: the rest is announced with its time, then done.
+            expect(page.get_by_text("To segment: 11.5 megapixels, about")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_role("button", name="Segment 3 images").click()
+            expect(page.get_by_role("heading", name="3 images")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text("Stopped after")).to_have_count(0)
+            expect(page.get_by_test_id("stException")).to_have_count(0)
+        finally:
+            browser.close()

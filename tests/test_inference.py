@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,22 @@ def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, 
     seg = segment(_image((1, 40, 300, 1)), predictor)
     geometry = predictor.meta.geometry
     assert seg.tile == (balanced_tile(40, first[0], geometry), balanced_tile(300, first[0], geometry))
+
+
+def test_time_estimate_comes_from_the_tile_measurement(predictor, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UNET_STUDIO_CACHE", str(tmp_path))
+    monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196))
+    assert inference.estimate_seconds(predictor, 10**6) is None  # nothing measured yet: no guess
+    tile, _ = auto_tile(predictor)
+    entry = json.loads((tmp_path / "autotile.json").read_text())[f"{predictor.fingerprint}:{predictor.device_name}"]
+    per_mpx = {int(k.split("x")[0]): v / 1000 for k, v in entry["ms_per_mpx"].items()}
+    off = InferenceOptions(diameter="off")
+    assert inference.estimate_seconds(predictor, 4 * 10**6, off) == pytest.approx(4 * per_mpx[tile])
+    assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(diameter="off", tta=True)) == (
+        pytest.approx(8 * per_mpx[tile]))
+    other = 196 if tile == 100 else 100
+    assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(tile=other, diameter="off")) == (
+        pytest.approx(per_mpx[other]))
 
 
 def test_tile_measurement_runs_once_even_for_two_callers_at_a_time(predictor, tmp_path, monkeypatch) -> None:

@@ -243,6 +243,8 @@ def test_a_tiny_run_in_the_background_is_followed_to_its_model(root: Path) -> No
     assert info.steps == [1, 2, 3, 4, 5, 6] and info.total == 6 and info.step == 6
     assert info.val_steps == [3, 6] and info.best["metric"] == "dsb_ap"
     assert info.n_train == 3 and info.n_val == 1 and info.elapsed > 0
+    assert info.device == "cpu" and info.seconds_per_step > 0  # what the next run's estimate comes from
+    assert len(runs.train_speeds([info], "cpu")) == 1 and not runs.train_speeds([info], "cuda")
     assert info.model == root / "tiny" / "model.onnx" and info.model.is_file()
     assert runs.read_job(info.folder)["returncode"] == 0
     assert "--config" in (root / "tiny" / runs.CONSOLE_NAME).read_text()  # the settings went as config.json

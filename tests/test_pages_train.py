@@ -39,9 +39,17 @@ def test_on_a_cpu_the_quick_preset_comes_first(studio_dirs, monkeypatch: pytest.
     assert not at.error
     assert number(at, "Width (features in the first layer)").value == 8
     assert number(at, "Steps").value == 300 and at.radio(key="train_optimizer").value == "adam"
+    assert "About **" in texts(at.caption) and not at.checkbox  # minutes: no confirmation asked
+    assert not at.button(key="train_start").disabled
     at.button[0].click().run()  # "Paper's settings": offered, with a word on the time it takes here
     assert number(at, "Width (features in the first layer)").value == 64
     assert "This computer has no GPU" in texts(at.caption)
+    # Hours on a CPU: the time is shown and Start waits for a tick that confirms it.
+    confirm = at.checkbox(key="train_confirm_long")
+    assert confirm.label.startswith("Yes, start a run of about ") and " h " in confirm.label
+    assert at.button(key="train_start").disabled and "tick the confirmation" in texts(at.caption)
+    confirm.check().run()
+    assert not at.button(key="train_start").disabled
 
 
 def test_train_page_offers_the_papers_settings(studio_dirs, monkeypatch: pytest.MonkeyPatch) -> None:

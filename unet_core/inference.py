@@ -543,6 +543,32 @@ def tile_is_measured(predictor: Predictor) -> bool:
     return _cached_tile(predictor, cache_dir() / "autotile.json") is not None
 
 
+def estimate_seconds(predictor: Predictor, pixels: int, options: InferenceOptions | None = None) -> float | None:
+    """About how long segmenting ``pixels`` input pixels (all slices together) takes on this
+    device, from the tile measurement of :func:`auto_tile`; None before it ran.
+
+    The work counted: one network pass over the pixels at the chosen tile size (8 with test-time
+    augmentation) plus, for an automatic diameter, the scale search's passes over its window. The
+    factor an estimated diameter rescales by is not known beforehand, so images whose objects are
+    far larger or smaller than the model's take less or more; treat the figure as an order of size.
+    """
+    options = options or InferenceOptions()
+    entry = _read_json(cache_dir() / "autotile.json").get(_tile_key(predictor))
+    timings: dict[int, float] = {}  # tile -> ms per Mpx of output at its fastest batch
+    for key, ms in (entry or {}).get("ms_per_mpx", {}).items():  # "TILExBATCH"
+        tile = int(str(key).split("x")[0])
+        timings[tile] = min(float(ms), timings.get(tile, float("inf")))
+    if not timings:
+        return None
+    geometry = predictor.meta.geometry
+    tile = geometry.floor_output(options.tile) if options.tile else int(entry["tile"])
+    ms_per_mpx = timings.get(tile) or timings.get(min(timings, key=lambda t: abs(t - tile)))
+    work = pixels * (8 if options.tta else 1)
+    if predictor.meta.diameter and options.diameter.mode == "auto":
+        work += SEARCH_PASSES * SEARCH_EDGE**2
+    return work / 1e6 * ms_per_mpx / 1000
+
+
 def measure_tiles(predictor: Predictor) -> tuple[int, int, dict[str, float]]:
     """Time each candidate tile (and batch, on GPU) that fits memory; return the best per pixel."""
     geometry = predictor.meta.geometry

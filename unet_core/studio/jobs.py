@@ -41,11 +41,13 @@ from typing import Any
 
 from ..atomic import write_json
 from ..config import TrainConfig, TrainError, config_from_settings, resume_args
+from ..metadata import UNetConfig
 from ..paths import runs_dir
 from ..runlog import STOP_FILE
+from ..workload import RunEstimate, estimate_run, train_step_flops
 from .processes import ask_to_stop, detached, kill_tree, pid_alive, process_started, training_processes
 from .runlock import JobError, LockInfo, acquire_lock, lock_path, read_lock, release_lock, write_lock
-from .runs import CONSOLE_NAME, JOB_NAME, load_config, read_job, run_folder
+from .runs import CONSOLE_NAME, JOB_NAME, RunInfo, load_config, read_job, run_folder, train_speeds
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,31 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Run names: what a folder name may safely be on every system.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Training FLOP/s assumed (fp32) until a run on this computer has measured its own: a 2-core Zen 4
+#: CPU trains the paper's net at about 64 GFLOP/s (14 s a step), a mid-range GPU at about 10 TFLOP/s.
+TYPICAL_SPEED = {"cpu": 60e9, "cuda": 10e12}
+#: A run estimated to take longer than this (seconds) starts only once the user has confirmed it.
+LONG_RUN_S = 15 * 60
 
 
 # --------------------------------------------------------------------------- starting and stopping
+
+
+def estimate_new_run(options: dict[str, Any], earlier: list[RunInfo], gpu: bool,
+                     init_width: int | None = None) -> RunEstimate:
+    """About how long a new run with the page's ``options`` (width, tile, steps, border_width)
+    takes here: at the speed earlier runs on this device reached, else at :data:`TYPICAL_SPEED`
+    (``basis`` says which). ``init_width``: the width of the model a fine-tuning starts from."""
+    device = "cuda" if gpu else "cpu"
+    unet = UNetConfig(width=int(options.get("width") or init_width or 64),
+                      n_classes=3 if options.get("border_width") else 2)
+    tile, steps = int(options["tile"]), int(options["steps"])
+    found = estimate_run(unet, tile, steps, 1, train_speeds(earlier, device))
+    if found is not None:
+        return found
+    step = train_step_flops(unet, tile) / TYPICAL_SPEED[device]
+    kind = "computer with a GPU" if gpu else "computer without a GPU"
+    return RunEstimate(step * steps, step, f"a typical {kind}; the first run here measures this one")
 
 #: Processes started by this server: pid -> Popen (so they are reaped and polled).
 _PROCS: dict[int, subprocess.Popen] = {}

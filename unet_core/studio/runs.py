@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metadata import UNetConfig
 from ..metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from ..paths import runs_dir
 from ..runlog import LOG_NAME, parse_log_lines
+from ..workload import train_speed
 from .processes import pid_alive, training_processes
 from .registry import RUN_MODEL_FILE
 from .runlock import LockInfo, read_lock
@@ -119,6 +121,7 @@ class RunInfo:
         pid: the running process; external: started from the command line.
         error: the trainer's last error line (crashed runs); console_tail: the last console lines.
         config: the run's ``config.json``; updated: when the log last changed (epoch seconds).
+        device: where it trained (``"cpu"``, ``"cuda"``; from its last start), None before it started.
     """
 
     name: str
@@ -143,6 +146,7 @@ class RunInfo:
     updated: float = 0.0
     n_train: int | None = None
     n_val: int | None = None
+    device: str | None = None
 
     @property
     def live(self) -> bool:
@@ -263,6 +267,7 @@ def _read_rows(info: RunInfo, rows: list[dict[str, Any]]) -> tuple[dict[str, Any
             last_event = row
             if row["event"] in ("start", "resume"):
                 info.n_train, info.n_val = row.get("n_train", info.n_train), row.get("n_val", info.n_val)
+                info.device = str(row.get("device") or "").split(":")[0] or info.device
             elif row["event"] == "done":
                 info.best = row.get("best") or info.best
             continue
@@ -358,3 +363,21 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
         runs.append(run_info(folder.name, root, held=held, external=external))
     runs.sort(key=lambda r: (not r.live, -r.updated, r.name))
     return runs
+
+
+def train_speeds(runs: Iterable[RunInfo], device: str, amp: str = "none") -> list[float]:
+    """The training FLOP/s that earlier runs on ``device`` (``"cpu"`` or ``"cuda"``) with autocast
+    ``amp`` reached, one per run with a measured step time: what a new run's time is estimated from
+    (:func:`unet_core.workload.estimate_run`)."""
+    speeds = []
+    for run in runs:
+        cfg = run.config
+        if run.seconds_per_step is None or run.device != device or (cfg.get("amp") or "none") != amp:
+            continue
+        try:
+            unet = UNetConfig(in_channels=int(cfg.get("in_channels", 1)), width=int(cfg["width"]),
+                              depth=int(cfg.get("depth", 4)), n_classes=len(cfg.get("class_names") or [0, 1]))
+            speeds.append(train_speed(unet, int(cfg["tile"]), int(cfg.get("batch", 1)), run.seconds_per_step))
+        except (KeyError, TypeError, ValueError):  # a config from another version: no speed from it
+            continue
+    return speeds
