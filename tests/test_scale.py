@@ -237,3 +237,21 @@ def test_merges_and_splits_are_counted() -> None:
     assert merges_and_splits(pred, gt) == (1, 1)
     assert merges_and_splits(gt, gt) == (0, 0)
     assert merges_and_splits(np.zeros_like(gt), gt) == (0, 0)
+
+
+@pytest.mark.parametrize(("shape", "out"), [((100, 120), (37, 50)), ((64, 80), (150, 200)),
+                                            ((50, 60, 3), (20, 90)), ((1, 30), (3, 10)), ((200, 180), (210, 100))])
+def test_resize_is_skimages_and_any_window_of_it_is_bit_for_bit_the_same(shape, out) -> None:
+    from skimage.transform import resize
+
+    from unet_core.scale import input_span, resize_at
+
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    shrink = out[0] < shape[0] or out[1] < shape[1]
+    reference = resize(image, out + shape[2:], order=1, mode="reflect", anti_aliasing=shrink, preserve_range=True)
+    whole = rescale_image(image, out)
+    assert whole.dtype == np.float32 and np.abs(whole - reference).max() < 1e-6
+    rows, cols = np.arange(max(0, out[0] - 7), out[0]), np.array([0, 1, 2]) % out[1]
+    (r0, r1), (c0, c1) = (input_span(rows, shape[0], out[0], shrink), input_span(cols, shape[1], out[1], shrink))
+    window = resize_at(image[r0:r1, c0:c1], out, rows, cols, origin=(r0, c0), full_shape=shape[:2])
+    assert np.array_equal(window, whole[np.ix_(rows, cols)])  # what a tile or a Dask block computes

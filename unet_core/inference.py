@@ -43,6 +43,7 @@ from .scale import (
     SEARCH_BAND,
     SEARCH_STEP,
     Diameter,
+    WorkPlane,
     boundary_uncertainty,
     candidate_factors,
     clamp_factor,
@@ -52,7 +53,7 @@ from .scale import (
     scaled_shape,
     search_window,
 )
-from .tiling import Geometry, Tile, balanced_tile, extract_input, plan_tiles, stitch
+from .tiling import Geometry, Tile, balanced_tile, plan_tiles, stitch
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +361,7 @@ def _segment_at(
     total = z * len(tiles)
     done = 0
     for s in range(z):
-        source = data[s] if factor == 1.0 else rescale_image(data[s], (height, width))
+        source = WorkPlane(data[s], (height, width))  # each tile rescales its own window
         release = s == z - 1 and z * height * width >= RELEASE_MIN_PIXELS
         for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
@@ -385,7 +386,7 @@ def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.nda
 
 
 def _run_tiles(
-    source: np.ndarray,
+    source: WorkPlane,
     tiles: list[Tile],
     predictor: Predictor,
     stretch: Stretch,
@@ -402,7 +403,7 @@ def _run_tiles(
     groups = list(_batches(tiles, batch))
 
     def prepare(group: list[Tile]) -> np.ndarray:
-        x = np.stack([to_channels(extract_input(source, t, margin), channels) for t in group])
+        x = np.stack([to_channels(source.tile_input(t, margin), channels) for t in group])
         return stretch(x).transpose(0, 3, 1, 2)
 
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.transform import resize
 
 from .io import to_channels
+from .tiling import Tile, reflect_indices
 
 #: Rescale factors are kept within these bounds: beyond them an image is either blown up past any
 #: memory budget or shrunk to a few pixels per object; the model is not meant for such images.
@@ -127,13 +127,133 @@ def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
 
 
 def rescale_image(image: np.ndarray, shape: tuple[int, int], order: int = 1) -> np.ndarray:
-    """Image (H, W) or (H, W, C) resized to ``shape`` (float32), anti-aliased when shrinking."""
+    """Image (H, W) or (H, W, C) resized to ``shape`` (float32), anti-aliased when shrinking.
+
+    The whole-image case of :func:`resize_at` (linear only: ``order`` must be 1), so that a tile, a
+    Dask block and the whole image are rescaled by one computation.
+    """
+    if order != 1:
+        raise ValueError(f"only linear rescaling (order 1) is supported, not order {order}")
     if tuple(image.shape[:2]) == tuple(shape):
         return image.astype(np.float32, copy=False)
-    out_shape = tuple(shape) + tuple(image.shape[2:])
-    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    return resize(image.astype(np.float32, copy=False), out_shape, order=order, mode="reflect",
-                  anti_aliasing=shrink, preserve_range=True).astype(np.float32)
+    return resize_at(image, shape, np.arange(shape[0]), np.arange(shape[1]))
+
+
+#: The anti-aliasing Gaussian reaches this many sigmas (scipy's default truncation).
+_TRUNCATE = 4.0
+
+
+def _taps(out_index: np.ndarray, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left neighbour (may be -1 or n_in - 1) and weight of the right one, per output pixel: pixel
+    centres aligned (output ``i`` sits at input ``(i + 0.5) * n_in / n_out - 0.5``)."""
+    centre = (np.asarray(out_index, np.float64) + 0.5) * (n_in / n_out) - 0.5
+    left = np.floor(centre).astype(np.intp)
+    return left, (centre - left).astype(np.float32)
+
+
+def _sigma(n_in: int, n_out: int, shrink: bool) -> float:
+    """Anti-aliasing sigma along an axis shrunk from ``n_in`` to ``n_out`` (0: none)."""
+    return max(0.0, (n_in / n_out - 1.0) / 2.0) if shrink else 0.0
+
+
+def _run(out_index: np.ndarray, n_in: int, n_out: int, sigma: float) -> tuple[np.ndarray, int]:
+    """The input indices, mirrored into the image, that ``out_index`` needs (its neighbours and
+    the anti-aliasing reach around them), and the run's first virtual index."""
+    left, _ = _taps(out_index, n_in, n_out)
+    reach = int(_TRUNCATE * sigma + 0.5) if sigma > 0 else 0
+    start, stop = int(left.min()) - reach, int(left.max()) + 2 + reach
+    return reflect_indices(start, stop, n_in), start
+
+
+def input_span(out_index: np.ndarray, n_in: int, n_out: int, shrink: bool) -> tuple[int, int]:
+    """``(start, stop)`` of the input rows (or columns) that :func:`resize_at` reads for the
+    output indices ``out_index`` (what a Dask block reads from the file)."""
+    run, _ = _run(out_index, n_in, n_out, _sigma(n_in, n_out, shrink))
+    return int(run.min()), int(run.max()) + 1
+
+
+def resize_at(image: np.ndarray, out_shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+              origin: tuple[int, int] = (0, 0), full_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Pixels ``rows`` x ``cols`` of the input image resized to ``out_shape``, float32.
+
+    What :func:`skimage.transform.resize` (``order=1, mode="reflect"``, anti-aliased when
+    shrinking along either axis) gives at those pixels, computed from the input around them only:
+    a tile of overlap-tile inference or a Dask block rescales its own window, and every caller gets
+    the same values for the same pixels, bit for bit, whatever window it read.
+
+    Args:
+        image: (h, w) or (h, w, C): the input image, or the part of it that starts at ``origin``
+            and covers :func:`input_span` of ``rows`` and of ``cols``.
+        out_shape: (H', W') of the whole resized image.
+        rows, cols: output indices (each in ``[0, H')`` resp. ``[0, W')``).
+        origin: where ``image`` starts in the full input.
+        full_shape: (H, W) of the full input (default: ``image``'s own).
+    """
+    n_in = full_shape or image.shape[:2]
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    shrink = out_shape[0] < n_in[0] or out_shape[1] < n_in[1]
+    sigmas = (_sigma(n_in[0], out_shape[0], shrink), _sigma(n_in[1], out_shape[1], shrink))
+    run_r, start_r = _run(rows, n_in[0], out_shape[0], sigmas[0])
+    run_c, start_c = _run(cols, n_in[1], out_shape[1], sigmas[1])
+    window = image[np.ix_(run_r - origin[0], run_c - origin[1])].astype(np.float32, copy=False)
+    for axis, sigma in enumerate(sigmas):
+        if sigma > 0:  # the window's ends, where the filter lacks neighbours, are never used
+            window = ndi.gaussian_filter1d(window, sigma, axis=axis, truncate=_TRUNCATE, mode="nearest")
+    left, weight = _taps(rows, n_in[0], out_shape[0])
+    top, bottom = window[left - start_r], window[left - start_r + 1]
+    w = weight.reshape((-1,) + (1,) * (window.ndim - 1))
+    window = top + (bottom - top) * w
+    left, weight = _taps(cols, n_in[1], out_shape[1])
+    first, second = window[:, left - start_c], window[:, left - start_c + 1]
+    w = weight.reshape((1, -1) + (1,) * (window.ndim - 2))
+    return np.ascontiguousarray(first + (second - first) * w, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class WorkPlane:
+    """One input plane, or a window of it, as the network sees it: at the working scale.
+
+    Attributes:
+        pixels: (h, w) or (h, w, C) input pixels: the whole plane, or the window of it that
+            starts at ``origin`` (a Dask block reads only that).
+        shape: (H', W'): the plane at the working scale (the input's own shape: no rescaling).
+        origin: where ``pixels`` starts in the plane.
+        full_shape: (H, W) of the whole input plane (default: ``pixels``' own).
+    """
+
+    pixels: np.ndarray
+    shape: tuple[int, int]
+    origin: tuple[int, int] = (0, 0)
+    full_shape: tuple[int, int] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return tuple(self.full_shape or self.pixels.shape[:2])
+
+    @property
+    def rescaled(self) -> bool:
+        return tuple(self.shape) != self.input_shape
+
+    def tile_input(self, tile: Tile, margin: int) -> np.ndarray:
+        """The network input of ``tile`` (working-scale pixels), mirrored where it leaves the plane."""
+        rows = reflect_indices(tile.y - margin, tile.y + tile.h + margin, self.shape[0])
+        cols = reflect_indices(tile.x - margin, tile.x + tile.w + margin, self.shape[1])
+        if self.rescaled:
+            return resize_at(self.pixels, self.shape, rows, cols, self.origin, self.full_shape)
+        rows, cols = rows - self.origin[0], cols - self.origin[1]
+        if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1):  # inside: a plain slice, no copy
+            return self.pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        return self.pixels[np.ix_(rows, cols)]
+
+    def input_box(self, tiles: list[Tile], margin: int) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` of the input pixels the inputs of ``tiles`` read."""
+        rows = np.concatenate([reflect_indices(t.y - margin, t.y + t.h + margin, self.shape[0]) for t in tiles])
+        cols = np.concatenate([reflect_indices(t.x - margin, t.x + t.w + margin, self.shape[1]) for t in tiles])
+        if not self.rescaled:
+            return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        n_in = self.input_shape
+        shrink = self.shape[0] < n_in[0] or self.shape[1] < n_in[1]
+        return (*input_span(rows, n_in[0], self.shape[0], shrink), *input_span(cols, n_in[1], self.shape[1], shrink))
 
 
 def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
