@@ -84,19 +84,6 @@ def _channels_arg(value: str) -> list[int]:
     return channels
 
 
-def _channel_hint(exc: BaseException) -> str:
-    """What to type after a refusal to guess the channel (empty for other errors)."""
-    from .io import ChannelChoiceError
-
-    if not isinstance(exc, ChannelChoiceError):
-        return ""
-    if exc.in_channels == 1:
-        return (f": give the channel with the objects with --channel N (1 to {exc.n_channels}, numbered as in Fiji), "
-                "e.g. --channel 2")
-    example = ",".join(str(c) for c in range(1, exc.in_channels + 1))
-    return f": give {exc.in_channels} channels (1 to {exc.n_channels}, numbered as in Fiji), e.g. --channels {example}"
-
-
 def _size_arg(value: str) -> int | None:
     return _pixels_or_auto(value, 0)
 
@@ -122,19 +109,6 @@ def _add_object_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
 
 
-def _file_message(name: str, exc: BaseException) -> str:
-    """``NAME: problem`` in one line for an input as the user typed it (``a/x.png``, not ``x.png``).
-
-    Engine messages start with the file's base name; two inputs ``a/x.png`` and ``b/x.png`` must
-    still be told apart.
-    """
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    for prefix in (f"{name}: ", f"{Path(name)}: ", f"{Path(name).name}: "):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    return f"{name}: {text}"
-
 
 def _resolved(name: str) -> Path | None:
     try:
@@ -146,28 +120,9 @@ def _resolved(name: str) -> Path | None:
 def _segment_file(name: str, stem: str, predictor, options, inst, args: argparse.Namespace, out: Path,
                   inputs: set[Path], bar: FileProgress):
     """Read, segment and write one image of ``predict``: (what was written, the segmentation)."""
-    from .io import channels_for_model, read_image
-    from .predict import check_outputs, output_names, run, write_outputs
+    from .predict import segment_file
 
-    image = read_image(name)
-    # --channel is for the multi-channel images of a batch: gray and RGB images are read as always.
-    chosen = args.channels if image.has_separate_channels else None
-    image = channels_for_model(image, predictor.meta.unet.in_channels, chosen)
-    # Checked before segmenting too: a refused output should not cost the segmentation.
-    check_outputs(out, output_names(stem, image.is_stack, args.probs), args.overwrite, inputs)
-    result = run(image, predictor, options, inst, bar.tiles)
-    return write_outputs(result, out, stem, args.overwrite, inputs), result.segmentation
-
-
-def _failure(name: str, exc: Exception) -> str:
-    """The one-line message for an image that could not be segmented (a bug is logged in full)."""
-    if isinstance(exc, (UserError, OSError)):
-        return f"{_file_message(name, exc)}{_channel_hint(exc)}"
-    if isinstance(exc, MemoryError):
-        return f"{name}: not enough memory to segment this image (try a smaller --tile)"
-    log.error("internal error while segmenting %s", name, exc_info=exc)
-    return (f"{name}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); please report it, "
-            "with the traceback logged above")
+    return segment_file(name, stem, predictor, options, inst, out, args.channels, args.overwrite, inputs, bar.tiles)
 
 
 def _report_file(name: str, stem: str, seg, written) -> None:
@@ -206,7 +161,7 @@ def _open_predict(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import InferenceOptions
-    from .predict import output_stems
+    from .predict import failure_message, output_stems
 
     opened, error = _open_predict(args)
     if opened is None:
@@ -216,6 +171,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = InferenceOptions(tile=args.tile, batch=args.batch, tta=args.tta, keep_probs=args.probs,
                                diameter=args.diameter)
     inst = _instance_options(args)
+    if args.scheduler:
+        return _predict_on_dask(args, out, predictor, options, inst)
     bar = FileProgress(len(args.images))
     inputs = {p for p in map(_resolved, args.images) if p is not None}
     failed = 0
@@ -223,16 +180,115 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar.start_file(i, Path(name).name)
         try:
             written, seg = _segment_file(name, stem, predictor, options, inst, args, out, inputs, bar)
-        except Exception as exc:  # noqa: BLE001 -- this file fails, the others go on; _failure logs a bug
+        except Exception as exc:  # noqa: BLE001 -- this file fails, the others go on; a bug is logged
             bar.close()
             failed += 1
-            print(f"error: {_failure(name, exc)}", file=sys.stderr)
+            print(f"error: {failure_message(name, exc)}", file=sys.stderr)
             continue
         bar.close()
         _report_file(name, stem, seg, written)
     if failed:
         print(f"{failed} of {len(args.images)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_on_dask(args: argparse.Namespace, out: Path, predictor, options, inst) -> int:
+    """``predict --scheduler``: whole files one per worker, large 2-D images in blocks."""
+    from .distributed import DEFAULT_BLOCK, DaskOptions, dask_client, in_blocks
+    from .predict import output_stems
+
+    dask_options = DaskOptions(scheduler=args.scheduler, workers=args.workers, block=args.block or DEFAULT_BLOCK)
+    stems = output_stems(args.images)
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    blocks = [i for i, name in enumerate(args.images) if in_blocks(name, dask_options.block)]
+    whole = [i for i in range(len(args.images)) if i not in blocks]
+    failed = 0
+    with dask_client(dask_options) as client:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        print(f"dask scheduler {args.scheduler}: {n_workers} workers", file=sys.stderr)
+        if whole:
+            failed += _predict_whole_files(args, [args.images[i] for i in whole], [stems[i] for i in whole], model,
+                                           out, client, dask_options, options, inst)
+        for k, i in enumerate(blocks):
+            failed += _predict_in_blocks(args, args.images[i], stems[i], model, out, client, dask_options, options,
+                                         inst, predictor.meta, (k, len(blocks)))
+    if failed:
+        print(f"{failed} of {len(args.images)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_whole_files(args, names: list[str], stems: list[str], model: Path, out: Path, client, dask_options,
+                         options, inst) -> int:
+    """Whole files on the workers, reported as ``predict`` reports them; the number that failed."""
+    from types import SimpleNamespace
+
+    from .distributed import predict_files
+
+    bar = FileProgress(1)
+    bar.start_file(0, f"{len(names)} files")
+    protected = {p for p in map(_resolved, args.images) if p is not None}
+    outcomes = predict_files(names, stems, model, out, client, options, inst, dask_options, args.channels,
+                             args.overwrite, protected, args.device, bar.tiles)
+    bar.close()
+    for o in outcomes:
+        if o.error:
+            print(f"error: {o.error}", file=sys.stderr)
+        else:
+            seg = SimpleNamespace(diameter=o.diameter, diameter_source=o.diameter_source, factor=o.factor)
+            _report_file(o.name, o.stem, seg, o.written)
+    return sum(o.error is not None for o in outcomes)
+
+
+def _predict_in_blocks(args, name: str, stem: str, model: Path, out: Path, client, dask_options, options, inst,
+                       meta, position: tuple[int, int]) -> int:
+    """One large image in blocks: its Zarr store, CSV and (when it fits in memory) the usual files."""
+    from types import SimpleNamespace
+
+    from .distributed import FILES_UP_TO, block_result_files, predict_blocks
+    from .predict import failure_message
+
+    bar = FileProgress(position[1])
+    bar.start_file(position[0], f"{Path(name).name} (blocks)")
+    protected = {p for p in map(_resolved, args.images) if p is not None}
+    store = Path(args.zarr) if args.zarr and position[1] == 1 else out / f"{stem}.zarr"
+    try:
+        result = predict_blocks(name, model, store, client, options, inst, dask_options, args.channels,
+                                args.device, bar.tiles)
+        bar.close()
+        height, width = _zarr_shape(store)
+        if height * width <= FILES_UP_TO:
+            written = block_result_files(result, Path(name).name, meta, out, stem, args.overwrite, protected)
+        else:
+            written = _block_csv(result, out, stem, args.overwrite)
+    except Exception as exc:  # noqa: BLE001 -- this file fails, the others go on; a bug is logged
+        bar.close()
+        print(f"error: {failure_message(name, exc)}", file=sys.stderr)
+        return 1
+    written.outputs.append(store)
+    seg = SimpleNamespace(diameter=result.diameter, factor=result.factor,
+                          diameter_source="off" if result.diameter is None else "estimated"
+                          if options.diameter.mode == "auto" else "given")
+    _report_file(name, stem, seg, written)
+    return 0
+
+
+def _zarr_shape(store: Path) -> tuple[int, int]:
+    import zarr
+
+    return tuple(zarr.open_group(str(store), mode="r")["labels"].shape)
+
+
+def _block_csv(result, out: Path, stem: str, overwrite: bool):
+    """Only the objects CSV of a block run too large for the usual image files."""
+    from .atomic import write_text
+    from .instances import objects_csv
+    from .predict import FileResult, check_outputs
+
+    name = f"{stem}_objects.csv"
+    check_outputs(out, [name], overwrite)
+    write_text(out / name, objects_csv(result.objects, physical=result.resolution is not None))
+    return FileResult(source=stem, outputs=[out / name], n_objects=len(result.objects),
+                      notes=["too large for the usual image files: labels and instances are in the Zarr store"])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -343,6 +399,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python -m unet_core train --out {args.out} --resume", file=sys.stderr)
         return 130
+    if not result.main:  # another process of a torchrun job: the first one reports
+        return 0
     summary = {"out": str(result.out), "step": result.step, "elapsed_s": round(result.elapsed, 1),
                "data_wait": round(result.data_wait, 4), "best": result.best,
                "onnx": str(result.onnx) if result.onnx else None}
@@ -474,6 +532,18 @@ def _add_predict(sub) -> None:
                         "an image has more separate channels than the model takes; RGB images are converted "
                         "to gray as always")
     _add_object_options(p)
+    d = p.add_argument_group("on a Dask cluster (see the README's 'Scaling out')")
+    d.add_argument("--scheduler", metavar="local|ADDRESS", default=None,
+                   help="run on Dask: 'local' starts a cluster of worker processes here, an address "
+                        "(tcp://host:8786) uses a running one; many files go one per worker, a large 2-D TIFF, "
+                        "OME-TIFF or Zarr image in blocks (default: this process only)")
+    d.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of a local cluster (default: one per 2 cores)")
+    d.add_argument("--block", type=int, default=None, metavar="PX",
+                   help="block edge in pixels for large images (default 4096; whole tiles)")
+    d.add_argument("--zarr", default=None, metavar="DIR",
+                   help="the Zarr store of a block run (default: OUT/STEM.zarr); labels and instances are "
+                        "written there block by block, the usual files too when the image fits in memory")
     p.set_defaults(func=cmd_predict)
 
 

@@ -363,7 +363,7 @@ def _segment_at(
     for s in range(z):
         source = WorkPlane(data[s], (height, width))  # each tile rescales its own window
         release = s == z - 1 and z * height * width >= RELEASE_MIN_PIXELS
-        for group, outputs in _run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
+        for group, outputs in run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
                 stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
                 if probs is not None:
@@ -385,7 +385,7 @@ def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.nda
     return arr
 
 
-def _run_tiles(
+def run_tiles(
     source: WorkPlane,
     tiles: list[Tile],
     predictor: Predictor,

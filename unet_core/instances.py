@@ -160,49 +160,99 @@ PHYSICAL_COLUMNS = ("area_um2", "centroid_y_um", "centroid_x_um")
 BAND_PIXELS = 1 << 22
 
 
-def object_table(ids: np.ndarray, intensity: np.ndarray,
-                 pixel_size: tuple[float, float] | None = None) -> list[dict[str, float]]:
-    """Per-object measurements: area, centroid, bounding box (max exclusive), mean intensity.
+@dataclass
+class ObjectSums:
+    """The sums behind :func:`object_table`, per object id (row ``k`` of each array is ``ids[k]``):
+    what image parts measured apart (Dask blocks) add up to the whole image's table.
 
-    ``intensity`` is the raw image, (H, W) or (H, W, C) (RGB measured as luminance). The sums
-    behind area, centroid and intensity are taken with ``np.bincount`` over bands of rows, so time
-    is O(pixels) however many objects there are, and memory O(band) however large one object is.
+    Attributes:
+        ids: the object ids present, ascending.
+        area, sum_y, sum_x, sum_i: pixel count and the sums of row, column and intensity.
+        min_y, min_x, max_y, max_x: the bounding box (max exclusive), in the image's coordinates.
+    """
 
-    Coordinates are in pixels from the top-left corner (x to the right, y down, as in Fiji).
-    ``pixel_size``: ``(y, x)`` micrometres per pixel, when known; adds :data:`PHYSICAL_COLUMNS`
-    (:func:`with_physical_units`). The ids are those of ``ids``; :func:`unet_core.predict.run`
-    numbers the objects of a stack on from slice to slice, so that an id is unique in the stack.
+    ids: np.ndarray
+    area: np.ndarray
+    sum_y: np.ndarray
+    sum_x: np.ndarray
+    sum_i: np.ndarray
+    min_y: np.ndarray
+    min_x: np.ndarray
+    max_y: np.ndarray
+    max_x: np.ndarray
+
+    @classmethod
+    def merged(cls, parts: Sequence[ObjectSums]) -> ObjectSums:
+        """The sums of the objects of all ``parts`` together (an id in several parts is one object)."""
+        ids = np.unique(np.concatenate([p.ids for p in parts])) if parts else np.zeros(0, np.int64)
+        out = cls(ids, *(np.zeros(len(ids)) for _ in range(4)), *(np.zeros(len(ids), np.int64) for _ in range(4)))
+        out.min_y[:], out.min_x[:] = np.iinfo(np.int64).max, np.iinfo(np.int64).max
+        for p in parts:
+            k = np.searchsorted(ids, p.ids)
+            for name in ("area", "sum_y", "sum_x", "sum_i"):
+                np.add.at(getattr(out, name), k, getattr(p, name))
+            for name, combine in (("min_y", np.minimum), ("min_x", np.minimum), ("max_y", np.maximum),
+                                  ("max_x", np.maximum)):
+                combine.at(getattr(out, name), k, getattr(p, name))
+        return out
+
+
+def object_sums(ids: np.ndarray, intensity: np.ndarray, origin: tuple[int, int] = (0, 0)) -> ObjectSums:
+    """The :class:`ObjectSums` of the objects of ``ids`` (a whole image, or a part of one that
+    starts at ``origin``); ``intensity``: the raw pixels, (H, W) or (H, W, C) (RGB as luminance).
+
+    Taken with ``np.bincount`` over bands of rows: time O(pixels) however many objects there are,
+    memory O(band) however large one object is.
     """
     boxes = ndi.find_objects(ids)
-    if not boxes:
-        return []
     n, width = len(boxes), ids.shape[1]
     area, sum_y, sum_x, sum_i = (np.zeros(n + 1) for _ in range(4))
     band = max(1, BAND_PIXELS // max(width, 1))
-    columns = np.arange(width, dtype=np.float64)
+    columns = np.arange(origin[1], origin[1] + width, dtype=np.float64)
     for y0 in range(0, ids.shape[0], band):
         chunk = ids[y0 : y0 + band].ravel()
         rows = chunk.size // width
         area += np.bincount(chunk, minlength=n + 1)
-        sum_y += np.bincount(chunk, np.repeat(np.arange(y0, y0 + rows, dtype=np.float64), width), minlength=n + 1)
+        row_index = np.arange(origin[0] + y0, origin[0] + y0 + rows, dtype=np.float64)
+        sum_y += np.bincount(chunk, np.repeat(row_index, width), minlength=n + 1)
         sum_x += np.bincount(chunk, np.tile(columns, rows), minlength=n + 1)
         sum_i += np.bincount(chunk, gray_plane(intensity[y0 : y0 + band]).ravel(), minlength=n + 1)
-    table = []
-    for i, sl in enumerate(boxes, start=1):
-        if sl is None:
-            continue
-        table.append({
-            "id": i,
-            "area": int(area[i]),
-            "centroid_y": round(float(sum_y[i] / area[i]), 3),
-            "centroid_x": round(float(sum_x[i] / area[i]), 3),
-            "bbox_min_y": sl[0].start,
-            "bbox_min_x": sl[1].start,
-            "bbox_max_y": sl[0].stop,
-            "bbox_max_x": sl[1].stop,
-            "mean_intensity": round(float(sum_i[i] / area[i]), 4),
-        })
+    present = [i for i, sl in enumerate(boxes, start=1) if sl is not None]
+    k = np.array(present, dtype=np.int64)
+    box = np.array([[boxes[i - 1][0].start, boxes[i - 1][1].start, boxes[i - 1][0].stop, boxes[i - 1][1].stop]
+                    for i in present], dtype=np.int64).reshape(-1, 4)
+    box += np.array([origin[0], origin[1], origin[0], origin[1]], dtype=np.int64)
+    return ObjectSums(k, area[k], sum_y[k], sum_x[k], sum_i[k], box[:, 0], box[:, 1], box[:, 2], box[:, 3])
+
+
+def table_from_sums(sums: ObjectSums, pixel_size: tuple[float, float] | None = None) -> list[dict[str, float]]:
+    """The :func:`object_table` rows of ``sums``, one per object, by id."""
+    table = [{
+        "id": int(sums.ids[k]),
+        "area": int(sums.area[k]),
+        "centroid_y": round(float(sums.sum_y[k] / sums.area[k]), 3),
+        "centroid_x": round(float(sums.sum_x[k] / sums.area[k]), 3),
+        "bbox_min_y": int(sums.min_y[k]),
+        "bbox_min_x": int(sums.min_x[k]),
+        "bbox_max_y": int(sums.max_y[k]),
+        "bbox_max_x": int(sums.max_x[k]),
+        "mean_intensity": round(float(sums.sum_i[k] / sums.area[k]), 4),
+    } for k in range(len(sums.ids))]
     return with_physical_units(table, pixel_size) if pixel_size else table
+
+
+def object_table(ids: np.ndarray, intensity: np.ndarray,
+                 pixel_size: tuple[float, float] | None = None) -> list[dict[str, float]]:
+    """Per-object measurements: area, centroid, bounding box (max exclusive), mean intensity.
+
+    ``intensity`` is the raw image, (H, W) or (H, W, C) (RGB measured as luminance); the sums come
+    from :func:`object_sums`. Coordinates are in pixels from the top-left corner (x to the right,
+    y down, as in Fiji). ``pixel_size``: ``(y, x)`` micrometres per pixel, when known; adds
+    :data:`PHYSICAL_COLUMNS` (:func:`with_physical_units`). The ids are those of ``ids``;
+    :func:`unet_core.predict.run` numbers the objects of a stack on from slice to slice, so that
+    an id is unique in the stack.
+    """
+    return table_from_sums(object_sums(ids, intensity), pixel_size)
 
 
 def with_physical_units(rows: list[dict[str, float]], pixel_size: tuple[float, float]) -> list[dict[str, float]]:

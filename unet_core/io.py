@@ -429,8 +429,10 @@ def _check_budget(header: ImageHeader, name: str, max_pixels: int | None) -> Non
         memory = f"{available / 1e9:.1f} GB of available memory" if available else "its memory"
         why = (f"for one image on this machine (from its {memory}); to try anyway, set the environment "
                f"variable {MAX_PIXELS_ENV}={header.pixels}")
+    blocks = (" or segment it in blocks, which reads it window by window: predict IMAGE --out FOLDER --scheduler "
+              "local" if header.format == "TIFF" and header.shape[0] == 1 else "")
     raise ImageReadError(f"{name}: {header.describe()} ({header.pixels:,} px) is more than the limit of "
-                         f"{budget:,} px {why}")
+                         f"{budget:,} px {why}{blocks}")
 
 
 def _memory_error(header: ImageHeader, name: str) -> ImageReadError:
@@ -609,7 +611,7 @@ def _read_tiff(source: Path | IO[bytes], name: str, max_pixels: int | None) -> I
             raise ImageReadError(f"{name}: the TIFF is truncated or corrupt ({_reason(exc)})") from exc
         axes = series.axes
         try:
-            resolution = _tiff_resolution(tif)
+            resolution = tiff_resolution(tif)
         except Exception:  # odd resolution tags cost the pixel size, never the image
             log.debug("%s: resolution tags ignored", name, exc_info=True)
             resolution = None
@@ -739,7 +741,7 @@ def resolution_from_um(pixel_size: float) -> Resolution:
     return Resolution(x=1.0 / pixel_size, y=1.0 / pixel_size, unit="micron")
 
 
-def _tiff_resolution(tif: tifffile.TiffFile) -> Resolution | None:
+def tiff_resolution(tif: tifffile.TiffFile) -> Resolution | None:
     """The pixel size: OME's PhysicalSizeX/Y when the file has them, else the resolution tags (with
     ImageJ's unit, else the ResolutionUnit tag)."""
     if tif.is_ome and tif.ome_metadata:
@@ -1030,11 +1032,24 @@ def fit_stretch(data: np.ndarray, n_channels: int, norm: Normalisation, name: st
     if data.size == 0:
         raise ImageReadError(f"{name}: the image is empty (0 pixels)")
     flat = data.reshape(-1, data.shape[-1])
-    step = max(1, flat.shape[0] // _PERCENTILE_SAMPLE)
-    sample = to_channels(flat[::step], n_channels)
-    if not np.all(np.isfinite(sample)) or (
-        data.dtype.kind == "f" and not np.all(np.isfinite(data))
-    ):
+    sample = flat[:: stretch_sample_step(flat.shape[0])]
+    finite = data.dtype.kind != "f" or bool(np.all(np.isfinite(data)))
+    return stretch_from_sample(sample, n_channels, norm, name, finite)
+
+
+def stretch_sample_step(n_pixels: int) -> int:
+    """The stride of the pixels (in raster order over the whole image or stack) that
+    :func:`fit_stretch` takes its percentiles from: at most about 4 million of them."""
+    return max(1, n_pixels // _PERCENTILE_SAMPLE)
+
+
+def stretch_from_sample(sample: np.ndarray, n_channels: int, norm: Normalisation, name: str = "image",
+                        finite: bool = True) -> Stretch:
+    """The stretch of :func:`fit_stretch` from its sample (pixels, ``(N, C)``, every
+    :func:`stretch_sample_step`-th in raster order), for a caller that reads the image in parts.
+    ``finite``: whether every pixel of the whole image is finite."""
+    sample = to_channels(sample, n_channels)
+    if not finite or not np.all(np.isfinite(sample)):
         raise ImageReadError(f"{name}: the image contains NaN or infinite values")
     lo, hi = np.percentile(sample, [norm.low_percentile, norm.high_percentile])
     if hi <= lo:  # a sparse image (few bright spots) can have equal percentiles: use the range

@@ -20,6 +20,7 @@ leaves no half-written result under a real name.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 import uuid
@@ -30,11 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .inference import InferenceOptions, Progress, Segmentation, instance_ids, segment_objects
 from .instances import InstanceOptions, object_table, objects_csv, stack_objects_csv, with_physical_units
-from .io import ImageFile, resolution_from_um, write_png, write_tiff
+from .io import (
+    ChannelChoiceError,
+    ImageFile,
+    channels_for_model,
+    read_image,
+    resolution_from_um,
+    write_png,
+    write_tiff,
+)
 from .metadata import ModelMeta
 from .runtime import Predictor
+
+log = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError):
@@ -153,6 +165,59 @@ def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, meta: ModelMet
         offset += n
         objects.append(rows)
     return Result(image, seg, ids, objects, n_classes=meta.unet.n_classes, border_class=meta.border_class)
+
+
+def segment_file(path: str | Path, stem: str, predictor: Predictor, options: InferenceOptions,
+                 instance_options: InstanceOptions | None, out_dir: str | Path, channels: Sequence[int] | None = None,
+                 overwrite: bool = False, protected: Collection[Path] = (),
+                 progress: Progress | None = None) -> tuple[FileResult, Segmentation]:
+    """Read, segment and write one image file, as ``predict`` does: (what was written, the
+    segmentation). ``channels`` (from 1) apply to images with separate channels; gray and RGB
+    images are read as always. The outputs are checked before segmenting: a refused output does
+    not cost the segmentation."""
+    image = read_image(path)
+    chosen = channels if image.has_separate_channels else None
+    image = channels_for_model(image, predictor.meta.unet.in_channels, chosen)
+    check_outputs(out_dir, output_names(stem, image.is_stack, options.keep_probs), overwrite, protected)
+    result = run(image, predictor, options, instance_options, progress)
+    return write_outputs(result, out_dir, stem, overwrite, protected), result.segmentation
+
+
+def failure_message(name: str, exc: BaseException) -> str:
+    """The one line saying why image ``name`` (as the user typed it) could not be segmented; a bug
+    (any error but the user's, the system's and memory) is logged with its traceback."""
+    if isinstance(exc, (UserError, OSError)):
+        return f"{_file_message(name, exc)}{_channel_hint(exc)}"
+    if isinstance(exc, MemoryError):
+        return f"{name}: not enough memory to segment this image (try a smaller --tile)"
+    log.error("internal error while segmenting %s", name, exc_info=exc)
+    return (f"{name}: internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); please report it, "
+            "with the traceback logged above")
+
+
+def _file_message(name: str, exc: BaseException) -> str:
+    """``NAME: problem`` in one line for an input as the user typed it (``a/x.png``, not ``x.png``).
+
+    Engine messages start with the file's base name; two inputs ``a/x.png`` and ``b/x.png`` must
+    still be told apart.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for prefix in (f"{name}: ", f"{Path(name)}: ", f"{Path(name).name}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    return f"{name}: {text}"
+
+
+def _channel_hint(exc: BaseException) -> str:
+    """What to type after a refusal to guess the channel (empty for other errors)."""
+    if not isinstance(exc, ChannelChoiceError):
+        return ""
+    if exc.in_channels == 1:
+        return (f": give the channel with the objects with --channel N (1 to {exc.n_channels}, numbered as in Fiji), "
+                "e.g. --channel 2")
+    example = ",".join(str(c) for c in range(1, exc.in_channels + 1))
+    return f": give {exc.in_channels} channels (1 to {exc.n_channels}, numbered as in Fiji), e.g. --channels {example}"
 
 
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:

@@ -98,12 +98,25 @@ def search_window(pixels: np.ndarray, edge: int) -> tuple[slice, slice]:
         edge: the window's edge in pixels.
     """
     h, w = pixels.shape[:2]
+    if min(edge, h) == h and min(edge, w) == w:
+        return slice(0, h), slice(0, w)
+    # Subsampled before anything else: a whole-slide image is never converted as a whole.
+    return window_from_sample(pixels[:: search_step(edge), :: search_step(edge)], (h, w), edge)
+
+
+def search_step(edge: int) -> int:
+    """The stride of the sample :func:`search_window` looks at: an eighth of the window's edge."""
+    return max(1, edge // 8)
+
+
+def window_from_sample(sample: np.ndarray, shape: tuple[int, int], edge: int) -> tuple[slice, slice]:
+    """:func:`search_window` of an image of ``shape`` from its sample ``pixels[::s, ::s]`` (``s`` =
+    :func:`search_step`), for a caller that reads the image in parts (a Dask block runner)."""
+    h, w = shape
     eh, ew = min(edge, h), min(edge, w)
     if (eh, ew) == (h, w):
         return slice(0, h), slice(0, w)
-    step = max(1, edge // 8)  # the window moves in steps of an eighth of its edge
-    # Subsampled before anything else: a whole-slide image is never converted as a whole.
-    sample = pixels[::step, ::step]
+    step = search_step(edge)
     g = to_channels(sample if sample.ndim == 3 else sample[..., None], 1)[..., 0]
     mean = ndi.uniform_filter(g, 3)
     std = np.sqrt(np.maximum(ndi.uniform_filter(g * g, 3) - mean * mean, 0.0))
@@ -260,12 +273,12 @@ def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Integer labels (H, W) resized to ``shape`` by nearest neighbour (ids and classes kept)."""
     if tuple(labels.shape[:2]) == tuple(shape):
         return labels
-    rows = _nearest_index(labels.shape[0], shape[0])
-    cols = _nearest_index(labels.shape[1], shape[1])
+    rows = nearest_index(labels.shape[0], shape[0])
+    cols = nearest_index(labels.shape[1], shape[1])
     return labels[rows[:, None], cols[None, :]]
 
 
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
     """Source index of each output pixel centre (pixel-centre aligned, like skimage's resize)."""
     centres = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     return np.clip(np.rint(centres), 0, n_in - 1).astype(np.intp)
