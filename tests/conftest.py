@@ -30,6 +30,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def random_net(seed: int = 0, width: int = 4) -> UNet:
+    """A U-Net with random (He) weights and non-zero biases, from ``seed``: arbitrary but
+    reproducible labels, every parameter exercised by export and parity."""
+    torch.manual_seed(seed)
+    net = UNet(width=width, dropout=0).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 1:
+                p.uniform_(-0.1, 0.1)
+    return net
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ folder holding ``tiny.onnx``: a random width-4 U-Net (deterministic weights).
@@ -38,12 +50,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Biases are made non-zero so that every parameter is exercised by export and parity.
     """
     folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    net = UNet(width=4, dropout=0).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:
-                p.uniform_(-0.1, 0.1)
+    net = random_net(seed=0)
     to_onnx(net, ModelMeta(name="tiny", unet=net.config), folder / "tiny.onnx")
     torch.save(net.state_dict(), folder / "tiny_state.pt")
     return folder

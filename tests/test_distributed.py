@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
+from conftest import random_net
 from scipy import ndimage as ndi
 
 from unet_core.cli import main
@@ -33,7 +33,6 @@ from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
 from unet_core.io import ImageReadError, channels_for_model, read_image
 from unet_core.metadata import ModelMeta
-from unet_core.model import UNet
 from unet_core.predict import output_stems, run
 from unet_core.runtime import load_predictor
 
@@ -51,12 +50,7 @@ def client():
 @pytest.fixture(scope="module")
 def scaled_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random network with a canonical diameter: inference rescales images for it."""
-    torch.manual_seed(1)
-    net = UNet(width=4, dropout=0).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:
-                p.uniform_(-0.1, 0.1)
+    net = random_net(seed=1)
     path = tmp_path_factory.mktemp("scaled") / "tiny_d12.onnx"
     to_onnx(net, ModelMeta(name="tiny-d12", unet=net.config, diameter=12.0), path)
     return path
