@@ -69,10 +69,10 @@ def optimizer_changed() -> None:
     st.session_state["train_lr"] = DEFAULT_LR[st.session_state["train_optimizer"]]
 
 
-def start(name: str, data: str, options: dict) -> None:
+def start(name: str, data: str, options: dict, processes: int = 1) -> None:
     """Start button: start the run in the background (or leave the reason for the page)."""
     try:
-        jobs.start_run(name, data, options)
+        jobs.start_run(name, data, options, processes=processes)
     except runlock.JobError as exc:
         st.session_state[MESSAGE_KEY] = ("error", f"The training did not start: {exc}.")
         return
@@ -546,6 +546,19 @@ def settings_form(init_width: int | None) -> dict:
     return options
 
 
+def choose_processes() -> int:
+    """On a computer with several GPUs, how many the run trains on (1 elsewhere)."""
+    gpus = jobs.gpu_count()
+    if gpus < 2:
+        return 1
+    st.session_state.setdefault("train_processes", 1)
+    st.number_input("GPUs to train on", min_value=1, max_value=gpus, step=1, key="train_processes",
+                    help="One training process per GPU: each step then trains on one tile per GPU, so N GPUs "
+                    "train N tiles a step in about the time one takes.")
+    st.caption(f":material/memory: This computer has **{gpus} GPUs**; a run may train on several of them at once.")
+    return int(st.session_state["train_processes"])
+
+
 def data_summary(source: DataSource, ds: Dataset) -> int:
     """Say how the data set will be split; the number of training images."""
     n_train = len(ds.split_rule.indices(len(ds), "train"))
@@ -583,6 +596,7 @@ def new_run(holder: runlock.LockInfo | None, first: bool, earlier: list[runs.Run
         st.divider()
         options = settings_form(init_width)
         options["init"] = init
+        processes = choose_processes()
         st.divider()
         confirmed = confirm_length(options, earlier, init_width)
 
@@ -606,7 +620,7 @@ def new_run(holder: runlock.LockInfo | None, first: bool, earlier: list[runs.Run
             problem = "This run takes long on this computer: tick the confirmation above to start it."
         button_col.button("Start training", type="primary", icon=":material/play_arrow:", key="train_start",
                           disabled=problem is not None, width="stretch", on_click=start,
-                          args=(name, data, {**options, **extra}))
+                          args=(name, data, {**options, **extra}, processes))
         if problem:
             st.caption(problem)
 

@@ -349,3 +349,58 @@ def test_a_run_that_fails_is_shown_as_crashed_with_the_trainers_message(root: Pa
     assert jobs.wait("bad", 120, root)
     info = runs.run_info("bad", root)
     assert info.state == runs.CRASHED and "no such folder" in info.error  # still missing
+
+
+# --------------------------------------------------------------------------- several GPUs
+
+
+def test_gpus_are_counted_from_the_driver_and_a_run_on_several_is_a_torchrun_command(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    listing = "GPU 0: NVIDIA H100 (UUID: GPU-1)\\nGPU 1: NVIDIA H100 (UUID: GPU-2)\\n  MIG 3g.40gb Device 0: (UUID: x)\\n"
+    for script, found in ((f"#!/bin/sh\nprintf '{listing}'\n", 2), ("#!/bin/sh\nexit 9\n", 0), (None, 0)):
+        if script is None:
+            smi.unlink()  # no driver at all
+        else:
+            smi.write_text(script)
+            smi.chmod(0o755)
+        monkeypatch.setenv("PATH", str(bin_dir))
+        jobs.gpu_count.cache_clear()
+        try:
+            assert jobs.gpu_count() == found, script
+        finally:
+            jobs.gpu_count.cache_clear()
+
+    folder = root / "r"
+    assert jobs.train_command("py", folder, ["--resume"], 2) == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "unet_core", "train",
+        "--out", str(folder.resolve()), "--resume"]
+    assert jobs.train_command("py", folder, ["--resume"]) == [
+        "py", "-m", "unet_core", "train", "--out", str(folder.resolve()), "--resume"]
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 1)
+    with pytest.raises(runlock.JobError, match="a run on 2 processes needs one GPU for each; this computer has 1"):
+        jobs.start_run("r", "synthetic", TINY, root=root, processes=2)
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
+    with pytest.raises(runlock.JobError, match="a batch of 3 tiles cannot be shared evenly by 2 processes"):
+        jobs.start_run("r", "synthetic", {**TINY, "batch": 3}, root=root, processes=2)
+    assert not folder.exists() and runlock.busy(root) is None  # nothing was started or created
+
+
+@pytest.mark.slow
+def test_a_run_on_two_processes_is_started_followed_and_resumed_on_as_many(root: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)  # two "GPUs"; the run itself trains on the CPU (gloo)
+    jobs.start_run("duo", "synthetic", {**TINY, "steps": 4, "val_every": 2, "device": "cpu"}, root=root,
+                   processes=2)
+    assert jobs.wait("duo", 180, root), "the run did not end"
+    info = runs.run_info("duo", root)
+    assert info.state == runs.FINISHED and info.steps == [1, 2, 3, 4] and info.model.is_file(), info.console_tail
+    assert runs.read_job(info.folder)["processes"] == 2
+    assert "torch.distributed.run --standalone --nproc_per_node 2" in (root / "duo" / runs.CONSOLE_NAME).read_text()
+    assert json.loads((root / "duo" / "config.json").read_text())["batch"] == 2  # one tile a step per process
+    assert [r["world_size"] for r in runs.cached_log(info.folder) if r.get("event") == "start"] == [2]
+    assert jobs._processes(info.folder, True, None) == 2  # a resume runs on as many, while the GPUs are there
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 1)
+    assert jobs._processes(info.folder, True, None) == 1

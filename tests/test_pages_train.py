@@ -79,6 +79,19 @@ def test_train_page_offers_the_papers_settings(studio_dirs, monkeypatch: pytest.
     assert not any(n.label == "Momentum" for n in at.number_input)
 
 
+def test_with_several_gpus_the_page_asks_how_many_to_train_on(studio_dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cuda_driver_available", lambda: True)
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 4)
+    at = open_page("pages/train.py")
+    assert not at.error
+    gpus = number(at, "GPUs to train on")
+    assert gpus.value == 1 and gpus.proto.max == 4  # the paper's one tile a step unless asked for more
+    assert "This computer has **4 GPUs**" in texts(at.caption)
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 1)  # one GPU (or none): nothing to choose
+    at = open_page("pages/train.py")
+    assert not any(n.label == "GPUs to train on" for n in at.number_input) and "GPUs**" not in texts(at.caption)
+
+
 def test_fine_tuning_keeps_the_models_width(tiny_installed: Path) -> None:
     at = open_page("pages/train.py")
     at.radio(key="train_start_from").set_value("model").run()

@@ -229,6 +229,18 @@ class TrainConfig:
                     f"{self.geometry.floor_output(t)} or {self.geometry.ceil_output(t)}"
                 )
 
+    def check_processes(self, processes: int) -> None:
+        """Refuse to share each step's ``batch`` tiles among ``processes`` processes (``torchrun``,
+        :mod:`unet_core.training.distributed`) when they do not divide evenly.
+
+        Raises:
+            TrainError: the batch is no multiple of ``processes``.
+        """
+        if self.batch % processes:
+            raise TrainError(f"a batch of {self.batch} tiles cannot be shared evenly by {processes} processes: use "
+                             f"a --batch that is a multiple of {processes} (each process trains on its share of "
+                             "every step's tiles)")
+
     @property
     def n_classes(self) -> int:
         """Output classes: the named ones, or background and foreground (plus the border)."""

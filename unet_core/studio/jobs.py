@@ -16,6 +16,11 @@ reloads and even the app server. Everything the page shows is read back from the
 ``runs/.lock``
     One training at a time on the machine (:mod:`unet_core.studio.runlock`).
 
+On a computer with several GPUs (:func:`gpu_count`) a run may train on N of them: ``python -m
+torch.distributed.run --standalone --nproc_per_node N -m unet_core train ...``, one process per
+GPU, each step's tiles shared among them (:mod:`unet_core.training.distributed`). torchrun passes
+Stop's SIGTERM on to every process; the first one writes the run folder as a single process does.
+
 Stopping writes the stop request (:data:`~unet_core.runlog.STOP_FILE`) that the trainer
 checks after every step, and on POSIX also sends SIGTERM; the trainer finishes its step, saves and
 shuts its data-loader workers down. Only if it does not end in time are it and its workers killed.
@@ -28,6 +33,7 @@ Nothing here imports torch: the app server stays light, the trainer does the hea
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import os
 import re
@@ -61,6 +67,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TYPICAL_SPEED = {"cpu": 60e9, "cuda": 10e12}
 #: A run estimated to take longer than this (seconds) starts only once the user has confirmed it.
 LONG_RUN_S = 15 * 60
+#: How a run on several GPUs is started: torchrun on this computer, followed by the number of processes.
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node")
 
 
 # --------------------------------------------------------------------------- starting and stopping
@@ -81,6 +89,39 @@ def estimate_new_run(options: dict[str, Any], earlier: list[RunInfo], gpu: bool,
     step = train_step_flops(unet, tile) / TYPICAL_SPEED[device]
     kind = "computer with a GPU" if gpu else "computer without a GPU"
     return RunEstimate(step * steps, step, f"a typical {kind}; the first run here measures this one")
+
+
+@functools.cache
+def gpu_count() -> int:
+    """How many GPUs the NVIDIA driver lists (``nvidia-smi -L``; 0 without a driver), found
+    without importing torch."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if listed.returncode:
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+def train_command(python: str, folder: Path, args: list[str], processes: int = 1) -> list[str]:
+    """The trainer's command line: ``python -m unet_core train --out FOLDER ARGS``, under torchrun
+    (one process per GPU) when ``processes`` > 1."""
+    launcher = [python, *TORCHRUN, str(processes)] if processes > 1 else [python]
+    return [*launcher, "-m", "unet_core", "train", "--out", str(folder.resolve()), *args]
+
+
+def _processes(folder: Path, resume: bool, processes: int | None) -> int:
+    """How many trainer processes a run starts with: ``processes`` (at most one per GPU), by default
+    1 for a new run and a resumed run's own number while this computer has its GPUs (a run
+    may resume on another number: every step trains on the same tiles)."""
+    if processes is None:
+        recorded = int(read_job(folder).get("processes") or 1) if resume else 1
+        return recorded if recorded == 1 or recorded <= gpu_count() else 1
+    if processes < 1 or (processes > 1 and processes > gpu_count()):
+        raise JobError(f"a run on {processes} processes needs one GPU for each; this computer has {gpu_count()}")
+    return processes
+
 
 #: Processes started by this server: pid -> Popen (so they are reaped and polled).
 _PROCS: dict[int, subprocess.Popen] = {}
@@ -149,7 +190,7 @@ def _reap(proc: subprocess.Popen, folder: Path, root: Path) -> None:
 
 def start_run(name: str, data: str | None = None, options: dict[str, Any] | None = None, *,
               resume: bool = False, finish: bool = False, root: str | Path | None = None,
-              python: str | None = None) -> LockInfo:
+              python: str | None = None, processes: int | None = None) -> LockInfo:
     """Start ``python -m unet_core train`` for the run ``name`` in the background.
 
     Args:
@@ -163,6 +204,9 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
         finish: (implies ``resume``) end the run at its last checkpoint and export its model.
         root: the runs folder (default :func:`~unet_core.paths.runs_dir`).
         python: the interpreter (default: this one).
+        processes: trainer processes, one per GPU (torchrun), that share each step's tiles; a new
+            run's batch is then one tile per process unless ``options`` give one. Default: 1 for
+            a new run, a resumed run's own number while this computer has that many GPUs.
 
     Returns:
         The lock now held by the new process.
@@ -175,8 +219,17 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     name = check_name(name)
     folder = run_folder(name, root)
     resume = resume or finish
-    args, cfg = _train_args(name, folder, data, options or {}, resume, finish)
-    command = [python or sys.executable, "-m", "unet_core", "train", "--out", str(folder.resolve()), *args]
+    processes = _processes(folder, resume, processes)
+    options = dict(options or {})
+    if processes > 1 and options.get("batch") is None:
+        options["batch"] = processes
+    args, cfg = _train_args(name, folder, data, options, resume, finish)
+    if processes > 1:
+        try:
+            (cfg or TrainConfig.load(folder / "config.json")).check_processes(processes)
+        except TrainError as exc:
+            raise JobError(str(exc)) from None
+    command = train_command(python or sys.executable, folder, args, processes)
     held = acquire_lock(name, os.getpid(), root)  # held by this server until the process exists
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -195,8 +248,8 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     _PROCS[proc.pid] = proc
     job = read_job(folder) if resume else {}
     job.update({"pid": proc.pid, "started_at": info.started, "command": command[1:],
-                "started": info.time, "resumed": resume, "stop_requested": None, "returncode": None,
-                "ended": None})
+                "started": info.time, "resumed": resume, "processes": processes, "stop_requested": None,
+                "returncode": None, "ended": None})
     job.setdefault("created", info.time)
     with _JOB_LOCK:
         write_json(folder / JOB_NAME, job)
@@ -232,15 +285,17 @@ def _spawn(command: list[str], folder: Path, resume: bool) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, **detached())
 
 
-def resume_run(name: str, options: dict[str, Any] | None = None, root: str | Path | None = None) -> LockInfo:
-    """Continue a stopped or crashed run from its last checkpoint (``--resume``)."""
-    return start_run(name, options=options, resume=True, root=root)
+def resume_run(name: str, options: dict[str, Any] | None = None, root: str | Path | None = None,
+               processes: int | None = None) -> LockInfo:
+    """Continue a stopped or crashed run from its last checkpoint (``--resume``), by default on
+    as many processes as it ran on (see :func:`start_run`)."""
+    return start_run(name, options=options, resume=True, root=root, processes=processes)
 
 
 def finish_run(name: str, root: str | Path | None = None) -> LockInfo:
     """Turn a stopped (or crashed) run into a model: export its last checkpoint in the background
     (``train --finish``: the images are prepared again for the card, no step is trained)."""
-    return start_run(name, finish=True, root=root)
+    return start_run(name, finish=True, root=root, processes=1)
 
 
 def _idle_folder(name: str, root: Path) -> Path:

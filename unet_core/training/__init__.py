@@ -2,8 +2,8 @@
 
 Modules: :mod:`.data` (images prepared once, tiles per step), :mod:`.loss` (Eq. 1 and the
 learning rate), :mod:`.finetune` (``--init``), :mod:`.trainer` (the :class:`Trainer` and
-:func:`train`), :mod:`.record` (what the run folder holds), :mod:`.card` (export and model card),
-:mod:`.progress` (the console line). The settings are :class:`unet_core.config.TrainConfig`.
+:func:`train`), :mod:`.distributed` (several processes under ``torchrun``), :mod:`.record` (what
+the run folder holds), :mod:`.card` (export and model card), :mod:`.progress` (the console line). The settings are :class:`unet_core.config.TrainConfig`.
 
 The recipe of Ronneberger et al. (2015), Sec. 3, as defaults of :class:`TrainConfig`: a weighted
 pixel-wise softmax cross-entropy whose weights are the paper's maps (Eq. 2, ``w0 = 10``,
@@ -27,6 +27,14 @@ Reproducibility and resume
     state, the step and the best validation value, so ``resume`` after a ``kill -9`` at any moment
     (also during a checkpoint write) replays the remaining steps exactly: the per-step losses equal
     those of an uninterrupted run.
+
+Several processes
+    ``torchrun --nproc_per_node N -m unet_core train ...`` trains with DistributedDataParallel
+    (gloo on the CPU, NCCL on one GPU per process): each process trains on its share of every
+    step's ``batch`` tiles (tiles ``rank, rank + N, ...``; the batch must be a multiple of N), so
+    each update is the one-process update of the same tiles (to float rounding; the weights agree
+    to 1e-6 in the tests). Only the first process writes the run folder; a run resumes on any
+    number of processes that divides its batch (the checkpoint and the log record the number).
 
 Data
     Images are normalised exactly as at inference (:func:`unet_core.io.fit_stretch` over the whole

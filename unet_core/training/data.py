@@ -135,19 +135,26 @@ def dropout_seed(seed: int, step: int) -> int:
 
 
 class StepTiles(torch.utils.data.Dataset):
-    """Map-style dataset: item ``step`` is that step's batch, a pure function of (seed, step)."""
+    """Map-style dataset: item ``step`` is that step's batch, a pure function of (seed, step).
 
-    def __init__(self, pools: list[list[TrainImage]], pool_probs: list[float], cfg: TrainConfig) -> None:
+    In a run of ``world`` processes (:mod:`.distributed`), the share of process ``rank``: tiles
+    ``rank, rank + world, ...`` of the step's ``cfg.batch`` (tile ``b`` is the same whatever the
+    number of processes).
+    """
+
+    def __init__(self, pools: list[list[TrainImage]], pool_probs: list[float], cfg: TrainConfig, rank: int = 0,
+                 world: int = 1) -> None:
         self.pools = pools
         self.pool_probs = pool_probs
         self.cfg = cfg
+        self.tiles = range(rank, cfg.batch, world)
 
     def __len__(self) -> int:
         return self.cfg.steps + 1
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         xs, ys, ws = [], [], []
-        for b in range(self.cfg.batch):
+        for b in self.tiles:
             x, y, w = make_tile(self.pools, self.pool_probs, self.cfg, step_rng(self.cfg.seed, step, b))
             xs.append(x)
             ys.append(y)

@@ -24,7 +24,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                           pixels: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's energy: pixel-wise softmax cross-entropy weighted by ``weights`` (Eq. 1).
 
     ``sum_x w(x) * -log p_{l(x)}(x) / #{x : w(x) > 0}``: a weighted sum normalised by the number
@@ -34,7 +35,10 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: 
         logits: (B, K, h, w) network output.
         target: (B, h, w) integer class of each pixel.
         weights: (B, h, w) per-pixel weights (0 = ignored).
+        pixels: the number of pixels that take part in the whole batch when these tiles are one
+            process's share of it (:mod:`.distributed`): the losses of the shares then add up to
+            the batch's. Default: those of ``weights``.
     """
     ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
-    n = (weights > 0).sum().clamp_min(1)
+    n = ((weights > 0).sum() if pixels is None else pixels).clamp_min(1)
     return (weights * ce).sum() / n

@@ -1,7 +1,8 @@
 """The training loop as a :class:`Trainer` of small steps that a subclass may override
 (nnU-Net style): :meth:`~Trainer.setup` (run folder, resume check, data, model, optimiser),
 :meth:`~Trainer.train_step`, :meth:`~Trainer.validate`, :meth:`~Trainer.save_last`,
-:meth:`~Trainer.stopped` and :meth:`~Trainer.export`. :func:`train` runs one.
+:meth:`~Trainer.stopped` and :meth:`~Trainer.export`. :func:`train` runs one, in one process or
+as one of several under ``torchrun`` (:mod:`.distributed`: only the first process writes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .data import (
     prepare_image,
     prepare_pool,
 )
+from .distributed import any_rank, check_same, data_parallel, detect_world, join, leave, sum_over_ranks
 from .finetune import add_border_class, apply_init, load_init_weights, widen_input
 from .loss import learning_rate, weighted_cross_entropy
 from .progress import TrainProgress
@@ -62,6 +64,7 @@ class TrainResult:
     card: Path | None
     elapsed: float
     data_wait: float  # fraction of step time spent waiting for data, over this process's steps
+    main: bool = True  # False in the other processes of a multi-process run: they wrote nothing
 
 
 class _StopRequest:
@@ -73,10 +76,14 @@ class _StopRequest:
     is installed only in the main thread (Python delivers signals there); SIGKILL still relies on
     the atomic checkpoints. A request left from an earlier stop is cleared when the run starts
     (:meth:`Trainer.open_folder`).
+
+    In a run of several processes each has the handler (torchrun passes a SIGTERM on to every
+    process), only the first watches the file (``watch_file``), and :meth:`agree` makes them all
+    stop after the same step.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.file = folder / STOP_FILE
+    def __init__(self, folder: Path, watch_file: bool = True) -> None:
+        self.file = folder / STOP_FILE if watch_file else None
         self.signalled = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -84,8 +91,13 @@ class _StopRequest:
 
     @property
     def requested(self) -> bool:
-        if not self.signalled and self.file.exists():
+        if not self.signalled and self.file is not None and self.file.exists():
             self.signalled = True  # latched: the file is removed when the run ends
+        return self.signalled
+
+    def agree(self, device: torch.device) -> bool:
+        """Whether any process of the run was asked to stop: the same answer in all (latched)."""
+        self.signalled = any_rank(self.requested, device)
         return self.signalled
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -94,7 +106,16 @@ class _StopRequest:
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-        self.file.unlink(missing_ok=True)
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
+
+
+def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM: torchrun stops a process by signalling its whole
+    process group, workers included, and a worker killed under a running DataLoader would crash
+    the trainer instead of letting it stop after its step. (The trainer shuts its workers down;
+    they also end when it dies.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
@@ -122,6 +143,10 @@ class Trainer:
         finish: with ``resume``, end the run at its last checkpoint: no more steps, and the model
             is exported (even if the run was started with export off). How a stopped run
             becomes a model.
+
+    Under ``torchrun`` it is one process of several (:mod:`.distributed`, from the environment):
+    each trains on its share of every step's tiles, and only the first (:attr:`main`) writes the
+    run folder, shows progress and validates.
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True,
@@ -129,7 +154,9 @@ class Trainer:
         self.cfg, self.resume, self.finish, self.on_step = cfg, resume, finish, on_step
         self.out = Path(cfg.out)
         self.last_path, self.best_path, self.log_path = self.out / "last.pt", self.out / "best.pt", self.out / LOG_NAME
-        self.bar = TrainProgress(cfg.steps, enabled=progress)
+        self.world = detect_world()
+        self.main = self.world.is_main
+        self.bar = TrainProgress(cfg.steps, enabled=progress and self.main)
         self.ckpt: dict[str, Any] | None = None
         self.start, self.elapsed_before, self.best = 0, 0.0, None
         self.losses: list[float] = []
@@ -141,21 +168,31 @@ class Trainer:
 
     def setup(self) -> None:
         """Everything before the first step, in the order that keeps a killed run resumable."""
+        self.cfg.check_processes(self.world.size)  # before anything is written
         self.open_folder()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.device = resolve_device(self.cfg)
+        self.device = join(self.world, resolve_device(self.cfg))
         self.data = self.open_data()
         self.write_records()
         self.pools, self.probs, prep_s = self.prepare_images()
         self.model, self.opt, self.scaler = self.build_model()
         self.restore()
+        check_same(self.start, "checkpoint step")  # a resumed run goes on from one step in every process
+        self.net = data_parallel(self.model, self.world, self.device)
         cfg, data = self.cfg, self.data
         self.val_metric = PRIMARY_METRIC[data.kind] if cfg.val_metric == "auto" else cfg.val_metric
         self.val_indices = data.val_indices[: cfg.val_max_images] if cfg.val_max_images else data.val_indices
-        self.log_line({"event": "resume" if self.ckpt is not None else "start", "step": self.start,
-                       "device": str(self.device), "prepare_s": round(prep_s, 2),
-                       "n_train": len(data.train_indices), "n_val": len(self.val_indices)})
+        event = {"event": "resume" if self.ckpt is not None else "start", "step": self.start,
+                 "device": str(self.device), "world_size": self.world.size, "prepare_s": round(prep_s, 2),
+                 "n_train": len(data.train_indices), "n_val": len(self.val_indices)}
+        before = int(self.ckpt.get("world_size", 1)) if self.ckpt is not None else self.world.size
+        if before != self.world.size:
+            # Allowed: every step trains on the same tiles with the same dropout masks (only the
+            # order of float sums changes), so the run goes on as it would have.
+            event["world_size_before"] = before
+            self.bar.message(f"resuming on {self.world.size} processes; the run was started on {before}")
+        self.log_line(event)
         for problem in self.skipped:
             self.log_line({"event": "skipped", "step": self.start, "problem": problem})
         if self.start >= cfg.steps:
@@ -166,16 +203,17 @@ class Trainer:
         from here on still resumes with its settings."""
         if not (self.resume and self.last_path.exists()):
             self.cfg = apply_init(self.cfg)  # a resumed run's config already holds the init model's architecture
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in glob.glob(str(self.out / ".*.tmp")):  # a write killed half-way
-            Path(stale).unlink(missing_ok=True)
-        (self.out / STOP_FILE).unlink(missing_ok=True)  # an earlier stop's request: this run goes on
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in glob.glob(str(self.out / ".*.tmp")):  # a write killed half-way
+                Path(stale).unlink(missing_ok=True)
+            (self.out / STOP_FILE).unlink(missing_ok=True)  # an earlier stop's request: this run goes on
         if self.last_path.exists():
             if not self.resume:
                 raise TrainError(f"{self.out} already holds a training run (last.pt); pass --resume to continue "
                                  "it or choose another --out")
             self.ckpt = read_checkpoint(self.last_path)
-        if self.ckpt is None:
+        if self.ckpt is None and self.main:
             write_json(self.out / "config.json", self.cfg.to_dict())
         if self.finish:
             if self.ckpt is None or not self.resume:
@@ -198,17 +236,19 @@ class Trainer:
         its checkpoint (steps or validation may have been extended)."""
         cfg = self.cfg
         if self.ckpt is None:
-            write_json(self.out / "config.json", cfg.to_dict())
-            write_json(self.out / "manifest.json", manifest(cfg, self.data))
-            write_json(self.out / "versions.json", versions())
-            self.log_path.unlink(missing_ok=True)
+            if self.main:
+                write_json(self.out / "config.json", cfg.to_dict())
+                write_json(self.out / "manifest.json", manifest(cfg, self.data))
+                write_json(self.out / "versions.json", versions())
+                self.log_path.unlink(missing_ok=True)
             return
         saved = self.ckpt.get("config", {})
         for key in RESUME_FIXED:
             if saved.get(key) != getattr(cfg, key):
                 raise TrainError(f"{self.out}: cannot resume with {key}={getattr(cfg, key)!r}; the run was "
                                  f"started with {saved.get(key)!r}")
-        write_json(self.out / "config.json", cfg.to_dict())
+        if self.main:
+            write_json(self.out / "config.json", cfg.to_dict())
 
     def prepare_images(self) -> tuple[list[list[Any]], list[float], float]:
         """Every training image once (and the synthetic mix): normalised, rescaled, weight maps."""
@@ -256,16 +296,22 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start, self.elapsed_before, self.best = int(ckpt["step"]), float(ckpt["elapsed"]), ckpt.get("best")
-        truncate_log(self.log_path, self.start)
+        if self.main:
+            truncate_log(self.log_path, self.start)
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The remaining steps' batches, cut in DataLoader workers ahead of the model."""
-        cfg = self.cfg
-        n_workers = cfg.workers if cfg.workers is not None else min(4, max(1, (os.cpu_count() or 2) // 2))
+        """The remaining steps' batches (this process's share of them), cut in DataLoader workers
+        ahead of the model."""
+        cfg, world = self.cfg, self.world
+        # Automatic: half the cores, shared among the processes on this node.
+        n_workers = cfg.workers if cfg.workers is not None else min(
+            4, max(1, (os.cpu_count() or 2) // (2 * world.local_size)))
         loader = torch.utils.data.DataLoader(
-            StepTiles(self.pools, self.probs, cfg), sampler=range(self.start + 1, cfg.steps + 1), batch_size=None,
+            StepTiles(self.pools, self.probs, cfg, world.rank, world.size),
+            sampler=range(self.start + 1, cfg.steps + 1), batch_size=None,
             num_workers=n_workers, prefetch_factor=4 if n_workers else None,
             multiprocessing_context="fork" if n_workers else None, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_leave_sigterm_to_the_trainer,
         )
         return iter(loader)
 
@@ -277,12 +323,16 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.session_start
 
     def log_line(self, record: dict[str, Any]) -> None:
-        """Append one line to ``log.jsonl`` (flushed: the app reads it while the run goes on)."""
+        """Append one line to ``log.jsonl`` (flushed: the app reads it while the run goes on); the
+        first process of a multi-process run writes it."""
+        if not self.main:
+            return
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[int, float, float]:
-        """One optimiser step on ``batch``: its step number, loss and learning rate."""
+        """One optimiser step on ``batch`` (this process's share of the step's tiles): its step
+        number, the loss of the whole batch and the learning rate."""
         cfg, device = self.cfg, self.device
         step = int(batch["step"])
         lr = learning_rate(cfg, step)
@@ -291,17 +341,21 @@ class Trainer:
         torch.manual_seed(dropout_seed(cfg.seed, step))
         x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "w"))
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        # Normalised by the pixels of the whole batch, this share's loss is its part of the batch's;
+        # times the number of processes, since DistributedDataParallel averages the gradients, the
+        # update is the one-process update of the batch (in one process: unchanged).
+        pixels = sum_over_ranks((w > 0).sum())
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = self.model(x)
-        loss = weighted_cross_entropy(logits, y, w)
+            logits = self.net(x)
+        loss = weighted_cross_entropy(logits, y, w, pixels)
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.world.size).backward()
         if cfg.clip_grad:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
         self.scaler.step(self.opt)
         self.scaler.update()
-        value = float(loss.detach())
+        value = float(sum_over_ranks(loss.detach()))
         if not math.isfinite(value):
             raise TrainError(f"the loss became {value} at step {step}; lower the learning rate (now {lr:g}) "
                              "or use --clip-grad")
@@ -342,23 +396,26 @@ class Trainer:
         atomic_save({
             "model": self.model.state_dict(), "meta": meta.to_dict(), "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "step": step, "best": self.best,
-            "elapsed": self.elapsed, "config": cfg.to_dict(),
+            "elapsed": self.elapsed, "config": cfg.to_dict(), "world_size": self.world.size,
         }, self.last_path)
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> TrainResult:
         """Set up, train the remaining steps, then export (or stop with a checkpoint)."""
-        self.setup()
-        stop = _StopRequest(self.out)
         try:
-            step = self.loop(stop)
+            self.setup()
+            stop = _StopRequest(self.out, watch_file=self.main)
+            try:
+                step = self.loop(stop)
+            finally:
+                stop.restore()
+                self.bar.close()
+            if stop.requested and step < self.cfg.steps:
+                return self.stopped(step)
+            return self.export(step)
         finally:
-            stop.restore()
-            self.bar.close()
-        if stop.requested and step < self.cfg.steps:
-            return self.stopped(step)
-        return self.export(step)
+            leave()
 
     def loop(self, stop: _StopRequest) -> int:
         """The steps from the checkpoint to ``cfg.steps`` (or to a stop request); the last step."""
@@ -369,11 +426,14 @@ class Trainer:
         batches = self.batches()
         try:
             t_end = time.perf_counter()
-            while step < cfg.steps and not stop.requested:
+            # One answer per step, the same in every process: whether to stop after it (saved).
+            stopping = stop.agree(self.device)
+            while step < cfg.steps and not stopping:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 wait = time.perf_counter() - t0
                 step, loss, lr = self.train_step(batch)
+                stopping = stop.agree(self.device)
                 step_s = time.perf_counter() - t_end  # from the end of the previous step (its logging) to now
                 self.wait_total += wait
                 self.step_total += step_s
@@ -382,15 +442,15 @@ class Trainer:
                                           "px_per_s": round(px_per_step / step_s, 1),
                                           "data_wait": round(wait / step_s, 4), "step_s": round(step_s, 4)}
                 note = ""
-                if self.due(step, cfg.val_every) and self.val_indices:
+                if self.main and self.due(step, cfg.val_every) and self.val_indices:  # the others wait
                     fields, note = self.validate(step)
                     record.update(fields)
                 record["elapsed"] = round(self.elapsed, 2)
                 self.log_line(record)
-                if self.on_step:
+                if self.on_step and self.main:
                     self.on_step(record)
                 self.bar.update(step, loss, step_s, wait / step_s, note)
-                if self.due(step, cfg.checkpoint_every) or step == cfg.steps or stop.requested:
+                if self.main and (self.due(step, cfg.checkpoint_every) or step == cfg.steps or stopping):
                     self.save_last(step)
                 t_end = time.perf_counter()  # validation and checkpoints are not step time
         finally:
@@ -401,7 +461,7 @@ class Trainer:
 
     def result(self, step: int, elapsed: float, onnx: Path | None = None, card: Path | None = None) -> TrainResult:
         return TrainResult(self.out, step, self.losses, self.best, onnx, card, elapsed,
-                           self.wait_total / self.step_total if self.step_total else 0.0)
+                           self.wait_total / self.step_total if self.step_total else 0.0, self.main)
 
     def stopped(self, step: int) -> TrainResult:
         """A stop request ended the run before its last step: the checkpoint is saved."""
@@ -413,7 +473,7 @@ class Trainer:
         """The run reached its last step: export the best checkpoint and write the card."""
         onnx_path = card_path = None
         elapsed = self.elapsed  # training time: the export is not part of it
-        if self.cfg.export:
+        if self.cfg.export and self.main:
             self.bar.message("exporting the " + ("best" if self.best_path.exists() else "last")
                              + " checkpoint to ONNX ...")
             onnx_path, card_path = export_run(self.cfg, self.data, step, elapsed, self.best)
