@@ -30,6 +30,7 @@ from unet_core.io import (
 )
 from unet_core.predict import Result, result_files, run, with_instance_options, zip_files
 from unet_core.runtime import Predictor
+from unet_core.studio import keep
 from unet_core.studio import visualize as viz
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,18 @@ class Outcome:
     limits: tuple[float, float] = (0.0, 255.0)  # display contrast of the whole image or stack
     files: dict[str, bytes] = field(default_factory=dict)
     seconds: float = 0.0
+    made: float = field(default_factory=time.monotonic)  # when it was computed: the oldest is let go first
+    let_go: bool = False  # its result was dropped to stay within the session's memory budget
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its result holds (pixels, labels, objects, probability map, files)."""
+        if self.result is None:
+            return 0
+        seg = self.result.segmentation
+        arrays = {id(a): a for a in (self.result.image.data, seg.labels, seg.work_labels, self.result.instances,
+                                     self.foreground) if a is not None}
+        return sum(a.nbytes for a in arrays.values()) + sum(len(b) for b in self.files.values())
 
 
 # --------------------------------------------------------------------------- inputs
@@ -338,9 +351,9 @@ def work_note(sources: list[Source], predictor: Predictor, options: InferenceOpt
 
 def segment_all(sources: list[Source], predictor: Predictor, options: InferenceOptions,
                 instance_options: InstanceOptions, reuse: dict[str, Outcome],
-                keep: Callable[[dict[str, Outcome]], None]) -> dict[str, Outcome]:
+                keep_partial: Callable[[dict[str, Outcome]], None]) -> dict[str, Outcome]:
     """Segment every source not in ``reuse`` (results of the same settings), with a progress bar
-    and a Stop button. Each finished image is handed to ``keep`` at once: Stop (a rerun of the page,
+    and a Stop button. Each finished image is handed to ``keep_partial`` at once: Stop (a rerun of the page,
     which ends this run at its next tile) loses only the image under way."""
     if options.tile is None and not tile_is_measured(predictor) and any(s.key not in reuse for s in sources):
         with st.spinner("Measuring the fastest tile size for this model on this computer: once, a few seconds…"):
@@ -360,15 +373,26 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
                          text=f"{name}: tile {done} of {total} · image {i + 1} of {n}")
 
         outcomes[source.key] = segment_one(source, predictor, options, instance_options, progress)
-        keep(outcomes)
+        keep_partial(outcomes)
     bar.empty()
     return outcomes
+
+
+def within_budget(outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+    """The outcomes, with the oldest results let go when together they pass the session's memory
+    budget (:func:`unet_core.studio.keep.results_budget`); the newest is always kept."""
+    by_age = sorted((o.made, key) for key, o in outcomes.items() if o.result is not None)
+    gone = set(keep.to_let_go([(key, outcomes[key].nbytes) for _, key in by_age], keep.results_budget()))
+    return {key: Outcome(o.name, error="its result was let go to stay within this session's memory (the newest "
+                         "images are kept)", advice="Press **Segment** to compute it again.", let_go=True)
+            if key in gone else o for key, o in outcomes.items()}
 
 
 def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: dict[str, Outcome],
                  partial: bool = False) -> dict:
     """What the page keeps of a run: its settings, the images asked for and the outcomes so far
-    (``partial``: a run that was stopped, or is still under way)."""
+    (``partial``: a run that was stopped, or is still under way), within the memory budget."""
+    outcomes = within_budget(outcomes)
     file_sets = [o.files for o in outcomes.values() if o.files]
     zipped = zip_files(file_sets) if len(file_sets) > 1 and not partial else None
     return {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes, "zip": zipped,
@@ -567,17 +591,17 @@ with inputs_col:
     keys = tuple(s.key for s in sources)
     st.caption(f"Model **{entry.label}** on {predictor.device_name}.")
     same = bool(state) and state["settings"] == settings and state["post"] == post
-    reuse = state["outcomes"] if same else {}
+    reuse = {key: o for key, o in state["outcomes"].items() if not o.let_go} if same else {}
     work_note(sources, predictor, options, reuse)
     count = f"{len(sources)} image{'s' if len(sources) != 1 else ''}"
     if st.button(f"Segment {count}" if sources else "Segment", type="primary", disabled=not sources,
                  icon=":material/play_arrow:", key="segment_run"):
 
-        def keep(done: dict[str, Outcome]) -> None:
+        def keep_partial(done: dict[str, Outcome]) -> None:
             st.session_state[STATE_KEY] = result_state(settings, post, keys, done, partial=True)
 
         state = result_state(settings, post, keys, segment_all(sources, predictor, options, instance_options,
-                                                                reuse, keep))
+                                                                reuse, keep_partial))
         st.session_state[STATE_KEY] = state
 
 # The upload box empties when the user visits another page (Streamlit cannot refill it), so with no

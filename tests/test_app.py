@@ -19,6 +19,7 @@ from unet_core.inference import InferenceOptions
 from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import run
 from unet_core.runtime import OnnxPredictor, load_predictor
+from unet_core.studio import keep
 from unet_core.studio import visualize as viz
 from unet_core.studio.registry import default_model, list_models, read_card
 
@@ -207,6 +208,30 @@ def test_several_files_give_a_summary_and_one_zip(tiny_installed: Path, cells_im
         names = set(archive.namelist())
     stem_files = {"a_labels.png", "a_instances.tif", "a_objects.csv"}
     assert names == stem_files | {f"2_{name}" for name in stem_files}
+
+
+def test_past_the_memory_budget_the_oldest_result_is_let_go_and_redone_alone(
+        tiny_installed: Path, cells_image, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(keep.RESULTS_BUDGET_ENV, "1e-6")  # ~1 KB: room for the newest result only
+    at = segment(segment_page(), ("first.png", png_bytes(cells_image(seed=1)), "image/png"),
+                 ("second.png", png_bytes(cells_image(seed=2)), "image/png"))
+    assert not at.exception
+    outcomes = list(at.session_state["segment_results"]["outcomes"].values())
+    assert [o.let_go for o in outcomes] == [True, False] and outcomes[1].result is not None
+    assert "first.png** was not segmented: its result was let go" in texts(at.error)
+    calls = []
+    original = OnnxPredictor.predict_batch
+    monkeypatch.setattr(OnnxPredictor, "predict_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    at.button(key="segment_run").click().run()  # only the let-go image runs again (and is now the newest)
+    outcomes = list(at.session_state["segment_results"]["outcomes"].values())
+    assert calls and [o.let_go for o in outcomes] == [False, True]
+
+
+def test_let_go_oldest_first_and_never_the_newest() -> None:
+    sizes = [("a", 500), ("b", 300), ("c", 400)]
+    assert keep.to_let_go(sizes, 10_000) == []
+    assert keep.to_let_go(sizes, 800) == ["a"]
+    assert keep.to_let_go(sizes, 100) == ["a", "b"]  # c is shown: kept even alone over the budget
 
 
 # --------------------------------------------------------------------------- engine helpers
