@@ -638,24 +638,31 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     parts = _gather(client, [client.submit(_label_block, job, str(out_zarr), pure=False) for job in jobs], progress)
     merge = merge_objects(plan.grid, dict(zip([(j.block.row, j.block.col) for j in jobs], parts)),
                           resolved.min_size, resolved.drop_border)
-    client.gather([client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
-                                 pure=False) for job in jobs])
+    _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
+                                   pure=False) for job in jobs], None)
     regions = list(_input_regions(source.shape2d, plan.chunk))
-    sums = client.gather([client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, pure=False)
-                          for region in regions])
+    sums = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, pure=False)
+                            for region in regions], None)
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
     return BlockResult(out_zarr, table_from_sums(ObjectSums.merged(sums), source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes)
 
 
 def _gather(client: Any, futures: list[Any], progress: Callable[[int, int], None] | None) -> list[Any]:
-    """The futures' results in their order, calling ``progress`` as each finishes."""
+    """The futures' results in their order, taken as each finishes (so that a worker lets go of
+    a result at once, not when the last task is done), calling ``progress``."""
     from distributed import as_completed
 
-    if progress:
-        for done, _ in enumerate(as_completed(futures), start=1):
-            progress(done, len(futures))
-    return client.gather(futures)
+    index = {future.key: i for i, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    pending = as_completed(futures, with_results=True)
+    futures.clear()  # the only references left are as_completed's, dropped one by one
+    for done, (future, result) in enumerate(pending, start=1):
+        results[index[future.key]] = result
+        future.release()
+        if progress:
+            progress(done, len(results))
+    return results
 
 
 def _create_store(out: Path, shape: tuple[int, int], work_shape: tuple[int, int], chunk: tuple[int, int]) -> None:
