@@ -109,7 +109,7 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64))
     inst = InstanceOptions()
     for diameter in (20.0, 7.0, "auto"):  # shrunk, enlarged, searched
-        options = InferenceOptions(tile=TILE, diameter=diameter)
+        options = InferenceOptions(tile=TILE, diameter=diameter, keep_probs=True)
         single = _single(path, scaled_model, options, inst)
         store = tmp_path / f"d{diameter}.zarr"
         result = predict_blocks(path, scaled_model, store, client, options, inst, DaskOptions(block=300))
@@ -117,6 +117,8 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
         labels, ids = _stored(store)
         assert np.array_equal(labels, single.segmentation.labels[0]), diameter
         assert np.array_equal(ids, single.instances[0]), diameter
+        probs = np.asarray(zarr.open_group(str(store), mode="r")["probs"])
+        assert np.abs(probs - single.segmentation.probs[0]).max() < 1e-5, diameter
 
 
 def test_ome_zarr_with_the_chosen_channel(tiny_model, tmp_path: Path, client) -> None:
@@ -184,13 +186,17 @@ def test_predict_scheduler_from_the_command_line(tiny_model, tmp_path: Path, cap
     Image.fromarray(_blobs((120, 130), dtype=np.uint8)).save(small)
     assert in_blocks(big, 200) and not in_blocks(small, 200) and not in_blocks(big, 4096)
     code = main(["predict", str(big), str(small), "--model", str(tiny_model[1]), "--out", str(tmp_path / "out"),
-                 "--tile", str(TILE), "--diameter", "off", "--scheduler", "local", "--workers", "2", "--block", "200"])
+                 "--tile", str(TILE), "--diameter", "off", "--probs", "--scheduler", "local", "--workers", "2",
+                 "--block", "200"])
     out, err = capsys.readouterr()
     assert code == 0, err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["big.zarr", "big_instances.tif", "big_labels.png", "big_objects.csv", "small_instances.tif",
-                       "small_labels.png", "small_objects.csv"]
-    single = _single(big, tiny_model[1], InferenceOptions(tile=TILE, diameter="off"), InstanceOptions())
+    assert written == ["big.zarr", "big_instances.tif", "big_labels.png", "big_objects.csv", "big_probs.tif",
+                       "small_instances.tif", "small_labels.png", "small_objects.csv", "small_probs.tif"]
+    single = _single(big, tiny_model[1], InferenceOptions(tile=TILE, diameter="off", keep_probs=True),
+                     InstanceOptions())
     assert np.array_equal(tifffile.imread(tmp_path / "out" / "big_instances.tif"), single.instances[0])
+    probs = tifffile.imread(tmp_path / "out" / "big_probs.tif")
+    assert np.abs(probs - single.segmentation.probs[0]).max() < 1e-5
     assert "big.tif: " in out and "small.png: " in out
     shutil.rmtree(tmp_path / "out")

@@ -18,8 +18,9 @@ their first pixel in raster order over the whole image, which is how the single 
 them, so the instance image is equal too, not only up to renumbering. The object table is summed
 per block (:class:`~unet_core.instances.ObjectSums`) and merged.
 
-Labels (working scale and input grid) and instances are written lazily to a Zarr store, block by
-block; the usual files (:func:`unet_core.predict.write_outputs`) are written as well when the image
+Labels (working scale and input grid), instances and, when asked, the class probabilities (equal to
+the single process's to float rounding; a rescaled map is resized window by window) are written
+lazily to a Zarr store, block by block; the usual files (:func:`unet_core.predict.write_outputs`) are written as well when the image
 fits in memory. Memory per worker is bounded by the block: its input window, one tile's
 activations and the block's outputs.
 
@@ -73,7 +74,9 @@ from .predict import FileResult, Result, failure_message, segment_file, write_ou
 from .scale import (
     WorkPlane,
     clamp_factor,
+    input_span,
     nearest_index,
+    resize_at,
     scaled_shape,
     search_step,
     window_from_sample,
@@ -407,6 +410,7 @@ class BlockJob:
     batch: int
     tta: bool
     foreground: tuple[int, ...]
+    keep_probs: bool = False
 
 
 _PREDICTORS: dict[tuple[str, str, int], Any] = {}
@@ -424,8 +428,9 @@ def _worker_predictor(model: str, device: str, threads: int) -> Any:
     return _PREDICTORS[key]
 
 
-def segment_block(job: BlockJob) -> np.ndarray:
-    """The class labels (uint8) of one block, computed by the single process's tile code."""
+def segment_block(job: BlockJob) -> tuple[np.ndarray, np.ndarray | None]:
+    """The class labels (uint8) of one block, and its class probabilities (float32, K x h x w)
+    when the job keeps them, computed by the single process's tile code."""
     predictor = _worker_predictor(job.model, job.device, job.threads)
     b = job.block
     probe = WorkPlane(np.zeros((1, 1)), job.work_shape, full_shape=job.source.shape2d)
@@ -433,10 +438,15 @@ def segment_block(job: BlockJob) -> np.ndarray:
     plane = WorkPlane(job.source.read(top, bottom, left, right), job.work_shape, (top, left), job.source.shape2d)
     reach = (max(t.y + t.valid_h for t in b.tiles) - b.y0, max(t.x + t.valid_w for t in b.tiles) - b.x0)
     labels = np.zeros(reach, np.uint8)
+    probs = np.zeros((predictor.meta.unet.n_classes, *reach), np.float32) if job.keep_probs else None
     for group, outputs in run_tiles(plane, list(b.tiles), predictor, job.stretch, job.batch, job.tta, False):
         for t, out in zip(group, outputs):
-            stitch(labels, replace(t, y=t.y - b.y0, x=t.x - b.x0), out.argmax(axis=0).astype(np.uint8))
-    return labels[: b.y1 - b.y0, : b.x1 - b.x0]
+            here = replace(t, y=t.y - b.y0, x=t.x - b.x0)
+            stitch(labels, here, out.argmax(axis=0).astype(np.uint8))
+            if probs is not None:
+                stitch(probs, here, out)
+    own = (slice(0, b.y1 - b.y0), slice(0, b.x1 - b.x0))
+    return labels[own], None if probs is None else probs[(slice(None), *own)]
 
 
 # --------------------------------------------------------------------------- objects across blocks
@@ -631,10 +641,11 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     batch = options.batch or batch
     plan = plan_blocks(work_shape, tile, meta, dask_options.block)
     jobs = [BlockJob(source, str(Path(model).resolve()), device, dask_options.worker_threads(), b, work_shape,
-                     stretch, batch, options.tta, tuple(meta.foreground_classes)) for b in plan.blocks]
+                     stretch, batch, options.tta, tuple(meta.foreground_classes), options.keep_probs)
+            for b in plan.blocks]
     log.info("%s: %d blocks of up to %d px at scale %.3g on %s", source.name, len(jobs), dask_options.block,
              factor, client)
-    _create_store(out_zarr, source.shape2d, work_shape, plan.chunk)
+    _create_store(out_zarr, source.shape2d, work_shape, plan.chunk, meta.unet.n_classes if options.keep_probs else None)
     parts = _gather(client, [client.submit(_label_block, job, str(out_zarr), pure=False) for job in jobs], progress)
     merge = merge_objects(plan.grid, dict(zip([(j.block.row, j.block.col) for j in jobs], parts)),
                           resolved.min_size, resolved.drop_border)
@@ -665,13 +676,19 @@ def _gather(client: Any, futures: list[Any], progress: Callable[[int, int], None
     return results
 
 
-def _create_store(out: Path, shape: tuple[int, int], work_shape: tuple[int, int], chunk: tuple[int, int]) -> None:
+def _create_store(out: Path, shape: tuple[int, int], work_shape: tuple[int, int], chunk: tuple[int, int],
+                  n_classes: int | None = None) -> None:
     """The Zarr store of the results, chunked like the blocks so that no two tasks write one chunk:
     ``work_labels`` and ``work_instances`` at the working scale, ``labels`` and ``instances`` on the
-    input grid (chunks of the same size there)."""
+    input grid (chunks of the same size there); with ``n_classes``, the class probabilities too
+    (``work_probs`` and ``probs``, float32, classes first)."""
     import zarr
 
     root = zarr.open_group(str(out), mode="w-")
+    if n_classes:
+        for name, size in (("work_probs", work_shape), ("probs", shape)):
+            root.create_array(name, shape=(n_classes, *size), chunks=(n_classes, *chunk), dtype="float32",
+                              fill_value=0.0)
     root.create_array("work_labels", shape=work_shape, chunks=chunk, dtype="uint8", fill_value=0)
     root.create_array("work_instances", shape=work_shape, chunks=chunk, dtype="int32", fill_value=0)
     root.create_array("labels", shape=shape, chunks=chunk, dtype="uint8", fill_value=0)
@@ -682,9 +699,12 @@ def _label_block(job: BlockJob, out: str) -> BlockObjects:
     """Task: segment a block, store its labels, and summarise its components."""
     import zarr
 
-    labels = segment_block(job)
+    labels, probs = segment_block(job)
     b = job.block
-    zarr.open_group(out, mode="r+")["work_labels"][b.y0 : b.y1, b.x0 : b.x1] = labels
+    root = zarr.open_group(out, mode="r+")
+    root["work_labels"][b.y0 : b.y1, b.x0 : b.x1] = labels
+    if probs is not None:
+        root["work_probs"][:, b.y0 : b.y1, b.x0 : b.x1] = probs
     _, summary = block_components(labels, job.foreground, b, job.work_shape[1])
     return summary
 
@@ -723,7 +743,25 @@ def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str
     ids = np.asarray(root["work_instances"][window])[pick]
     root["labels"][top:bottom, left:right] = np.asarray(root["work_labels"][window])[pick]
     root["instances"][top:bottom, left:right] = ids
+    if "probs" in root:
+        root["probs"][:, top:bottom, left:right] = _input_grid_probs(root["work_probs"], work_shape, source.shape2d,
+                                                                     region)
     return object_sums(ids, source.read(top, bottom, left, right), (top, left))
+
+
+def _input_grid_probs(work_probs: Any, work_shape: tuple[int, int], shape: tuple[int, int],
+                      region: tuple[int, int, int, int]) -> np.ndarray:
+    """The probabilities of an input-grid region: the working-scale ones resized linearly (as the
+    single process resizes the whole map), from the window of them that the region needs."""
+    top, bottom, left, right = region
+    if tuple(work_shape) == tuple(shape):
+        return np.asarray(work_probs[:, top:bottom, left:right])
+    rows, cols = np.arange(top, bottom), np.arange(left, right)
+    shrink = shape[0] < work_shape[0] or shape[1] < work_shape[1]
+    (r0, r1), (c0, c1) = (input_span(rows, work_shape[0], shape[0], shrink),
+                          input_span(cols, work_shape[1], shape[1], shrink))
+    window = np.asarray(work_probs[:, r0:r1, c0:c1]).transpose(1, 2, 0)
+    return resize_at(window, shape, rows, cols, (r0, c0), work_shape).transpose(2, 0, 1)
 
 
 def in_blocks(path: str | Path, block: int = DEFAULT_BLOCK) -> bool:
@@ -758,10 +796,11 @@ def block_result_files(result: BlockResult, source_name: str, meta: ModelMeta, o
 
     root = zarr.open_group(str(result.zarr), mode="r")
     labels, ids = np.asarray(root["labels"])[None], np.asarray(root["instances"])[None]
+    probs = np.asarray(root["probs"])[None] if "probs" in root else None
     # The image's pixels are not needed to write its results: a zero-byte stand-in of its shape.
     image = ImageFile(source_name, np.broadcast_to(np.zeros((), np.uint8), (*ids.shape, 1)),
                       resolution=result.resolution, notes=list(result.notes))
-    seg = Segmentation(labels, None, Stretch(0.0, 1.0), result.tile, 1, factor=result.factor,
+    seg = Segmentation(labels, probs, Stretch(0.0, 1.0), result.tile, 1, factor=result.factor,
                        diameter=result.diameter)
     return write_outputs(Result(image, seg, ids, [result.objects], meta.unet.n_classes, meta.border_class), out_dir,
                          stem, overwrite, protected)
