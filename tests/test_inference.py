@@ -215,6 +215,35 @@ def test_tuner_skips_tiles_over_the_memory_budget(predictor, monkeypatch) -> Non
     assert tile in (100, 196) and batch == 1
 
 
+def test_tuner_steps_down_when_a_tile_runs_out_of_memory(predictor, monkeypatch) -> None:
+    """A GPU that cannot hold a tile (CUDA or the arena says so) costs that size, not the page."""
+    monkeypatch.setattr(inference, "TILE_CANDIDATES", (100, 196, 388))
+    real = predictor.predict_batch
+
+    def small_only(x, release=False):
+        if x.shape[-1] > predictor.meta.geometry.input_size(196):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory")
+        return real(x, release=release)
+
+    monkeypatch.setattr(predictor, "predict_batch", small_only)
+    tile, _, timings = inference.measure_tiles(predictor)
+    assert set(timings) == {"100x1", "196x1"} and tile in (100, 196)
+
+    def broken(x, release=False):
+        raise RuntimeError("a model that is wrong in another way")
+
+    monkeypatch.setattr(predictor, "predict_batch", broken)
+    with pytest.raises(RuntimeError, match="wrong in another way"):  # anything else is not hidden
+        inference.measure_tiles(predictor)
+
+
+def test_the_gpu_budget_is_half_the_free_gpu_memory(monkeypatch) -> None:
+    monkeypatch.setattr(inference, "cuda_free_memory", lambda: 10 << 30)
+    assert inference.memory_budget("cuda") == 5 << 30
+    monkeypatch.setattr(inference, "cuda_free_memory", lambda: None)  # no driver to ask: the old fixed share
+    assert inference.memory_budget("cuda") == 8 << 30
+
+
 def test_torch_and_onnx_predictors_agree(tiny_model) -> None:
     net, path = tiny_model
     onnx_p = load_predictor(path, "cpu")

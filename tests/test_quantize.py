@@ -324,3 +324,45 @@ def test_quantize_command_says_what_to_give(tiny_model, tmp_path: Path, capsys) 
     assert main(["quantize", str(model), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+# --------------------------------------------------------------------------- fp16 (GPU)
+
+
+def test_fp16_copy_keeps_float32_io_and_the_probabilities(quantized: Quantized, studio_dirs, capsys) -> None:
+    from unet_core.half import HalfError, half_model
+
+    tmp_path = studio_dirs.models
+    parent = tmp_path / "tiny.onnx"  # a briefly trained network: probabilities like a real model's
+    shutil.copy(quantized.fp32, parent)
+    assert main(["quantize", str(parent), "--fp16"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    half = tmp_path / "tiny-fp16.onnx"
+    proto = onnx.load_model(str(half))
+    elem = onnx.TensorProto.FLOAT
+    assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [elem]
+    assert {o.type.tensor_type.elem_type for o in proto.graph.output} == {elem}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    meta = inspect_onnx(half)
+    assert meta.name == "cells-fp16" and meta.quantization["format"] == "fp16"
+    assert meta.quantization["parent"] == "tiny.onnx" and meta.quantization["parent_sha256"] == sha256_of(parent)
+    image = _noise_image()
+    options = InferenceOptions(tile=100, keep_probs=True, diameter="off")
+    full, reduced = (segment(image, load_predictor(p, "cpu"), options) for p in (parent, half))
+    assert np.abs(full.probs - reduced.probs).max() < 1e-2
+    assert (full.labels == reduced.labels).mean() > 0.99
+    entries = list_models()  # listed right after its parent, said what it is
+    assert [e.path.name for e in entries] == ["tiny.onnx", "tiny-fp16.onnx"]
+    assert entries[1].note == "fp16 (for GPUs)" and "fp16 copy of `tiny.onnx`" in read_card(entries[1])
+    with pytest.raises(HalfError, match="already exists"):
+        half_model(parent)
+    with pytest.raises(HalfError, match="already a reduced-precision copy"):
+        half_model(half, tmp_path / "again.onnx")
+
+
+def _noise_image():
+    """A 300 x 260 noise image as the engine reads it."""
+    from unet_core.io import ImageFile
+
+    pixels = np.random.default_rng(2).integers(0, 255, (1, 260, 300, 1), dtype=np.uint8)
+    return ImageFile("noise.png", pixels)

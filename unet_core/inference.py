@@ -37,7 +37,7 @@ from .instances import InstanceOptions, instances
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .paths import cache_dir
-from .runtime import Predictor
+from .runtime import Predictor, cuda_free_memory
 from .scale import (
     MAX_FACTOR,
     SEARCH_BAND,
@@ -480,14 +480,17 @@ def tile_memory_bytes(tile: int, batch: int, width: int, geometry: Geometry) -> 
 
 
 def memory_budget(device: str) -> int:
-    """Bytes the predictor's activations may use: a share of free RAM (CPU) or a fixed GPU share.
+    """Bytes the predictor's activations may use: a share of free RAM (CPU) or of the GPU's free
+    memory (half of it: ONNX Runtime's arena and the CUDA context take their own; 8 GB when the
+    driver does not say).
 
     2 GB on the CPU admits a 1028 px tile of the paper net; a whole 8192 x 8192 run at that tile
     (image, labels, the tile's activations, then instances once they are released) peaked at
     2.66 GB of RSS.
     """
     if device == "cuda":
-        return 8 << 30
+        free = cuda_free_memory()
+        return free // 2 if free else 8 << 30
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
@@ -586,13 +589,27 @@ def measure_tiles(predictor: Predictor) -> tuple[int, int, dict[str, float]]:
                 continue
             side = geometry.input_size(candidate)
             x = rng.random((batch, predictor.meta.unet.in_channels, side, side), dtype=np.float32)
-            predictor.predict_batch(x)  # warm-up: allocations and kernel selection
+            try:
+                predictor.predict_batch(x)  # warm-up: allocations and kernel selection
+            except Exception as exc:  # a GPU (or an arena) that cannot hold it: this size is out, smaller ones stay
+                if not _out_of_memory(exc):
+                    raise
+                log.info("tile %d x %d does not fit on %s (%s)", candidate, batch, predictor.device_name, exc)
+                continue
             seconds = min(_seconds(predictor.predict_batch, x) for _ in range(TUNE_REPEATS))
             ms_per_mpx = seconds * 1e3 / (batch * candidate * candidate / 1e6)
             timings[f"{candidate}x{batch}"] = round(ms_per_mpx, 1)
             if ms_per_mpx < best_rate:
                 best, best_rate = (candidate, batch), ms_per_mpx
     return best[0], best[1], timings
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (numpy, ONNX Runtime's CPU arena, CUDA, cuDNN)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(k in text for k in ("out of memory", "failed to allocate", "bad_alloc", "cudnn_status_alloc"))
 
 
 def _seconds(fn: Callable[[np.ndarray], object], x: np.ndarray) -> float:

@@ -674,5 +674,7 @@ def describe(record: dict[str, Any] | None) -> str | None:
     """A short note for lists of models: ``int8 (calibrated on dsb2018)``; None for fp32 models."""
     if not record:
         return None
+    if record.get("format") == "fp16":
+        return "fp16 (for GPUs)"
     name = plain_name(record.get("data") or "")
     return f"int8 (calibrated on {name})" if name else "int8"

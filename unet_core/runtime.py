@@ -297,14 +297,31 @@ def _register_cpu_arena() -> None:
 
 
 @functools.cache
+def _nvidia_smi(query: str) -> list[str]:
+    """One line per GPU of ``nvidia-smi --query-gpu=QUERY`` (no header, no units); [] without a driver."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 def _gpu_name() -> str:
     """The first GPU's name from the NVIDIA driver (``nvidia-smi``), without importing torch."""
+    names = _nvidia_smi("name")
+    return f"{names[0]} (CUDA)" if names else "GPU (CUDA)"
+
+
+def cuda_free_memory() -> int | None:
+    """Free memory of the first visible GPU in bytes (``nvidia-smi``), None when unknown."""
+    lines = _nvidia_smi("memory.free")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    index = int(visible) if visible.isdigit() and int(visible) < len(lines) else 0
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=5, check=False).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        out = []
-    return f"{out[0].strip()} (CUDA)" if out and out[0].strip() else "GPU (CUDA)"
+        return int(float(lines[index])) << 20  # MiB
+    except (IndexError, ValueError):
+        return None
 
 
 class TorchPredictor(Predictor):

@@ -202,9 +202,12 @@ def read_card(entry: ModelEntry) -> str:
     ]
     if meta.quantization:
         q = meta.quantization
-        lines += ["", (f"An int8 copy ({q.get('format', 'int8')}) of `{q.get('parent', '?')}`, calibrated "
-                       f"({q.get('calibration', '?')}) on {q.get('tiles', '?')} tiles of {q.get('data', '?')} "
-                       f"on {q.get('date', '?')}.")]
+        if q.get("format") == "fp16":
+            lines += ["", f"An fp16 copy of `{q.get('parent', '?')}` for CUDA GPUs, made on {q.get('date', '?')}."]
+        else:
+            lines += ["", (f"An int8 copy ({q.get('format', 'int8')}) of `{q.get('parent', '?')}`, calibrated "
+                           f"({q.get('calibration', '?')}) on {q.get('tiles', '?')} tiles of {q.get('data', '?')} "
+                           f"on {q.get('date', '?')}.")]
     if meta.training:
         lines += ["", "Training:"]
         lines += [f"- {key}: {value}" for key, value in sorted(meta.training.items())]
