@@ -8,8 +8,11 @@
 3. seamless    overlap-tile on the GPU: the probabilities do not depend on the tile size;
 4. throughput  fp32 segmentation of a ``--size`` x ``--size`` image: ONNX Runtime CUDA vs PyTorch
                CUDA eager over the same tiles (TF32 set alike for both, see the line);
-5. train fp32  one training step of the paper's recipe (SGD momentum 0.99, weighted loss, 572 px);
-6. train bf16  the same step under bf16 autocast.
+5. fp16        the fp16 copy (``quantize --fp16``) on CUDA: probabilities within 1e-2 of fp32, and
+               its throughput on the same image against fp32 and against the GPU's fp16 limit
+               (a large fp16 matmul's rate / the network's FLOPs per output pixel);
+6. train fp32  one training step of the paper's recipe (SGD momentum 0.99, weighted loss, 572 px);
+7. train bf16  the same step under bf16 autocast.
 
 The network is a random U-Net of ``--width`` (paper: 64) exported on the spot: the checks compare
 paths, not a trained model's quality. Checks 2-4 use ONNX Runtime's CUDA provider; when it cannot
@@ -153,6 +156,49 @@ def check_throughput(ort_pred, torch_pred, size: int, tile: int, batch: int, tf3
                   f"ort/torch = {rates['ort'] / rates['torch']:.2f}")
 
 
+def fp16_limit(width: int, tile: int) -> tuple[float, float]:
+    """(fp16 TFLOP/s of a large matmul on this GPU, the Mpx/s that rate allows the network at ``tile``)."""
+    import torch
+
+    from unet_core.metadata import UNetConfig
+    from unet_core.workload import forward_flops
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    torch.mm(a, a)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        torch.mm(a, a)
+    torch.cuda.synchronize()
+    tflops = 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+    per_pixel = forward_flops(UNetConfig(width=width), tile) / tile**2
+    return tflops, tflops * 1e12 / per_pixel / 1e6
+
+
+def check_fp16(path: Path, fp32_pred, width: int, size: int, tile: int, batch: int) -> tuple[bool, str]:
+    """The fp16 copy on CUDA: parity with fp32 and throughput against fp32 and the fp16 limit."""
+    from unet_core.half import half_model
+    from unet_core.inference import InferenceOptions
+    from unet_core.io import ImageFile
+    from unet_core.runtime import OnnxPredictor
+
+    half = OnnxPredictor(half_model(path, path.with_name("gpu_check-fp16.onnx")).path, device="cuda")
+    rng = np.random.default_rng(4)
+    x = rng.random((batch, 1, 572, 572), dtype=np.float32)
+    diff = float(np.abs(half.predict_batch(x) - fp32_pred.predict_batch(x)).max())
+    image = ImageFile("big.png", rng.integers(0, 255, (1, size, size, 1), dtype=np.uint8))
+    warm = ImageFile("warm.png", image.data[:, : min(size, 2 * tile), : min(size, 2 * tile)])
+    options = InferenceOptions(tile=tile, batch=batch)
+    rates = {}
+    for name, pred in (("fp32", fp32_pred), ("fp16", half)):
+        segment_seconds(warm, pred, options)
+        rates[name] = size * size / 1e6 / segment_seconds(image, pred, options)
+    tflops, limit = fp16_limit(width, tile)
+    return diff < 1e-2, (f"max |fp16 - fp32| {diff:.2e}; {size} x {size}: fp16 {rates['fp16']:.1f} Mpx/s, fp32 "
+                         f"{rates['fp32']:.1f} ({rates['fp16'] / rates['fp32']:.2f}x); fp16 limit {limit:.0f} Mpx/s "
+                         f"({tflops:.0f} TFLOP/s matmul): {100 * rates['fp16'] / limit:.0f} %")
+
+
 def check_train_step(width: int, amp: str) -> tuple[bool, str]:
     """One SGD step (momentum 0.99, batch 1, weighted cross-entropy) on a 572 px tile."""
     import torch
@@ -212,6 +258,10 @@ def inference_checks(report: Report, args: argparse.Namespace, folder: Path) -> 
         report.line("SKIP", "gpu-vs-cpu", "no ONNX Runtime CUDA session")
         report.check("seamless", lambda: check_seamless(torch_pred, "PyTorch CUDA (no ONNX Runtime CUDA session)"))
     report.check("throughput", lambda: check_throughput(cuda_pred, torch_pred, args.size, args.tile, args.batch, tf32))
+    if cuda_pred is not None:
+        report.check("fp16", lambda: check_fp16(path, cuda_pred, args.width, args.size, args.tile, args.batch))
+    else:
+        report.line("SKIP", "fp16", "no ONNX Runtime CUDA session")
 
 
 def main(argv: list[str] | None = None) -> int:
