@@ -32,3 +32,21 @@ def test_writes_create_the_folder_and_replace_the_content(tmp_path: Path) -> Non
     assert path.read_text(encoding="utf-8") == "sécond\n"
     write_json(tmp_path / "b.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "b.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+
+
+def test_new_files_follow_the_umask_and_replaced_files_keep_their_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    fresh = tmp_path / "model.onnx"
+    old_umask = os.umask(0o022)
+    try:
+        write_text(fresh, "x")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # readable by the lab, not private to its writer
+    kept = tmp_path / "private.json"
+    kept.write_text("{}")
+    kept.chmod(0o600)
+    write_json(kept, {"a": 1})
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600

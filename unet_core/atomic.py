@@ -4,9 +4,11 @@ a run folder's owner may sweep up) and is then renamed over it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -14,6 +16,9 @@ from typing import IO, Any
 
 def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any], fsync: bool = False) -> None:
     """Write ``path`` through ``write(file)``, atomically.
+
+    The new file gets the permissions a plain ``open`` would give it (the umask's), or those of the
+    file it replaces: a model or a run folder shared by a lab stays readable by the lab.
 
     Args:
         path: the file to write (its folder is created if missing).
@@ -23,19 +28,20 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], Any], fsync:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        # Opened by name (not from the descriptor) so that fh.name is the path: onnx.save_model
-        # derives the folder of external data from it.
-        with open(tmp, "wb") as fh:
+        # Opened by name with "x" (not mkstemp, whose files are private to their owner): the umask
+        # decides, and fh.name is the path, which onnx.save_model needs for external data.
+        with open(tmp, "xb") as fh:
             write(fh)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
