@@ -11,6 +11,7 @@ import streamlit as st
 from pages._common import (
     active_model,
     choose_dataset,
+    choose_tta,
     dataset_or_stop,
     metric_help,
     metric_label,
@@ -237,9 +238,7 @@ with model_col:
                                          "`python -m unet_core export`.")
     classes = ", ".join(predictor.meta.class_names)
     st.caption(f"Classes: {classes}. Runs on {predictor.device_name}.")
-    tta = st.toggle("Test-time augmentation", key="evaluate_tta",
-                    help="Average the model over the 8 flips and rotations of each image before the argmax, as in "
-                    "the paper's ISBI entry: slightly better, 8× slower.")
+    tta = choose_tta("evaluate_tta")
     compare = st.toggle("Compare with the classical method", key="evaluate_baseline", value=True,
                         help="Also score Otsu threshold + distance-transform watershed (what you would do in Fiji "
                         "without deep learning) on the same images, to see what the U-Net adds.")

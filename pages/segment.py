@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from pages._common import active_model, kept, predictor_or_stop, show_no_model
+from pages._common import active_model, choose_tta, kept, predictor_or_stop, show_no_model
 from unet_core.errors import UserError
 from unet_core.inference import InferenceOptions, auto_tile, estimate_seconds, tile_is_measured
 from unet_core.instances import InstanceOptions
@@ -245,12 +245,7 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
         help="Images are processed in square pieces that fit in memory; the result is the same "
         "for every size. Automatic measures the fastest size on this computer (once).",
     )
-    tta = st.checkbox(
-        "Test-time augmentation",
-        **kept("segment_tta", False),
-        help="Average the network's answer over the 8 flips and rotations of each piece: "
-        "slightly smoother outlines, 8 times slower.",
-    )
+    tta = choose_tta("segment_tta")
     diameter = choose_diameter(predictor)
     auto_size = st.checkbox(
         "Automatic clean-up", **kept("segment_auto_clean", True),

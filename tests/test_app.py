@@ -119,7 +119,7 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     (outcome,) = at.session_state["segment_results"]["outcomes"].values()
     assert outcome.files["cells_objects.csv"].decode().count("\n") == 1  # the header alone
     # Options of the network pass hide the old result until Segment is pressed.
-    next(c for c in at.checkbox if c.label == "Test-time augmentation").check().run()
+    next(s for s in at.selectbox if s.label == "Test-time augmentation").set_value("off").run()
     assert "press **Segment** to update" in texts(at.info)
     assert not any(m.label == "Objects" for m in at.metric)
     at.button(key="segment_run").click().run()

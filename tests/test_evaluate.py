@@ -125,5 +125,8 @@ def test_progress_and_tta_call_the_predictor(instance_data: Path) -> None:
     pred = ThresholdPredictor()
     evaluate(pred, ds, [1], EvalOptions(tile=20, tta=True), progress=lambda d, t: seen.append((d, t)))
     plain = ThresholdPredictor()
-    evaluate(plain, ds, [1], EvalOptions(tile=20))
+    evaluate(plain, ds, [1], EvalOptions(tile=20, tta=False))
     assert seen == [(1, 1)] and plain.calls > 0 and pred.calls == 8 * plain.calls  # each batch 8 times
+    automatic = ThresholdPredictor()  # the default, as predict's: on for an image this small
+    evaluate(automatic, ds, [1], EvalOptions(tile=20))
+    assert automatic.calls == pred.calls

@@ -172,8 +172,13 @@ def test_time_estimate_comes_from_the_tile_measurement(predictor, tmp_path, monk
     assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(diameter="off", tta=True)) == (
         pytest.approx(8 * per_mpx[tile]))
     other = 196 if tile == 100 else 100
-    assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(tile=other, diameter="off")) == (
+    assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(tile=other, diameter="off", tta=False)) == (
         pytest.approx(per_mpx[other]))
+    # Automatic test-time augmentation: 8 passes up to a megapixel, one beyond.
+    assert inference.estimate_seconds(predictor, 10**6, InferenceOptions(diameter="off")) == pytest.approx(
+        8 * per_mpx[tile])
+    assert inference.estimate_seconds(predictor, 2 * 10**6, InferenceOptions(diameter="off")) == pytest.approx(
+        2 * per_mpx[tile])
 
 
 def test_tile_measurement_runs_once_even_for_two_callers_at_a_time(predictor, tmp_path, monkeypatch) -> None:

@@ -641,7 +641,8 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     batch = options.batch or batch
     plan = plan_blocks(work_shape, tile, meta, dask_options.block)
     jobs = [BlockJob(source, str(Path(model).resolve()), device, dask_options.worker_threads(), b, work_shape,
-                     stretch, batch, options.tta, tuple(meta.foreground_classes), options.keep_probs)
+                     stretch, batch, options.tta_for(source.shape[0] * source.shape[1]),
+                     tuple(meta.foreground_classes), options.keep_probs)
             for b in plan.blocks]
     log.info("%s: %d blocks of up to %d px at scale %.3g on %s", source.name, len(jobs), dask_options.block,
              factor, client)

@@ -60,7 +60,8 @@ class EvalOptions:
     Attributes:
         tile: output tile edge (rounded down to a valid size); None = the runtime's automatic choice.
         batch: tiles per network call (None: automatic).
-        tta: average the probabilities over the 8 flips/rotations before the argmax.
+        tta: average the probabilities over the 8 flips/rotations before the argmax (True, False,
+            or None: automatic, as ``predict`` does by default: :attr:`InferenceOptions.tta`).
         kind: ``"semantic"``, ``"instance"`` or ``"auto"`` (:func:`metric_kind` of the data set).
         instance_options: post-processing of the predicted instances (instance kind only).
         diameter: object scale for models with a canonical diameter (``"auto"``, ``"off"`` or
@@ -69,7 +70,7 @@ class EvalOptions:
 
     tile: int | None = None
     batch: int | None = None
-    tta: bool = False
+    tta: bool | None = None
     kind: Kind = "auto"
     instance_options: InstanceOptions = field(default_factory=InstanceOptions)
     diameter: Diameter | str | float | None = "auto"
@@ -164,7 +165,8 @@ class EvalReport:
                "components of the predicted foreground")
             + ")",
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
-            + (", probabilities averaged over the 8 flips/rotations (TTA)" if self.options.get("tta") else ""),
+            + {True: ", probabilities averaged over the 8 flips/rotations (TTA)", None: ", TTA automatic (images "
+               "up to 1 Mpx)"}.get(self.options.get("tta"), ""),
             f"- tile: {self.options.get('tile') or 'auto'}; time: {self.seconds:.1f} s",
             *(f"- **not scored** (left out of the means): {s['name']}: {s['problem']}" for s in self.skipped),
             "",
