@@ -126,3 +126,27 @@ def test_errors_escaping_a_command_are_a_message_or_an_internal_error(tmp_path, 
     err = capsys.readouterr().err
     assert "internal error in synth" in err and "RuntimeError: boom" in err and "Traceback" in err
     assert "this is a bug in U-Net Studio" in err
+
+
+def test_evaluate_on_the_split_another_model_records(tiny_model, tmp_path, capsys) -> None:
+    """``--rule-from``: a model (or the baseline) scored on exactly another model's validation images,
+    e.g. a final model trained on everything, on the images its predecessor held out."""
+    import json
+
+    from unet_core.export import to_onnx
+    from unet_core.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "cells", 6, SynthConfig(height=64, width=80), seed=1)
+    net = UNet(width=4, dropout=0).eval()
+    rule = {"kind": "every_kth", "k": 3}
+    recorder = to_onnx(net, ModelMeta(name="held", unet=net.config, training={"split_rule": rule}),
+                       tmp_path / "held.onnx")
+    args = ["evaluate", "--model", str(tiny_model[1]), "--data", str(data), "--split", "val", "--tile", "36",
+            "--diameter", "off", "--tta", "off", "--per-image"]
+    assert main(args) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert main([*args, "--rule-from", str(recorder)]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert own["n_images"] == 2 and "'k': 5" in own["split"]  # the data set's own rule: every 5th of 6
+    assert other["n_images"] == 2 and other["split"] == f"val split, rule {rule}"  # images 0 and 3
+    assert [im["index"] for im in other["images"]] == [0, 3]

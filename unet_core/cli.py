@@ -452,11 +452,11 @@ def _eval_segmenter(args: argparse.Namespace):
 
     if (args.model is None) == (args.baseline is None):
         raise UserError("give --model or --baseline")
+    recorded = load_predictor(args.rule_from, "cpu").meta.training if args.rule_from else None
     if args.baseline:
-        training = load_predictor(args.rule_from, "cpu").meta.training if args.rule_from else {}
-        return BaselineOptions(method=args.baseline), training
+        return BaselineOptions(method=args.baseline), recorded or {}
     segmenter = load_predictor(args.model, args.device)
-    return segmenter, segmenter.meta.training
+    return segmenter, recorded if recorded is not None else segmenter.meta.training
 
 
 def _eval_indices(args: argparse.Namespace, dataset, training: dict):
@@ -618,8 +618,8 @@ def _add_evaluate(sub) -> None:
     v.add_argument("--model", help="model .onnx (or .pt checkpoint)")
     v.add_argument("--baseline", choices=("otsu-watershed", "otsu"),
                    help="score the classical baseline instead of a model (Otsu threshold [+ watershed])")
-    v.add_argument("--rule-from", metavar="MODEL", help="with --baseline: take the split rule from this model, "
-                   "so the baseline is scored on exactly the model's validation images")
+    v.add_argument("--rule-from", metavar="MODEL", help="take the split rule from this model (default: the scored "
+                   "model's own): a baseline, or another version, on exactly that model's validation images")
     v.add_argument("--data", required=True, help="data set folder, or 'synthetic[:fluorescence|phase]'")
     v.add_argument("--split", choices=("val", "val_random", "val_groups", "train", "all"), default="val",
                    help="which images (the split rule comes from the model's metadata; default val; "
