@@ -53,6 +53,11 @@ EXAMPLE_NAME = "example_nuclei.png"
 STOP_KEY = "segment_stop"
 #: Work estimated to take longer than this (seconds) is announced with a warning before it starts.
 LONG_WORK_S = 60.0
+#: At most this many objects get a hover marker in the viewer and this many rows in the table: a
+#: browser chokes on hundreds of thousands (a whole slide, or a model wrong for the images); the
+#: downloads always hold every object.
+VIEWER_MARKERS = 5_000
+TABLE_ROWS = 20_000
 
 # Download buttons per output file, by the end of the name the CLI gives it: label, mime, help.
 DOWNLOADS = {
@@ -430,7 +435,7 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     st.divider()
     st.subheader(outcome.name)
     numbers = st.columns(4)
-    numbers[0].metric("Objects", result.n_objects)
+    numbers[0].metric("Objects", f"{result.n_objects:,}")
     numbers[1].metric("Image", f"{w} × {h}" + (f" × {z}" if z > 1 else ""),
                       help="width × height" + (" × slices" if z > 1 else "") + " in pixels")
     numbers[2].metric("Time", f"{outcome.seconds:.1f} s")
@@ -457,16 +462,22 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     left.image(base, width="stretch",
                caption="Image (contrast stretched for display)" if stretched else "Image")
     with right:
-        st.plotly_chart(object_viewer(viz.overlay(base, ids, alpha) if shown else base, step, result.objects[s]),
+        objects = result.objects[s]
+        every = max(1, -(-len(objects) // VIEWER_MARKERS))
+        st.plotly_chart(object_viewer(viz.overlay(base, ids, alpha) if shown else base, step, objects[::every]),
                         config={"scrollZoom": True, "displaylogo": False}, key=f"viewer:{outcome.name}:{s}")
-        st.caption(f"{len(result.objects[s])} objects, one colour each. Scroll to zoom, drag to pan, double-click "
-                   "to see the whole image; point at an object for its measurements.")
+        pointing = ("point at an object for its measurements" if every <= 1 else
+                    f"point at a marked object (one in {every}) for its measurements")
+        st.caption(f"{len(objects):,} objects, one colour each. Scroll to zoom, drag to pan, double-click "
+                   f"to see the whole image; {pointing}.")
     left.image(viz.fit_for_screen(viz.probability_image(outcome.foreground[s])), width="stretch",
                caption=f"Probability of {class_names}: dark = 0, yellow = 1")
     physical = result.image.pixel_size_um is not None
     order = [c for c in TABLE_COLUMNS if physical or not c.endswith(("_um", "_um2"))]
-    right.dataframe(result.objects[s], hide_index=True, width="stretch", height=420,
+    right.dataframe(result.objects[s][:TABLE_ROWS], hide_index=True, width="stretch", height=420,
                     column_config=TABLE_COLUMNS, column_order=order)
+    if len(result.objects[s]) > TABLE_ROWS:
+        right.caption(f"The first {TABLE_ROWS:,} of {len(result.objects[s]):,} objects; the CSV download has all.")
 
 
 def object_viewer(rgb: np.ndarray, step: int, objects: list[dict]) -> go.Figure:

@@ -83,7 +83,7 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     expected = run(ImageFile("cells.png", pixels[None, :, :, None]), load_predictor(tiny_installed),
                    InferenceOptions(tile=TILE))
     objects = next(m for m in at.metric if m.label == "Objects")
-    assert objects.value == str(expected.n_objects)
+    assert objects.value == f"{expected.n_objects:,}"
     assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)"}
     # The viewer: the overlay in the image's pixel coordinates, one hover point per object at its centre.
     (chart,) = at.get("plotly_chart")

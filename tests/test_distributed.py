@@ -85,7 +85,7 @@ def test_blocks_give_the_single_process_labels_and_objects_exactly(tiny_model, t
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128), resolution=(2.0, 2.0),
                      metadata={"unit": "um"}, imagej=True)
-    options, inst = InferenceOptions(tile=TILE, diameter="off"), InstanceOptions(min_size=5, drop_border=True)
+    options, inst = InferenceOptions(tile=TILE, diameter="off", tta=False), InstanceOptions(min_size=5, drop_border=True)
     single = _single(path, tiny_model[1], options, inst)
     for block, n_blocks in ((450, 2 * 3), (200, 4 * 5)):
         store = tmp_path / f"b{block}.zarr"

@@ -227,6 +227,9 @@ def test_segmenting_can_be_stopped_between_tiles_and_finished_later(studio_url: 
             expect(page.get_by_text("Stopped after 1 of 3 images")).to_be_visible(timeout=WAIT_MS)
             settle(page)
             expect(page.get_by_text("big0.png").first).to_be_visible()
+            # The random model finds ~400k specks: the viewer marks a sample and the table a part.
+            expect(page.get_by_text("point at a marked object (one in")).to_be_visible()
+            expect(page.get_by_text("the CSV download has all")).to_be_visible()
             shoot(page, "segment-stopped")
             # The speed is measured now: the rest is announced with its time, then done.
             expect(page.get_by_text("To segment: 11.5 megapixels, about")).to_be_visible(timeout=WAIT_MS)

@@ -245,6 +245,15 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
         raise
     info = LockInfo(name, proc.pid, time.time(), process_started(proc.pid))
     write_lock(lock_path(root), info, exclusive=False)
+    _record_start(proc, info, folder, command, resume, processes)
+    threading.Thread(target=_reap, args=(proc, folder, root), daemon=True, name=f"reap-{name}").start()
+    return info
+
+
+def _record_start(proc: subprocess.Popen, info: LockInfo, folder: Path, command: list[str], resume: bool,
+                  processes: int) -> None:
+    """``job.json`` of a started process: how it was started, so that the page can follow, stop
+    and resume it (a resumed run keeps its earlier record)."""
     _PROCS[proc.pid] = proc
     job = read_job(folder) if resume else {}
     job.update({"pid": proc.pid, "started_at": info.started, "command": command[1:],
@@ -253,8 +262,6 @@ def start_run(name: str, data: str | None = None, options: dict[str, Any] | None
     job.setdefault("created", info.time)
     with _JOB_LOCK:
         write_json(folder / JOB_NAME, job)
-    threading.Thread(target=_reap, args=(proc, folder, root), daemon=True, name=f"reap-{name}").start()
-    return info
 
 
 def _train_args(name: str, folder: Path, data: str | None, options: dict[str, Any], resume: bool,
