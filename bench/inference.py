@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,16 +120,22 @@ def compare_int8(int8_path: Path, parent_path: Path, img: ImageFile, options: In
     fp32_pred = OnnxPredictor(parent_path, device="cpu")
     if int8_pred.meta.unet != fp32_pred.meta.unet:
         print(f"note: {int8_path.name} and {parent_path.name} describe different networks; the ratio compares unlike work")
-    mpx = img.data[0, ..., 0].size / 1e6
-    seg_int8 = segment(img, int8_pred, options)
-    t_int8 = best_seconds(lambda: segment(img, int8_pred, options), repeats)
+    # The scale search could settle on different scales for the two models (8-bit probabilities can
+    # tip it), and then they would do unlike work: both run at the scale the fp32 model chose.
+    seg_fp32 = segment(img, fp32_pred, options)
+    if seg_fp32.diameter is not None:
+        options = replace(options, diameter=seg_fp32.diameter)
+    work_mpx = img.data[0, ..., 0].size * seg_fp32.factor**2 / 1e6
     seg_fp32 = segment(img, fp32_pred, options)
     t_fp32 = best_seconds(lambda: segment(img, fp32_pred, options), repeats)
-    rate_int8, rate_fp32 = mpx / t_int8, mpx / t_fp32
+    seg_int8 = segment(img, int8_pred, options)
+    t_int8 = best_seconds(lambda: segment(img, int8_pred, options), repeats)
+    rate_int8, rate_fp32 = work_mpx / t_int8, work_mpx / t_fp32
     limit = peak_gflops * 1e9 / flops_per_pixel_limit(int8_pred.meta.unet) / 1e6
     agree = float((seg_int8.labels == seg_fp32.labels).mean())
     print(f"int8: {int8_path.name} vs fp32 parent {parent_path.name} (width {int8_pred.meta.unet.width}), "
-          f"tile {seg_int8.tile[0]} x {seg_int8.tile[1]}, best of {max(1, repeats)}")
+          f"tile {seg_int8.tile[0]} x {seg_int8.tile[1]}, both at {seg_fp32.factor:.2f}x the image's size "
+          f"({work_mpx:.1f} Mpx of work), best of {max(1, repeats)}")
     print(f"(i) int8 ONNX Runtime:   {rate_int8:.4f} Mpx/s  ({t_int8:.2f} s)")
     print(f"(f) fp32 parent:         {rate_fp32:.4f} Mpx/s  ({t_fp32:.2f} s)")
     print(f"i/f = {rate_int8 / rate_fp32:.2f}; argmax agreement {100 * agree:.2f} % of the pixels")

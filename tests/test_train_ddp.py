@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
 from unet_core.checkpoint import read_checkpoint
 from unet_core.config import TrainConfig, TrainError
 from unet_core.runlog import STOP_FILE, read_log
+from unet_core.studio.processes import kill_tree
 from unet_core.training.data import StepTiles, TrainImage
 from unet_core.training.distributed import ShardDropout2d, World, detect_world
 
@@ -50,20 +50,10 @@ def _env() -> dict[str, str]:
 
 def _kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL the process, if it still runs, and every process under it (torchrun starts each
-    worker in a session of its own, so a process group kill would miss them)."""
-    procs = []
+    worker in a session of its own, so a process group kill would miss them): the app's own
+    :func:`~unet_core.studio.processes.kill_tree`."""
     if proc.poll() is None:  # a launcher that ended has waited for its workers; its pid may be reused
-        try:
-            parent = psutil.Process(proc.pid)
-            procs = [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+        kill_tree(proc.pid)
     proc.wait()
 
 

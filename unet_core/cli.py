@@ -23,15 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class FileProgress:
-    """Progress on stderr (tqdm): one bar of tiles per file, ``[i/n] name``."""
+    """Progress on stderr (tqdm): one bar per file, ``[i/n] name``, counting ``unit`` (tiles of
+    an image, blocks of a slide, files of a batch or images of an evaluation)."""
 
-    def __init__(self, n_files: int) -> None:
+    def __init__(self, n_files: int, unit: str = "tile") -> None:
         self.n_files = n_files
+        self.unit = unit
         self._bar: tqdm | None = None
 
     def start_file(self, index: int, name: str) -> None:
         self.close()
-        self._bar = tqdm(total=0, desc=f"[{index + 1}/{self.n_files}] {name}", unit="tile", file=sys.stderr,
+        self._bar = tqdm(total=0, desc=f"[{index + 1}/{self.n_files}] {name}", unit=self.unit, file=sys.stderr,
                          mininterval=0.1 if sys.stderr.isatty() else 5.0, dynamic_ncols=True)
 
     def tiles(self, done: int, total: int) -> None:
@@ -236,7 +238,7 @@ def _predict_whole_files(args, names: list[str], stems: list[str], model: Path, 
 
     from .distributed import predict_files
 
-    bar = FileProgress(1)
+    bar = FileProgress(1, unit="file")
     bar.start_file(0, f"{len(names)} files")
     protected = {p for p in map(_resolved, args.images) if p is not None}
     outcomes = predict_files(names, stems, model, out, client, options, inst, dask_options, args.channels,
@@ -259,7 +261,7 @@ def _predict_in_blocks(args, name: str, stem: str, model: Path, out: Path, clien
     from .distributed import FILES_UP_TO, block_result_files, predict_blocks
     from .predict import failure_message
 
-    bar = FileProgress(position[1])
+    bar = FileProgress(position[1], unit="block")
     bar.start_file(position[0], f"{Path(name).name} (blocks)")
     protected = {p for p in map(_resolved, args.images) if p is not None}
     store = Path(args.zarr) if args.zarr and position[1] == 1 else out / f"{stem}.zarr"
@@ -485,7 +487,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no usable image/mask pairs")
     segmenter, training = _eval_segmenter(args)
     rule, indices = _eval_indices(args, dataset, training)
-    bar = FileProgress(1)
+    bar = FileProgress(1, unit="image")
     bar.start_file(0, f"{args.split} split")
     try:
         options = EvalOptions(tile=args.tile, tta=_tta(args.tta), kind=args.kind, diameter=args.diameter,
