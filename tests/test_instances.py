@@ -88,3 +88,16 @@ def test_the_border_rule_never_merges_and_respects_the_size_filter() -> None:
     assert np.array_equal(ids > 0, labels > 0)
     big = instances(labels, [1, 2], InstanceOptions(min_size=20), border_class=2)
     assert all(np.count_nonzero(big == k) >= 20 for k in range(1, big.max() + 1))
+
+
+def test_object_areas_in_bands_equal_one_bincount(monkeypatch) -> None:
+    """Areas counted band by band (a whole slide's ids are never cast to int64 at once) are the
+    plain count, with bands that split objects and a ragged last band."""
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 40, (37, 23)).astype(np.int32)
+    monkeypatch.setattr(inst, "BAND_PIXELS", 23 * 4)  # 4 rows per band: 10 bands, the last of 1 row
+    assert np.array_equal(inst.object_areas(ids, 45), np.bincount(ids.ravel(), minlength=46))
+    labels = (rng.random((37, 23)) > 0.5).astype(np.uint8)
+    whole = instances(labels, options=InstanceOptions(min_size=3))
+    monkeypatch.setattr(inst, "BAND_PIXELS", 1 << 22)
+    assert np.array_equal(whole, instances(labels, options=InstanceOptions(min_size=3)))

@@ -334,11 +334,16 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
     the working scale by the object rule of the model ``meta`` (foreground classes, border class,
     canonical diameter), then mapped back by nearest neighbour. No network pass: changing only the
     post-processing (``instance_options``) of a result calls this alone."""
-    ids = np.empty((seg.work_labels.shape[0], *shape), dtype=np.int32)  # slice by slice: no stacked copy
-    for s in range(ids.shape[0]):
+    def one(s: int) -> np.ndarray:
         work = instances(seg.work_labels[s], meta.foreground_classes, instance_options,
                          expected_diameter=meta.diameter, border_class=meta.border_class)
-        ids[s] = rescale_labels(work, shape)
+        return rescale_labels(work, shape)
+
+    if seg.work_labels.shape[0] == 1:
+        return one(0)[None]  # a single image (a whole slide, say) is not copied into a stack
+    ids = np.empty((seg.work_labels.shape[0], *shape), dtype=np.int32)  # slice by slice: no stacked copy
+    for s in range(ids.shape[0]):
+        ids[s] = one(s)
     return ids
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +105,7 @@ def instances(
     keep = np.ones(n + 1, dtype=bool)
     keep[0] = False
     if options.min_size > 0:
-        keep &= np.bincount(ids.ravel(), minlength=n + 1) >= options.min_size
+        keep &= object_areas(ids, n) >= options.min_size
     if options.expand > 0:
         small = np.flatnonzero(~keep[1:]) + 1
         if small.size:  # removed before growing: a speck must not claim its neighbour's pixels
@@ -114,12 +114,31 @@ def instances(
     if options.drop_border:
         edge = np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]])
         keep[np.unique(edge)] = False
-    # Renumber the kept objects 1..m in scan order so ids are consecutive (in place: the id image
-    # is the largest array here).
+    # Renumber the kept objects 1..m in scan order so ids are consecutive: in place and by bands of
+    # rows, since the id image is the largest array here (np.take over all of it would cast the ids
+    # to int64 and buffer its output: 12 bytes more per pixel).
     new_ids = np.zeros(n + 1, dtype=np.int32)
     new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    np.take(new_ids, ids, out=ids)
+    for rows in row_bands(ids):
+        ids[rows] = new_ids[ids[rows]]
     return ids
+
+
+def object_areas(ids: np.ndarray, n: int) -> np.ndarray:
+    """Pixel count of each id 0..``n`` of a 2-D id image, counted over bands of rows: ``np.bincount``
+    casts int32 ids to int64, which for a whole slide (20000^2 px) would be a 3.2 GB temporary."""
+    areas = np.zeros(n + 1, dtype=np.int64)
+    for rows in row_bands(ids):
+        areas += np.bincount(ids[rows].ravel(), minlength=n + 1)
+    return areas
+
+
+def row_bands(image: np.ndarray) -> Iterator[slice]:
+    """Bands of rows of about :data:`BAND_PIXELS` pixels covering a 2-D ``image``: whole-image
+    work on ids goes band by band so that its int64 temporaries stay small."""
+    band = max(1, BAND_PIXELS // max(image.shape[1], 1))
+    for y0 in range(0, image.shape[0], band):
+        yield slice(y0, y0 + band)
 
 
 def _grown_interiors(mask: np.ndarray, interior: np.ndarray) -> tuple[np.ndarray, int]:
@@ -156,7 +175,8 @@ OBJECT_COLUMNS = (
 PHYSICAL_COLUMNS = ("area_um2", "centroid_y_um", "centroid_x_um")
 
 
-# Pixels per band of rows that object_table measures at once (its temporaries are ~5 x 8 bytes each).
+# Pixels per band of rows that whole-image work on ids does at once (object_table's temporaries
+# are ~5 x 8 bytes each).
 BAND_PIXELS = 1 << 22
 
 
@@ -207,16 +227,15 @@ def object_sums(ids: np.ndarray, intensity: np.ndarray, origin: tuple[int, int] 
     boxes = ndi.find_objects(ids)
     n, width = len(boxes), ids.shape[1]
     area, sum_y, sum_x, sum_i = (np.zeros(n + 1) for _ in range(4))
-    band = max(1, BAND_PIXELS // max(width, 1))
     columns = np.arange(origin[1], origin[1] + width, dtype=np.float64)
-    for y0 in range(0, ids.shape[0], band):
-        chunk = ids[y0 : y0 + band].ravel()
+    for band in row_bands(ids):
+        chunk = ids[band].ravel()
         rows = chunk.size // width
         area += np.bincount(chunk, minlength=n + 1)
-        row_index = np.arange(origin[0] + y0, origin[0] + y0 + rows, dtype=np.float64)
+        row_index = np.arange(origin[0] + band.start, origin[0] + band.start + rows, dtype=np.float64)
         sum_y += np.bincount(chunk, np.repeat(row_index, width), minlength=n + 1)
         sum_x += np.bincount(chunk, np.tile(columns, rows), minlength=n + 1)
-        sum_i += np.bincount(chunk, gray_plane(intensity[y0 : y0 + band]).ravel(), minlength=n + 1)
+        sum_i += np.bincount(chunk, gray_plane(intensity[band]).ravel(), minlength=n + 1)
     present = [i for i, sl in enumerate(boxes, start=1) if sl is not None]
     k = np.array(present, dtype=np.int64)
     box = np.array([[boxes[i - 1][0].start, boxes[i - 1][1].start, boxes[i - 1][0].stop, boxes[i - 1][1].stop]

@@ -109,8 +109,11 @@ class Result:
         return replace(self, image=image, objects=[with_physical_units(rows, size) for rows in self.objects])
 
     def instance_image(self) -> np.ndarray:
-        """Instance ids as uint16 (ImageJ-readable) when they fit, else uint32."""
+        """Instance ids as uint16 (ImageJ-readable) when they fit, else uint32 (for int32 ids, which
+        are never negative, a view: a whole-slide image's ids are not copied once more)."""
         if self.instances.size and self.instances.max() > np.iinfo(np.uint16).max:
+            if self.instances.dtype == np.int32:
+                return self.instances.view(np.uint32)
             return self.instances.astype(np.uint32)
         return self.instances.astype(np.uint16)
 
