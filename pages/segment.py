@@ -282,7 +282,7 @@ def choose_diameter(predictor: Predictor) -> str | float:
         st.caption("This model works at the image's own scale (it declares no object size).")
         return "off"
     typed = st.number_input(
-        "Object diameter (pixels)", min_value=0.0, max_value=1000.0, step=1.0, format="%.1f",
+        "Object diameter (pixels, 0 = estimate)", min_value=0.0, max_value=1000.0, step=1.0, format="%.1f",
         **kept("segment_diameter", 0.0),
         help=f"The typical diameter of one nucleus or cell in your image. 0 = estimate it from the image "
         f"(the model tries a few scales on part of the image and keeps the one it is most sure at). The image is rescaled so that objects are "
@@ -359,8 +359,9 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
         with st.spinner("Measuring the fastest tile size for this model on this computer: once, a few seconds…"):
             auto_tile(predictor)
     bar = st.progress(0.0, text="Preparing…")
-    st.button("Stop", icon=":material/stop:", key=STOP_KEY, help="Stop after the current tile; the images "
-              "finished so far are kept.")
+    stop = st.empty()
+    stop.button("Stop", icon=":material/stop:", key=STOP_KEY, help="Stop after the current tile; the images "
+                "finished so far are kept.")
     outcomes: dict[str, Outcome] = {}
     n = len(sources)
     for i, source in enumerate(sources):
@@ -375,6 +376,7 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
         outcomes[source.key] = segment_one(source, predictor, options, instance_options, progress)
         keep_partial(outcomes)
     bar.empty()
+    stop.empty()
     return outcomes
 
 
@@ -598,7 +600,9 @@ with inputs_col:
     st.caption(f"Model **{entry.label}** on {predictor.device_name}.")
     same = bool(state) and state["settings"] == settings and state["post"] == post
     reuse = {key: o for key, o in state["outcomes"].items() if not o.let_go} if same else {}
-    work_note(sources, predictor, options, reuse)
+    note = st.empty()  # the work still to do: gone once it is done
+    with note.container():
+        work_note(sources, predictor, options, reuse)
     count = f"{len(sources)} image{'s' if len(sources) != 1 else ''}"
     if st.button(f"Segment {count}" if sources else "Segment", type="primary", disabled=not sources,
                  icon=":material/play_arrow:", key="segment_run"):
@@ -609,6 +613,7 @@ with inputs_col:
         state = result_state(settings, post, keys, segment_all(sources, predictor, options, instance_options,
                                                                 reuse, keep_partial))
         st.session_state[STATE_KEY] = state
+        note.empty()
 
 # The upload box empties when the user visits another page (Streamlit cannot refill it), so with no
 # file in it the last results stay on show rather than being thrown away; so do the finished

@@ -287,8 +287,8 @@ def scale_aware_installed(studio_dirs, tiny_model: tuple) -> Path:
 @pytest.mark.slow
 def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed: Path, cells_image) -> None:
     at = segment_page()
-    assert "Object diameter (pixels)" in [n.label for n in at.number_input]
-    next(n for n in at.number_input if n.label == "Object diameter (pixels)").set_value(12.0).run()
+    assert "Object diameter (pixels, 0 = estimate)" in [n.label for n in at.number_input]
+    next(n for n in at.number_input if n.label == "Object diameter (pixels, 0 = estimate)").set_value(12.0).run()
     at = segment(at, ("cells.png", png_bytes(cells_image((120, 140))), "image/png"))
     assert not at.exception
     captions = texts(at.caption)
