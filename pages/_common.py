@@ -150,8 +150,9 @@ def _mtime(path: Path | None) -> float:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _card(entry: ModelEntry, model_mtime: float, card_mtime: float) -> str:
-    # The mtimes key the cache: an edited card or a re-exported model shows its new text.
-    return read_card(entry)
+    # The mtimes key the cache: an edited card or a re-exported model shows its new text. The
+    # card's title sits under the page's: its headings go two levels down.
+    return read_card(entry, top_heading=3)
 
 
 def model_card(entry: ModelEntry) -> str:

@@ -75,8 +75,8 @@ def show_details(entry: ModelEntry, info: ModelInfo, is_active: bool) -> None:
                 f"**Classes:** {info.classes}",
                 (f"**Network:** {info.depth} pooling steps, {info.width} features in the first layer, "
                 f"{info.padding} convolutions, {info.in_channels} input channel(s)"),
-                f"**Trained on:** {trained_on(info)}"
-                + (f" (`{info.data}`)" if info.data not in ("", "synthetic") else ""),
+                f"**Trained on:** {trained_on(info)}"  # the folder, for a model trained on this computer
+                + (f" (`{info.data}`)" if info.source != "shipped" and info.data not in ("", "synthetic") else ""),
             ]
             if info.split:
                 facts.append(f"**Validation:** {info.split}")

@@ -251,6 +251,7 @@ def test_registry_lists_shipped_then_trained_and_prefers_unet_nuclei(studio_dirs
         ("alpha", "shipped"), ("unet-nuclei", "shipped"), ("2026-11-25_1200", "run")]
     assert default_model().name == "unet-nuclei"
     assert read_card(default_model()).startswith("# Nuclei")
+    assert read_card(default_model(), top_heading=3).startswith("### Nuclei\nTrained")
     # A model without card or metadata still gets a card: one that says what is wrong.
     assert "no readable U-Net Studio metadata" in read_card(entries[0])
 

@@ -285,7 +285,8 @@ def test_models_page_lists_models_and_sets_the_active_one(two_models) -> None:
     assert any(b.label.startswith("Download the model (.onnx") for b in at.get("download_button"))
 
     at.selectbox(key="models_shown").set_value(str(trained)).run()
-    assert "Trained here" in texts(at.markdown)  # its own card file
+    # Its own card file, the title under the page's (a card's "# Title" would outshout the page).
+    assert "### Trained here\nOn my cells." in [m.value for m in at.markdown]
     at.button(key="models_use").click().run()
     assert not at.exception
     assert at.session_state[MODEL_KEY] == str(trained)

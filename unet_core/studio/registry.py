@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -173,15 +174,22 @@ def default_model() -> ModelEntry | None:
     return None
 
 
-def read_card(entry: ModelEntry) -> str:
+def read_card(entry: ModelEntry, top_heading: int = 1) -> str:
     """The model card as Markdown: the card file, or one written from the embedded metadata.
 
     Never raises for a broken model: the card then says what is wrong, so the page that shows
     it can still be drawn.
+
+    Args:
+        entry: the model.
+        top_heading: the level its title gets (1 = as written; 3 for a card shown inside a page,
+            whose own title is the page's): every heading moves down by as many levels.
     """
     if entry.card_path is not None:
         try:
-            return entry.card_path.read_text(encoding="utf-8")
+            text = entry.card_path.read_text(encoding="utf-8")
+            shift = "#" * max(0, top_heading - 1)
+            return re.sub(r"^(#{1,6}) ", lambda m: (shift + m.group(1))[:6] + " ", text, flags=re.MULTILINE)
         except (OSError, UnicodeDecodeError) as exc:
             return f"The model card {entry.card_path.name} cannot be read ({exc})."
     from ..metadata import read_metadata
