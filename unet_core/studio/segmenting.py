@@ -1,0 +1,162 @@
+"""What the Segment page computes, without the page: one image segmented into an :class:`Outcome`
+(its result, probability map and the CLI's files, or a message), the state a run leaves in the
+session (kept within a memory budget, oldest results let go first), objects re-derived under new
+post-processing options without a network pass, and a typed pixel size applied to the tables.
+
+The page (``pages/segment.py``) draws widgets and calls these; the state it keeps between reruns is
+the dict :func:`result_state` returns (``settings``, ``post``, ``keys``, ``outcomes``, ``zip``,
+``partial``; ``typed``: the outcomes with a typed pixel size, cached per size).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import UserError
+from ..inference import InferenceOptions
+from ..instances import InstanceOptions
+from ..io import ChannelChoiceError, ImageFile
+from ..predict import Result, result_files, run, with_instance_options, zip_files
+from ..runtime import Predictor
+from . import keep
+from . import visualize as viz
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """An image to segment: an upload or the example. ``key`` changes when the content does."""
+
+    key: str
+    name: str
+    load: Callable[[], ImageFile]
+    pixels: int | None = None  # all slices, from the header; None when the header cannot be read
+
+
+@dataclass
+class Outcome:
+    """What segmenting one image gave: the result and its files, or an error message."""
+
+    name: str
+    error: str | None = None
+    # What to do about an error (the general advice for unreadable files by default).
+    advice: str = ("Check that it is a PNG, JPEG or TIFF microscope image; if it opens in Fiji, save it "
+                   "again there as TIFF and retry.")
+    result: Result | None = None
+    foreground: np.ndarray | None = None  # (Z, H, W) float16 probability of the object classes
+    limits: tuple[float, float] = (0.0, 255.0)  # display contrast of the whole image or stack
+    files: dict[str, bytes] = field(default_factory=dict)
+    seconds: float = 0.0
+    made: float = field(default_factory=time.monotonic)  # when it was computed: the oldest is let go first
+    let_go: bool = False  # its result was dropped to stay within the session's memory budget
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its result holds (pixels, labels, objects, probability map, files)."""
+        if self.result is None:
+            return 0
+        seg = self.result.segmentation
+        arrays = {id(a): a for a in (self.result.image.data, seg.labels, seg.work_labels, self.result.instances,
+                                     self.foreground) if a is not None}
+        return sum(a.nbytes for a in arrays.values()) + sum(len(b) for b in self.files.values())
+
+
+def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
+                instance_options: InstanceOptions, progress: Callable[[int, int], None]) -> Outcome:
+    """Segment one image; any failure becomes a message, so the other images still run."""
+    start = time.perf_counter()
+    try:
+        result = run(source.load(), predictor, options, instance_options, progress)
+    except ChannelChoiceError as exc:
+        return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: ")
+                       + ": pick it under the uploader (a picker shows each channel), then press Segment again",
+                       advice="")
+    except UserError as exc:  # ImageReadError included: unreadable, empty, constant images
+        # Engine messages start with the file name; the page prints the name itself.
+        return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: "))
+    except MemoryError:
+        return Outcome(source.name, error="not enough memory for this image: choose a smaller tile size, "
+                       "or segment it with `python -m unet_core predict`")
+    except Exception as exc:  # a bug must not take the other images down; its traceback goes to the log
+        log.exception("segmenting %s failed", source.name)
+        return Outcome(source.name, error=f"unexpected error ({type(exc).__name__}: {exc}); please report it")
+    seg = result.segmentation
+    objects = seg.probs[:, predictor.meta.foreground_classes]
+    foreground = objects.sum(axis=1, dtype=np.float32).astype(np.float16)
+    # The probabilities have served the map; without them the downloads are the CLI's default set.
+    result = replace(result, segmentation=replace(seg, probs=None))
+    return Outcome(
+        source.name,
+        result=result,
+        foreground=foreground,
+        limits=viz.stretch_limits(result.image.data),
+        files=result_files(result),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def within_budget(outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
+    """The outcomes, with the oldest results let go when together they pass the session's memory
+    budget (:func:`unet_core.studio.keep.results_budget`); the newest is always kept."""
+    by_age = sorted((o.made, key) for key, o in outcomes.items() if o.result is not None)
+    gone = set(keep.to_let_go([(key, outcomes[key].nbytes) for _, key in by_age], keep.results_budget()))
+    return {key: Outcome(o.name, error="its result was let go to stay within this session's memory (the newest "
+                         "images are kept)", advice="Press **Segment** to compute it again.", let_go=True)
+            if key in gone else o for key, o in outcomes.items()}
+
+
+def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: dict[str, Outcome],
+                 partial: bool = False) -> dict:
+    """What the page keeps of a run: its settings, the images asked for and the outcomes so far
+    (``partial``: a run that was stopped, or is still under way), within the memory budget."""
+    outcomes = within_budget(outcomes)
+    file_sets = [o.files for o in outcomes.values() if o.files]
+    zipped = zip_files(file_sets) if len(file_sets) > 1 and not partial else None
+    return {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes, "zip": zipped,
+            "partial": partial}
+
+
+def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions, post: str) -> dict:
+    """The results of ``state`` with their objects derived again under new post-processing
+    options: the network's class labels are kept, so this takes no network pass."""
+    meta = predictor.meta
+    outcomes = {}
+    for key, outcome in state["outcomes"].items():
+        if outcome.result is None:
+            outcomes[key] = outcome
+            continue
+        result = with_instance_options(outcome.result, meta, instance_options)
+        outcomes[key] = replace(outcome, result=result, files=result_files(result))
+    file_sets = [o.files for o in outcomes.values() if o.files]
+    return {**state, "post": post, "outcomes": outcomes, "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
+
+
+def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
+    """``outcome`` with µm columns in its table and CSV for a typed ``pixel_size`` (µm), when its
+    file does not say; unchanged otherwise (the other files are the CLI's)."""
+    result = outcome.result
+    if result is None or pixel_size <= 0 or result.image.pixel_size_um is not None:
+        return outcome
+    result = result.with_pixel_size(pixel_size)
+    files = {name: (result.csv_text().encode() if name.endswith("_objects.csv") else data)
+             for name, data in outcome.files.items()}
+    return replace(outcome, result=result, files=files)
+
+
+def typed_outcomes(state: dict, pixel_size: float) -> tuple[list[Outcome], bytes | None]:
+    """The outcomes and the zip with a typed pixel size applied, computed once per size."""
+    outcomes = list(state["outcomes"].values())
+    if pixel_size <= 0:
+        return outcomes, state["zip"]
+    cached = state.get("typed")
+    if cached is None or cached[0] != pixel_size:
+        typed = [with_typed_pixel_size(o, pixel_size) for o in outcomes]
+        file_sets = [o.files for o in typed if o.files]
+        state["typed"] = cached = (pixel_size, typed, zip_files(file_sets) if state["zip"] is not None else None)
+    return cached[1], cached[2]
