@@ -72,7 +72,8 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
     """Segment one image; any failure becomes a message, so the other images still run."""
     start = time.perf_counter()
     try:
-        result = run(source.load(), predictor, options, instance_options, progress)
+        # The probabilities are kept for the page's map (and dropped before the files are made).
+        result = run(source.load(), predictor, replace(options, keep_probs=True), instance_options, progress)
     except ChannelChoiceError as exc:
         return Outcome(source.name, error=str(exc).removeprefix(f"{source.name}: ")
                        + ": pick it under the uploader (a picker shows each channel), then press Segment again",
