@@ -59,6 +59,15 @@ def test_app_support_and_pages_never_import_torch(path: Path) -> None:
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "unet_core" / "studio").glob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_app_support_never_imports_streamlit_or_the_pages(path: Path) -> None:
+    """What the pages compute lives in app support and is testable without a page: only pages
+    and app.py draw."""
+    bad = {n for n in imports_of(path) if _under(n, ("streamlit", "pages"))}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
 def test_the_import_check_sees_imports_inside_functions_and_relative_ones(tmp_path: Path) -> None:
     probe = REPO_ROOT / "unet_core" / "studio" / "_probe_for_test.py"
     probe.write_text("def f():\n    from ..training import train\n    import torch.nn\n")
