@@ -249,6 +249,19 @@ def test_the_gpu_budget_is_half_the_free_gpu_memory(monkeypatch) -> None:
     assert inference.memory_budget("cuda") == 8 << 30
 
 
+def test_free_gpu_memory_is_asked_anew_each_time(monkeypatch) -> None:
+    """The driver is asked at every call: free memory changes as other programs use the GPU."""
+    import subprocess
+
+    from unet_core import runtime
+
+    answers = iter(["20000\n", "6000\n"])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(runtime.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, next(answers)))
+    assert runtime.cuda_free_memory() == 20000 << 20
+    assert runtime.cuda_free_memory() == 6000 << 20
+
+
 def test_torch_and_onnx_predictors_agree(tiny_model) -> None:
     net, path = tiny_model
     onnx_p = load_predictor(path, "cpu")

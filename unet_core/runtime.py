@@ -296,7 +296,6 @@ def _register_cpu_arena() -> None:
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(ARENA_CONFIG))
 
 
-@functools.cache
 def _nvidia_smi(query: str) -> list[str]:
     """One line per GPU of ``nvidia-smi --query-gpu=QUERY`` (no header, no units); [] without a driver."""
     try:
@@ -307,6 +306,7 @@ def _nvidia_smi(query: str) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+@functools.cache  # the name does not change; free memory does, so that query is never cached
 def _gpu_name() -> str:
     """The first GPU's name from the NVIDIA driver (``nvidia-smi``), without importing torch."""
     names = _nvidia_smi("name")
