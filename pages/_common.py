@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from unet_core.config import TTA_CHOICES
 from unet_core.datasets import Dataset, DatasetError, DatasetSummary, list_datasets
 from unet_core.inference import TTA_AUTO_PIXELS
 from unet_core.paths import DATA_ENV, data_root
@@ -219,8 +220,7 @@ def kept(key: str, default: object, choices: Sequence[object] | None = None) -> 
     return {"key": key, "on_change": _store, "args": (key,)}
 
 
-#: The test-time augmentation choices: what the engine's ``tta`` takes, and how the pages say it.
-TTA_CHOICES = {"auto": None, "on": True, "off": False}
+#: How the pages say the test-time augmentation choices (``unet_core.config.TTA_CHOICES``).
 _TTA_WORDS = {"auto": f"Automatic (images up to {TTA_AUTO_PIXELS / 1e6:.0f} megapixel)", "on": "Always",
               "off": "Never"}
 

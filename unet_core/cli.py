@@ -99,14 +99,18 @@ def _instance_options(args: argparse.Namespace):
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
     """``--tta [auto|on|off]``: test-time augmentation (automatic by default; ``--tta`` alone: on)."""
-    p.add_argument("--tta", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+    from .config import TTA_CHOICES
+
+    p.add_argument("--tta", nargs="?", const="on", default="auto", choices=tuple(TTA_CHOICES),
                    type=str.lower, metavar="auto|on|off",
                    help="average over the 8 flips/rotations: auto (default) for images up to 1 megapixel, where it "
                         "raises the accuracy for seconds of work, on, or off")
 
 
 def _tta(value: str) -> bool | None:
-    return {"on": True, "off": False}.get(value)
+    from .config import TTA_CHOICES
+
+    return TTA_CHOICES[value]
 
 
 def _add_object_options(p: argparse.ArgumentParser) -> None:
