@@ -150,3 +150,8 @@ def test_evaluate_on_the_split_another_model_records(tiny_model, tmp_path, capsy
     assert own["n_images"] == 2 and "'k': 5" in own["split"]  # the data set's own rule: every 5th of 6
     assert other["n_images"] == 2 and other["split"] == f"val split, rule {rule}"  # images 0 and 3
     assert [im["index"] for im in other["images"]] == [0, 3]
+    # A final model trained on everything has no validation images of its own: the message says why.
+    final = to_onnx(net, ModelMeta(name="final", unet=net.config, training={"split_rule": {"kind": "none"}}),
+                    tmp_path / "final.onnx")
+    assert main([*args[:2], str(final), *args[3:]]) == 2
+    assert "trained on every image (split rule 'none'); give --rule-from" in capsys.readouterr().err

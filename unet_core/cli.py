@@ -478,7 +478,9 @@ def _eval_indices(args: argparse.Namespace, dataset, training: dict):
     except ValueError as exc:  # a rule that holds out groups these images do not have
         raise UserError(str(exc)) from None
     if not indices:
-        raise UserError(f"the {args.split} split of {args.data} ({rule.to_dict()}) is empty")
+        why = (": the model was trained on every image (split rule 'none'); give --rule-from with a model that "
+               "held images out, or --split all" if rule.kind == "none" and not rule.groups else "")
+        raise UserError(f"the {args.split} split of {args.data} ({rule.to_dict()}) is empty{why}")
     return rule, indices
 
 

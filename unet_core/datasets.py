@@ -147,7 +147,10 @@ class SplitRule:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SplitRule:
-        return cls(kind=str(d["kind"]), k=int(d["k"]), groups=tuple(d.get("groups") or ()))
+        """The rule of a :meth:`to_dict` dict; ``k`` may be left out for ``none``, which ignores it."""
+        kind = str(d["kind"])
+        k = d["k"] if "k" in d or kind != "none" else cls.k
+        return cls(kind=kind, k=int(k), groups=tuple(d.get("groups") or ()))
 
 
 def default_split_rule(layout: str) -> SplitRule:
