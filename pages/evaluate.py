@@ -75,10 +75,11 @@ def choose_model() -> ModelEntry | None:
 def choose_split(predictor: Predictor, source: DataSource, ds: Dataset) -> tuple[str, list[int], str]:
     """Which images: the model's own split when it was trained on this data set. (part, indices, text)."""
     rule, own = registry.split_for(predictor.meta.training, source, len(ds), ds.split_rule)
-    # Each new model or data set starts from the useful part: the images the model never saw.
+    # Each new model or data set starts from the useful part: the images the model never saw (all of
+    # them when it trained on none, or when it trained on every one: split rule "none").
     pairing = (predictor.fingerprint, source)
     if st.session_state.get(SPLIT_FOR) != pairing or "evaluate_split" not in st.session_state:
-        st.session_state["evaluate_split"] = "val" if own else "all"
+        st.session_state["evaluate_split"] = "val" if own and ds.split_indices("val", rule) else "all"
     st.session_state[SPLIT_FOR] = pairing
     if own:
         how = ("The model was trained on this data set: **validation images** are the ones it never learnt from "

@@ -237,3 +237,21 @@ def test_compare_overlay_marks_missed_and_extra_pixels() -> None:
     assert out.dtype == np.uint8 and out.shape == base.shape
     with pytest.raises(ValueError):
         viz.compare_overlay(base, pred, truth, alpha=2.0)
+
+
+def test_evaluate_page_starts_from_all_images_for_a_model_trained_on_every_one(studio_dirs) -> None:
+    """A final model (split rule "none") trained on this very data set has no validation images:
+    the page offers all of them first, not an empty part and an error."""
+    from conftest import random_net
+
+    from unet_core.export import to_onnx
+    from unet_core.metadata import ModelMeta
+
+    net = random_net(seed=0)
+    training = {"data": "synthetic", "split_rule": {"kind": "none", "k": 5},
+                "config": {"synth_n": 3, "synth_seed": 0, "synth": {"height": 96, "width": 96}}}
+    to_onnx(net, ModelMeta(name="final", unet=net.config, training=training), studio_dirs.models / "final.onnx")
+    at = open_page("pages/evaluate.py", {"data_source": DataSource(n=3, size=96)})
+    assert not at.error
+    assert "trained on this data set" in " ".join(c.value for c in at.caption)
+    assert at.radio(key="evaluate_split").value == "all"
