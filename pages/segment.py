@@ -24,7 +24,6 @@ from unet_core.io import (
     read_image_bytes,
     read_image_header_bytes,
 )
-from unet_core.predict import zip_files
 from unet_core.runtime import Predictor
 from unet_core.studio import visualize as viz
 from unet_core.studio.segmenting import (
@@ -32,6 +31,7 @@ from unet_core.studio.segmenting import (
     Source,
     repost,
     result_state,
+    results_zip,
     segment_one,
     typed_outcomes,
 )
@@ -436,7 +436,7 @@ def show_results(outcomes: list[Outcome], zip_bytes: bytes | None, class_names: 
             [{"Image": o.name, "Objects": o.result.n_objects, "Seconds": round(o.seconds, 1)} for o in done],
             hide_index=True,
         )
-        zip_bytes = zip_bytes or zip_files([o.files for o in done if o.files])  # a stopped run's finished images
+        zip_bytes = zip_bytes or results_zip(done)  # a stopped run's finished images
         st.download_button("All results (ZIP)", zip_bytes, file_name="unet_studio_results.zip",
                            mime="application/zip", icon=":material/folder_zip:", on_click="ignore",
                            type="primary")

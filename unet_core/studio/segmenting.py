@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -102,6 +102,13 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
     )
 
 
+def results_zip(outcomes: Iterable[Outcome]) -> bytes | None:
+    """One zip of the files of every outcome that has some (the "All results" download); None for
+    fewer than two images (each has its own buttons)."""
+    file_sets = [o.files for o in outcomes if o.files]
+    return zip_files(file_sets) if len(file_sets) > 1 else None
+
+
 def within_budget(outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
     """The outcomes, with the oldest results let go when together they pass the session's memory
     budget (:func:`unet_core.studio.keep.results_budget`); the newest is always kept."""
@@ -117,8 +124,7 @@ def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: di
     """What the page keeps of a run: its settings, the images asked for and the outcomes so far
     (``partial``: a run that was stopped, or is still under way), within the memory budget."""
     outcomes = within_budget(outcomes)
-    file_sets = [o.files for o in outcomes.values() if o.files]
-    zipped = zip_files(file_sets) if len(file_sets) > 1 and not partial else None
+    zipped = None if partial else results_zip(outcomes.values())  # a run under way is zipped when shown
     return {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes, "zip": zipped,
             "partial": partial}
 
@@ -134,8 +140,7 @@ def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions,
             continue
         result = with_instance_options(outcome.result, meta, instance_options)
         outcomes[key] = replace(outcome, result=result, files=result_files(result))
-    file_sets = [o.files for o in outcomes.values() if o.files]
-    return {**state, "post": post, "outcomes": outcomes, "zip": zip_files(file_sets) if len(file_sets) > 1 else None}
+    return {**state, "post": post, "outcomes": outcomes, "zip": results_zip(outcomes.values())}
 
 
 def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
@@ -158,6 +163,5 @@ def typed_outcomes(state: dict, pixel_size: float) -> tuple[list[Outcome], bytes
     cached = state.get("typed")
     if cached is None or cached[0] != pixel_size:
         typed = [with_typed_pixel_size(o, pixel_size) for o in outcomes]
-        file_sets = [o.files for o in typed if o.files]
-        state["typed"] = cached = (pixel_size, typed, zip_files(file_sets) if state["zip"] is not None else None)
+        state["typed"] = cached = (pixel_size, typed, results_zip(typed) if state["zip"] is not None else None)
     return cached[1], cached[2]
