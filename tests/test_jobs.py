@@ -228,6 +228,18 @@ def test_small_helpers() -> None:
     assert runs.error_line("all fine") is None
 
 
+def test_the_curves_show_the_metric_the_best_model_is_chosen_by_first() -> None:
+    def info(val: list[dict[str, float | None]], best: dict | None = None) -> runs.RunInfo:
+        return runs.RunInfo("r", Path("r"), runs.FINISHED, val_steps=list(range(len(val))), val=val, best=best)
+
+    assert info([]).curve_metrics == []
+    nuclei = [{"dsb_ap": 0.4, "foreground_iou": 0.8, "seg": 0.6, "pixel_error": 0.1}]
+    assert info(nuclei).curve_metrics == ["dsb_ap", "foreground_iou", "seg"]
+    em = [{"rand_error": 0.1, "warping_error": 0.001, "foreground_iou": 0.9}]
+    assert info(em).curve_metrics == ["rand_error", "foreground_iou"]
+    assert info(nuclei, {"metric": "seg", "value": 0.6, "step": 0}).curve_metrics == ["seg", "foreground_iou"]
+
+
 # --------------------------------------------------------------------------- real runs
 
 

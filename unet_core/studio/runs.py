@@ -157,6 +157,13 @@ class RunInfo:
         return min(1.0, self.step / self.total) if self.total else 0.0
 
     @property
+    def curve_metrics(self) -> list[str]:
+        """The validation metrics worth a curve: the one the best model is chosen by, then overlap."""
+        keys = set().union(*(v.keys() for v in self.val)) if self.val else set()
+        primary = (self.best or {}).get("metric") or ("rand_error" if "warping_error" in keys else "dsb_ap")
+        return [k for k in dict.fromkeys((primary, "foreground_iou", "seg")) if k in keys]
+
+    @property
     def has_checkpoint(self) -> bool:
         """Whether ``last.pt`` is there: resuming continues from it (else it starts again)."""
         return (self.folder / "last.pt").is_file()
