@@ -10,6 +10,7 @@ from scipy import ndimage as ndi
 
 from unet_core.augment import (
     AugmentConfig,
+    add_cytoplasm,
     appearance,
     apply_warp,
     augment_tile,
@@ -264,3 +265,47 @@ def test_config_rejects_invalid_values() -> None:
         AugmentConfig(gamma_range=(1.2, 0.8))
     with pytest.raises(ValueError):
         apply_warp(np.zeros((4, 4)), identity_coords((2, 2), (2, 2)), 1, mode="wrap")
+
+
+def _nuclei_image(shape: tuple[int, int] = (160, 160), d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs (value 1) of diameter ``d`` on a dark background (0), in a (H, W, 1) image."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    nuclei = np.zeros(shape, bool)
+    for cy, cx in ((40, 40), (40, 110), (110, 70)):
+        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2
+    return nuclei.astype(np.float32)[..., None], nuclei
+
+
+def test_cytoplasm_is_painted_round_nuclei_below_their_level_and_not_far_away() -> None:
+    image, nuclei = _nuclei_image()
+    before = image.copy()
+    out = add_cytoplasm(image, nuclei, 16.0, np.random.default_rng(0))
+    assert np.array_equal(image, before), "the input must not be modified"
+    dist = ndi.distance_transform_edt(~nuclei)
+    ring = (dist > 2) & (dist < 4)
+    far = dist > 16 * 1.5 * 2.5  # past the largest reach with its ragged outline and blur
+    assert out[ring, 0].mean() > 0.05, "a cell body must show next to each nucleus"
+    assert out[ring, 0].max() < 1.0, "a cell body stays below its nucleus"
+    assert np.array_equal(out[far], image[far]), "the background far from any nucleus is untouched"
+    # The nuclei keep their contrast over their own cell body: each sits on it, brighter by its own signal.
+    assert np.median(out[nuclei, 0]) - np.median(out[ring, 0]) > 0.5
+
+
+def test_cytoplasm_stays_in_its_window_and_needs_nuclei() -> None:
+    image, nuclei = _nuclei_image()
+    window = (slice(0, 80), slice(0, 80))
+    out = add_cytoplasm(image, nuclei, 16.0, np.random.default_rng(1), window)
+    outside = np.ones(nuclei.shape, bool)
+    outside[window] = False
+    assert np.array_equal(out[outside], image[outside])
+    assert not np.array_equal(out[window], image[window])
+    empty = np.zeros_like(nuclei)
+    assert np.array_equal(add_cytoplasm(image, empty, 16.0, np.random.default_rng(1)), image)
+
+
+def test_cytoplasm_is_a_function_of_the_generator() -> None:
+    image, nuclei = _nuclei_image()
+    a = add_cytoplasm(image, nuclei, 16.0, np.random.default_rng(3))
+    b = add_cytoplasm(image, nuclei, 16.0, np.random.default_rng(3))
+    c = add_cytoplasm(image, nuclei, 16.0, np.random.default_rng(4))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)

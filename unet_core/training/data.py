@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..augment import augment_tile
+from ..augment import add_cytoplasm, augment_tile
 from ..config import TrainConfig, TrainError
 from ..datasets import Dataset, DatasetError, SplitRule, open_dataset
 from ..errors import UserError
@@ -114,7 +114,11 @@ def make_tile(
     item = pool[int(rng.integers(len(pool)))]
     h, w = item.classes.shape
     center = (float(rng.integers(h)), float(rng.integers(w)))
-    image, classes, weights = augment_tile(item.image, item.classes, item.weights, (size, size), center,
+    source = item.image
+    if cfg.cytoplasm_prob > 0 and rng.random() < cfg.cytoplasm_prob:
+        source = add_cytoplasm(source, item.classes > 0, float(cfg.diameter or 0), rng,
+                               _reach(center, size, item.classes.shape))
+    image, classes, weights = augment_tile(source, item.classes, item.weights, (size, size), center,
                                            cfg.augment, rng, output_shape=(out, out), mode="mirror",
                                            zero_outside=True)
     assert weights is not None  # a TrainImage always has its weight map
@@ -122,6 +126,14 @@ def make_tile(
         image = 1.0 - image
     return (np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), classes,
             weights.astype(np.float32, copy=False))
+
+
+def _reach(center: tuple[float, float], size: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The part of an image that a tile of input edge ``size`` at ``center`` can sample, with room
+    for rotation, zoom (up to 1.7x) and the elastic displacements: painting only there keeps a
+    synthetic cell body's cost independent of the image's size."""
+    half = int(size * 1.3)
+    return tuple(slice(max(int(c) - half, 0), min(int(c) + half, n)) for c, n in zip(center, shape))  # type: ignore[return-value]
 
 
 def step_rng(seed: int, step: int, b: int = 0) -> np.random.Generator:
