@@ -108,7 +108,7 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
     rgb = np.stack([_blobs((500, 610), seed=s, dtype=np.uint8) for s in (1, 2, 3)], axis=-1)
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64))
     inst = InstanceOptions()
-    for diameter in (20.0, 7.0, "auto"):  # shrunk, enlarged, searched
+    for diameter in (20.0, 7.0, "auto", "off"):  # shrunk, enlarged, searched, as it is (outlines redrawn in all)
         options = InferenceOptions(tile=TILE, diameter=diameter, keep_probs=True)
         single = _single(path, scaled_model, options, inst)
         store = tmp_path / f"d{diameter}.zarr"

@@ -101,3 +101,75 @@ def test_object_areas_in_bands_equal_one_bincount(monkeypatch) -> None:
     whole = instances(labels, options=InstanceOptions(min_size=3))
     monkeypatch.setattr(inst, "BAND_PIXELS", 1 << 22)
     assert np.array_equal(whole, instances(labels, options=InstanceOptions(min_size=3)))
+
+
+# --------------------------------------------------------------------------- outlines
+
+
+def _discs(shape=(64, 80), radius=6, centres=((20, 20), (20, 33), (45, 50))) -> np.ndarray:
+    """Discs numbered 1.. (the first two nearly touch: 13 px apart for radius 6)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    ids = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        ids[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return ids
+
+
+def test_outlines_grow_into_likely_foreground_and_leave_unlikely_pixels_without_merging() -> None:
+    ids = _discs()
+    wider = _discs(radius=8)  # the network is sure of a disc 2 px wider than the class map's objects
+    work_fg = np.where(wider > 0, 230, 10).astype(np.uint8)
+    out = inst.refine_outlines(ids.copy(), work_fg, 0.4)
+    # Not rescaled: outlines move by at most one pixel, into pixels above the threshold only.
+    from scipy import ndimage as ndi
+
+    for k in (1, 2, 3):
+        assert ((out == k) & ~ndi.binary_dilation(ids == k, iterations=1)).sum() == 0  # 4-neighbour reach
+        assert (out == k).sum() > (ids == k).sum()
+    assert set(np.unique(out)) == {0, 1, 2, 3}  # none merged, none lost
+    assert not (out[work_fg < 102] > 0).any()
+    # Pixels below the threshold leave their object: a map sure of smaller discs shrinks them.
+    smaller = np.where(_discs(radius=4) > 0, 230, 10).astype(np.uint8)
+    shrunk = inst.refine_outlines(ids.copy(), smaller, 0.4)
+    assert np.array_equal(shrunk > 0, _discs(radius=4) > 0)
+
+
+@pytest.mark.parametrize("work_shape", [(64, 80), (32, 40), (96, 120)])
+def test_outlines_redrawn_by_bands_or_windows_equal_the_whole_image(monkeypatch, work_shape) -> None:
+    """What predict (bands of rows) and a Dask region (a window with a margin) compute equals one
+    pass over the whole image, whether the working scale is the input's, smaller or larger."""
+    from skimage.segmentation import expand_labels
+
+    from unet_core.scale import input_span
+
+    rng = np.random.default_rng(3)
+    ids = np.zeros((64, 80), np.int32)
+    for k in range(1, 40):  # many small touching rectangles: ties for expand_labels everywhere
+        y, x = rng.integers(0, 64), rng.integers(0, 80)
+        ids[y : y + rng.integers(1, 7), x : x + rng.integers(1, 7)] = k
+    work_fg = (rng.random(work_shape) * 255).astype(np.uint8)
+    reach = inst.outline_reach(work_shape, ids.shape)
+    fg = inst.foreground_at(work_fg, ids.shape, np.arange(64), np.arange(80)) > 0.4 * 255
+    whole = np.where(fg, expand_labels(ids, reach), 0)
+    monkeypatch.setattr(inst, "BAND_PIXELS", 80 * 2)  # bands of 2 rows, narrower than the reach
+    assert np.array_equal(inst.refine_outlines(ids.copy(), work_fg, 0.4), whole)
+    top, bottom, left, right = 17, 41, 23, 60
+    wide = (top - reach, bottom + reach, left - reach, right + reach)
+    rows, cols = np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3])
+    if work_shape == ids.shape:
+        spans = (wide[0], wide[1]), (wide[2], wide[3])
+    else:
+        shrink = work_shape[0] > 64
+        spans = input_span(rows, work_shape[0], 64, shrink), input_span(cols, work_shape[1], 80, shrink)
+    window = work_fg[spans[0][0] : spans[0][1], spans[1][0] : spans[1][1]]
+    part = inst.refine_outlines(ids[wide[0] : wide[1], wide[2] : wide[3]].copy(), window, 0.4, (wide[0], wide[2]),
+                                ids.shape, (spans[0][0], spans[1][0]), work_shape)
+    assert np.array_equal(part[reach:-reach, reach:-reach], whole[top:bottom, left:right])
+
+
+def test_the_outline_threshold_is_automatic_for_models_with_a_diameter_and_checked() -> None:
+    assert InstanceOptions().resolved(24.0).outline_threshold == inst.DEFAULT_OUTLINE_THRESHOLD
+    assert InstanceOptions().resolved(None).outline_threshold == 0.0
+    assert InstanceOptions(outline_threshold=0).resolved(24.0).outline_threshold == 0.0
+    with pytest.raises(ValueError, match="probability"):
+        InstanceOptions(outline_threshold=1.5).resolved(24.0)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
 
 from unet_core.baseline import BaselineOptions, segment_baseline
 from unet_core.datasets import SplitRule, open_dataset
-from unet_core.inference import InferenceOptions, segment, segment_objects
+from unet_core.inference import InferenceOptions, instance_ids, segment, segment_objects
 from unet_core.instances import InstanceOptions, instances
 from unet_core.io import ImageFile
 from unet_core.metrics import evaluate_pair
@@ -140,7 +141,7 @@ def test_expand_restores_the_separation_line_and_never_merges() -> None:
 def test_automatic_options_follow_the_models_diameter() -> None:
     auto = InstanceOptions().resolved(24.0)
     assert auto.expand == 0 and auto.min_size == round(0.1 * math.pi * 144)
-    assert InstanceOptions().resolved(None) == InstanceOptions(0, False, False, 0)
+    assert InstanceOptions().resolved(None) == InstanceOptions(0, False, False, 0, 0.0)
     assert InstanceOptions(min_size=3, expand=0).resolved(24.0).min_size == 3
 
 
@@ -161,6 +162,9 @@ def test_rescaled_inference_is_tile_independent_and_on_the_input_grid(tiny_model
         assert seg.work_labels.shape == (1, 460, 540)
     assert np.array_equal(results[0].labels, results[1].labels)
     assert np.abs(results[0].probs - results[1].probs).max() < 1e-5
+    # The foreground map that outlines are redrawn from: working scale, a byte per pixel, tile-independent.
+    assert results[0].work_foreground.shape == (1, 460, 540) and results[0].work_foreground.dtype == np.uint8
+    assert np.array_equal(results[0].work_foreground, results[1].work_foreground)
     off = segment(image, predictor, InferenceOptions(tile=100, diameter="off"))
     assert off.factor == 1.0 and off.diameter is None
 
@@ -178,6 +182,12 @@ def test_segment_objects_maps_instances_back_to_the_input_grid(tiny_model, cells
     seg, ids = segment_objects(image, predictor, InferenceOptions(tile=196, diameter=48.0))
     assert seg.factor == 0.5 and ids.shape == (1, 150, 170) and ids.dtype == np.int32
     assert set(np.unique(ids[0])) <= set(range(int(ids.max()) + 1))
+    # By default the outlines are redrawn on the input grid: the same objects, moved by at most
+    # one working pixel (2 input pixels here).
+    blocky = instance_ids(seg, predictor.meta, InstanceOptions(outline_threshold=0), (150, 170))
+    assert not np.array_equal(ids, blocky)
+    kept = ids[0] > 0
+    assert np.array_equal(ids[0][kept], expand_labels(blocky[0], 2)[kept])
 
 
 def test_group_split_holds_out_whole_groups() -> None:

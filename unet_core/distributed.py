@@ -27,8 +27,13 @@ activations and the block's outputs.
 **Many files.** :func:`predict_files` hands whole files to the workers, each segmented and written
 as ``predict`` does (same names, same refusal to overwrite); a bad file is reported, the others go on.
 
+Object outlines are redrawn on the input grid (:func:`~unet_core.instances.refine_outlines`) chunk by
+chunk, each chunk with a margin as wide as an outline may move, from the working scale's foreground
+probability (``work_foreground``, a byte per pixel): equal to the single process's as well.
+
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
-or a given diameter, the size filter and leaving out objects on the image's edge. Hole filling,
+or a given diameter, the size filter, the outline threshold and leaving out objects on the image's
+edge. Hole filling,
 growing objects (``expand``), outline-class models and stacks need the whole image at once and
 are refused with a message (use ``predict`` without ``--scheduler``, or per-file mode).
 """
@@ -57,7 +62,15 @@ from .inference import (
     run_tiles,
     search_scale,
 )
-from .instances import InstanceOptions, ObjectSums, object_sums, table_from_sums
+from .instances import (
+    InstanceOptions,
+    ObjectSums,
+    foreground_u8,
+    object_sums,
+    outline_reach,
+    refine_outlines,
+    table_from_sums,
+)
 from .io import (
     ImageFile,
     ImageReadError,
@@ -411,6 +424,7 @@ class BlockJob:
     tta: bool
     foreground: tuple[int, ...]
     keep_probs: bool = False
+    keep_foreground: bool = False  # the foreground probability (uint8) that outlines are redrawn from
 
 
 _PREDICTORS: dict[tuple[str, str, int], Any] = {}
@@ -428,9 +442,10 @@ def _worker_predictor(model: str, device: str, threads: int) -> Any:
     return _PREDICTORS[key]
 
 
-def segment_block(job: BlockJob) -> tuple[np.ndarray, np.ndarray | None]:
-    """The class labels (uint8) of one block, and its class probabilities (float32, K x h x w)
-    when the job keeps them, computed by the single process's tile code."""
+def segment_block(job: BlockJob) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The class labels (uint8) of one block, its class probabilities (float32, K x h x w) and its
+    foreground probability (uint8, :func:`~unet_core.instances.foreground_u8`) when the job keeps
+    them, computed by the single process's tile code."""
     predictor = _worker_predictor(job.model, job.device, job.threads)
     b = job.block
     probe = WorkPlane(np.zeros((1, 1)), job.work_shape, full_shape=job.source.shape2d)
@@ -439,14 +454,18 @@ def segment_block(job: BlockJob) -> tuple[np.ndarray, np.ndarray | None]:
     reach = (max(t.y + t.valid_h for t in b.tiles) - b.y0, max(t.x + t.valid_w for t in b.tiles) - b.x0)
     labels = np.zeros(reach, np.uint8)
     probs = np.zeros((predictor.meta.unet.n_classes, *reach), np.float32) if job.keep_probs else None
+    foreground = np.zeros(reach, np.uint8) if job.keep_foreground else None
     for group, outputs in run_tiles(plane, list(b.tiles), predictor, job.stretch, job.batch, job.tta, False):
         for t, out in zip(group, outputs):
             here = replace(t, y=t.y - b.y0, x=t.x - b.x0)
             stitch(labels, here, out.argmax(axis=0).astype(np.uint8))
             if probs is not None:
                 stitch(probs, here, out)
+            if foreground is not None:
+                stitch(foreground, here, foreground_u8(out, job.foreground))
     own = (slice(0, b.y1 - b.y0), slice(0, b.x1 - b.x0))
-    return labels[own], None if probs is None else probs[(slice(None), *own)]
+    return (labels[own], None if probs is None else probs[(slice(None), *own)],
+            None if foreground is None else foreground[own])
 
 
 # --------------------------------------------------------------------------- objects across blocks
@@ -628,6 +647,7 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     predictor = load_predictor(model, device)
     meta = predictor.meta
     resolved = _check_supported(meta, instance_options or InstanceOptions())
+    outline = resolved.outline_threshold if meta.diameter else 0.0
     source = open_lazy(path, meta.unet.in_channels, channels)
     source, stretch = lazy_stretch(source, meta.normalisation, meta.unet.in_channels)
     factor, diameter = _working_scale(source, predictor, options, stretch)
@@ -642,19 +662,20 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     plan = plan_blocks(work_shape, tile, meta, dask_options.block)
     jobs = [BlockJob(source, str(Path(model).resolve()), device, dask_options.worker_threads(), b, work_shape,
                      stretch, batch, options.tta_for(source.shape[0] * source.shape[1]),
-                     tuple(meta.foreground_classes), options.keep_probs)
+                     tuple(meta.foreground_classes), options.keep_probs, bool(outline))
             for b in plan.blocks]
     log.info("%s: %d blocks of up to %d px at scale %.3g on %s", source.name, len(jobs), dask_options.block,
              factor, client)
-    _create_store(out_zarr, source.shape2d, work_shape, plan.chunk, meta.unet.n_classes if options.keep_probs else None)
+    _create_store(out_zarr, source.shape2d, work_shape, plan.chunk, meta.unet.n_classes if options.keep_probs else None,
+                  bool(outline))
     parts = _gather(client, [client.submit(_label_block, job, str(out_zarr), pure=False) for job in jobs], progress)
     merge = merge_objects(plan.grid, dict(zip([(j.block.row, j.block.col) for j in jobs], parts)),
                           resolved.min_size, resolved.drop_border)
     _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
                                    pure=False) for job in jobs], None)
     regions = list(_input_regions(source.shape2d, plan.chunk))
-    sums = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, pure=False)
-                            for region in regions], None)
+    sums = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, outline,
+                                          pure=False) for region in regions], None)
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
     return BlockResult(out_zarr, table_from_sums(ObjectSums.merged(sums), source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes)
@@ -678,11 +699,12 @@ def _gather(client: Any, futures: list[Any], progress: Callable[[int, int], None
 
 
 def _create_store(out: Path, shape: tuple[int, int], work_shape: tuple[int, int], chunk: tuple[int, int],
-                  n_classes: int | None = None) -> None:
+                  n_classes: int | None = None, foreground: bool = False) -> None:
     """The Zarr store of the results, chunked like the blocks so that no two tasks write one chunk:
     ``work_labels`` and ``work_instances`` at the working scale, ``labels`` and ``instances`` on the
     input grid (chunks of the same size there); with ``n_classes``, the class probabilities too
-    (``work_probs`` and ``probs``, float32, classes first)."""
+    (``work_probs`` and ``probs``, float32, classes first); with ``foreground``, the working
+    scale's foreground probability that outlines are redrawn from (``work_foreground``, uint8)."""
     import zarr
 
     root = zarr.open_group(str(out), mode="w-")
@@ -690,6 +712,8 @@ def _create_store(out: Path, shape: tuple[int, int], work_shape: tuple[int, int]
         for name, size in (("work_probs", work_shape), ("probs", shape)):
             root.create_array(name, shape=(n_classes, *size), chunks=(n_classes, *chunk), dtype="float32",
                               fill_value=0.0)
+    if foreground:
+        root.create_array("work_foreground", shape=work_shape, chunks=chunk, dtype="uint8", fill_value=0)
     root.create_array("work_labels", shape=work_shape, chunks=chunk, dtype="uint8", fill_value=0)
     root.create_array("work_instances", shape=work_shape, chunks=chunk, dtype="int32", fill_value=0)
     root.create_array("labels", shape=shape, chunks=chunk, dtype="uint8", fill_value=0)
@@ -700,12 +724,14 @@ def _label_block(job: BlockJob, out: str) -> BlockObjects:
     """Task: segment a block, store its labels, and summarise its components."""
     import zarr
 
-    labels, probs = segment_block(job)
+    labels, probs, foreground = segment_block(job)
     b = job.block
     root = zarr.open_group(out, mode="r+")
     root["work_labels"][b.y0 : b.y1, b.x0 : b.x1] = labels
     if probs is not None:
         root["work_probs"][:, b.y0 : b.y1, b.x0 : b.x1] = probs
+    if foreground is not None:
+        root["work_foreground"][b.y0 : b.y1, b.x0 : b.x1] = foreground
     _, summary = block_components(labels, job.foreground, b, job.work_shape[1])
     return summary
 
@@ -729,25 +755,54 @@ def _input_regions(shape: tuple[int, int], chunk: tuple[int, int]) -> Iterator[t
 
 
 def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str,
-                       region: tuple[int, int, int, int]) -> ObjectSums:
+                       region: tuple[int, int, int, int], outline: float = 0.0) -> ObjectSums:
     """Task: labels and object ids of one input-grid chunk (nearest working-scale pixel, as
-    :func:`~unet_core.scale.rescale_labels` maps them), stored, and the chunk's object sums."""
+    :func:`~unet_core.scale.rescale_labels` maps them; with ``outline``, the outlines redrawn as
+    :func:`~unet_core.instances.refine_outlines` redraws the whole image's), stored, and the
+    chunk's object sums."""
     import zarr
 
     root = zarr.open_group(out, mode="r+")
     top, bottom, left, right = region
-    height, width = source.shape2d
-    rows = nearest_index(work_shape[0], height)[top:bottom]
-    cols = nearest_index(work_shape[1], width)[left:right]
-    window = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
-    pick = np.ix_(rows - window[0].start, cols - window[1].start)
-    ids = np.asarray(root["work_instances"][window])[pick]
-    root["labels"][top:bottom, left:right] = np.asarray(root["work_labels"][window])[pick]
+    shape = source.shape2d
+    root["labels"][top:bottom, left:right] = _nearest_window(root["work_labels"], work_shape, shape, region)
+    ids = _region_ids(root, work_shape, shape, region, outline)
     root["instances"][top:bottom, left:right] = ids
     if "probs" in root:
-        root["probs"][:, top:bottom, left:right] = _input_grid_probs(root["work_probs"], work_shape, source.shape2d,
-                                                                     region)
+        root["probs"][:, top:bottom, left:right] = _input_grid_probs(root["work_probs"], work_shape, shape, region)
     return object_sums(ids, source.read(top, bottom, left, right), (top, left))
+
+
+def _nearest_window(work: Any, work_shape: tuple[int, int], shape: tuple[int, int],
+                    region: tuple[int, int, int, int]) -> np.ndarray:
+    """An input-grid region of a working-scale map by nearest neighbour, read from the window of
+    it that the region needs."""
+    top, bottom, left, right = region
+    rows = nearest_index(work_shape[0], shape[0])[top:bottom]
+    cols = nearest_index(work_shape[1], shape[1])[left:right]
+    window = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    return np.asarray(work[window])[np.ix_(rows - window[0].start, cols - window[1].start)]
+
+
+def _region_ids(root: Any, work_shape: tuple[int, int], shape: tuple[int, int], region: tuple[int, int, int, int],
+                outline: float) -> np.ndarray:
+    """The object ids of an input-grid region; outlines redrawn on the region and a margin of
+    :func:`~unet_core.instances.outline_reach` around it, so that they equal the whole image's."""
+    top, bottom, left, right = region
+    if not outline:
+        return _nearest_window(root["work_instances"], work_shape, shape, region)
+    reach = outline_reach(work_shape, shape)
+    wide = (max(top - reach, 0), min(bottom + reach, shape[0]), max(left - reach, 0), min(right + reach, shape[1]))
+    ids = _nearest_window(root["work_instances"], work_shape, shape, wide)
+    rows, cols = np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3])
+    if tuple(work_shape) == tuple(shape):
+        spans = (wide[0], wide[1]), (wide[2], wide[3])
+    else:
+        shrink = shape[0] < work_shape[0] or shape[1] < work_shape[1]
+        spans = (input_span(rows, work_shape[0], shape[0], shrink), input_span(cols, work_shape[1], shape[1], shrink))
+    foreground = np.asarray(root["work_foreground"][spans[0][0] : spans[0][1], spans[1][0] : spans[1][1]])
+    refine_outlines(ids, foreground, outline, (wide[0], wide[2]), shape, (spans[0][0], spans[1][0]), work_shape)
+    return ids[top - wide[0] : bottom - wide[0], left - wide[2] : right - wide[2]]
 
 
 def _input_grid_probs(work_probs: Any, work_shape: tuple[int, int], shape: tuple[int, int],

@@ -8,8 +8,9 @@ class probabilities** (no threshold sweep) with :func:`unet_core.metrics.evaluat
 * ``semantic`` (ISBI 2012-like data: class maps, e.g. membrane / cell interior): pixel error, Rand
   error, warping error, per-class and foreground IoU, and DSB AP / SEG of the 4-connected
   foreground components;
-* ``instance`` (nuclei, cells: instance label masks): the predicted instances are the connected
-  components of the foreground classes (:func:`unet_core.instances.instances`); pixel error and
+* ``instance`` (nuclei, cells: instance label masks): the predicted instances are those of
+  ``predict``: the connected components of the foreground classes at the working scale, their
+  outlines redrawn on the input grid (:func:`unet_core.inference.instance_ids`); pixel error and
   foreground IoU of the masks, Rand error of the segments, DSB 2018 mean AP, CTC SEG.
 """
 
@@ -163,6 +164,8 @@ class EvalReport:
             f"- metrics: {self.kind} ("
             + ("class maps, ISBI 2012 style" if self.kind == "semantic" else "instances = connected "
                "components of the predicted foreground")
+            + (f", outlines redrawn where the foreground probability exceeds {self.options['outline_threshold']:g}"
+               if self.kind == "instance" and self.options.get("outline_threshold") else "")
             + ")",
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
             + {True: ", probabilities averaged over the 8 flips/rotations (TTA)", None: ", TTA automatic (images "
@@ -262,7 +265,8 @@ def evaluate(
         means=mean_metrics(rows),
         model=str(segmenter.method) if isinstance(segmenter, BaselineOptions) else "",
         data=str(dataset.root),
-        options={"tile": options.tile, "tta": options.tta, "batch": options.batch, "diameter": str(options.diameter)},
+        options={"tile": options.tile, "tta": options.tta, "batch": options.batch, "diameter": str(options.diameter),
+                 "outline_threshold": _outline(segmenter, options)},
         seconds=time.perf_counter() - started,
     )
 
@@ -282,6 +286,13 @@ def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOp
         metrics = evaluate_pair(pred, dataset.load_instances(i), "instance")
     return ImageResult(i, sample.name, int(labels.shape[0]), int(labels.shape[1]),
                        {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0, sample.category, diameter)
+
+
+def _outline(segmenter: Segmenter, options: EvalOptions) -> float | None:
+    """The outline threshold the instances were drawn at (None for the baseline, which has none)."""
+    if isinstance(segmenter, BaselineOptions):
+        return None
+    return options.instance_options.resolved(segmenter.meta.diameter).outline_threshold
 
 
 def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,

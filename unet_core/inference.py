@@ -10,10 +10,13 @@ canonical diameter searches the scale at which it is most certain (:func:`search
 window of the image) and segments the whole image at that scale; the diameter it reports is the
 median diameter of the objects found there, in input pixels. Overlap-tile stays exact at the rescaled size: the result does not
 depend on the tile size. Instances are derived at the working scale (where the network's
-one-pixel separation lines live) and mapped back to the input grid by nearest neighbour; the
-label image likewise; kept probabilities are resized linearly.
+one-pixel separation lines live) and mapped back to the input grid by nearest neighbour, and
+their outlines are then redrawn on the input grid from the foreground probability
+(:func:`~unet_core.instances.refine_outlines`); the label image is mapped by nearest neighbour;
+kept probabilities are resized linearly.
 
-Memory is O(tile x batch) besides the input, the label image and -- only when asked for -- one
+Memory is O(tile x batch) besides the input, the label image, a byte per working pixel of
+foreground probability (models with a canonical diameter) and -- only when asked for -- one
 probability array (memory-mapped to a temporary file when large).
 """
 
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
-from .instances import InstanceOptions, instances
+from .instances import InstanceOptions, foreground_u8, instances, refine_outlines
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .paths import cache_dir
@@ -124,6 +127,9 @@ class Segmentation:
         diameter: the object diameter in input pixels that was used (given or estimated), None
             when the model has no canonical diameter or scale handling was off.
         diameter_source: ``"given"``, ``"estimated"``, ``"off"`` or ``"model has none"``.
+        work_foreground: (Z, H', W') uint8 foreground probability at the working scale, in 1/255
+            steps (:func:`~unet_core.instances.foreground_u8`), for models with a canonical
+            diameter: the object outlines are redrawn from it (:func:`~unet_core.instances.refine_outlines`).
     """
 
     labels: np.ndarray
@@ -136,6 +142,7 @@ class Segmentation:
     factor: float = 1.0
     diameter: float | None = None
     diameter_source: str = "off"
+    work_foreground: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.work_labels is None:
@@ -322,7 +329,8 @@ def segment_objects(
     """:func:`segment` plus the instance ids (Z, H, W) int32 on the input's pixel grid.
 
     Instances are derived at the working scale (objects separated by the network's one-pixel
-    gaps, boundary restored, specks removed) and mapped back by nearest neighbour.
+    gaps, specks removed), mapped back by nearest neighbour, and their outlines redrawn on the
+    input grid from the foreground probability (:func:`~unet_core.instances.refine_outlines`).
     """
     seg = segment(image, predictor, options, progress)
     return seg, instance_ids(seg, predictor.meta, instance_options, image.shape2d)
@@ -332,12 +340,18 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
                  shape: tuple[int, int]) -> np.ndarray:
     """The instance ids (Z, H, W) int32 of a segmentation on the input grid ``shape``: derived at
     the working scale by the object rule of the model ``meta`` (foreground classes, border class,
-    canonical diameter), then mapped back by nearest neighbour. No network pass: changing only the
-    post-processing (``instance_options``) of a result calls this alone."""
+    canonical diameter), mapped back by nearest neighbour, outlines redrawn where the options ask for
+    it. No network pass: changing only the post-processing (``instance_options``) of a result
+    calls this alone."""
+    options = (instance_options or InstanceOptions()).resolved(meta.diameter)
+
     def one(s: int) -> np.ndarray:
-        work = instances(seg.work_labels[s], meta.foreground_classes, instance_options,
+        work = instances(seg.work_labels[s], meta.foreground_classes, options,
                          expected_diameter=meta.diameter, border_class=meta.border_class)
-        return rescale_labels(work, shape)
+        ids = rescale_labels(work, shape)
+        if options.outline_threshold and seg.work_foreground is not None:
+            ids = refine_outlines(ids, seg.work_foreground[s], options.outline_threshold)
+        return ids
 
     if seg.work_labels.shape[0] == 1:
         return one(0)[None]  # a single image (a whole slide, say) is not copied into a stack
@@ -375,6 +389,7 @@ def _segment_at(
     tiles = plan_tiles((height, width), tile, geometry)
     labels = np.zeros((z, height, width), dtype=np.uint8)
     probs = _allocate_probs(options, (z, meta.unet.n_classes, height, width)) if options.keep_probs else None
+    foreground = np.zeros((z, height, width), dtype=np.uint8) if meta.diameter else None
     total = z * len(tiles)
     done = 0
     for s in range(z):
@@ -385,10 +400,12 @@ def _segment_at(
                 stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
                 if probs is not None:
                     stitch(probs[s], t, out)
+                if foreground is not None:
+                    stitch(foreground[s], t, foreground_u8(out, meta.foreground_classes))
             done += len(group)
             if progress:
                 progress(done, total)
-    return Segmentation(labels, probs, stretch, tile, batch, notes, factor=factor)
+    return Segmentation(labels, probs, stretch, tile, batch, notes, factor=factor, work_foreground=foreground)
 
 
 def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.ndarray:

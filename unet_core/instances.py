@@ -39,9 +39,17 @@ from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
 from .io import gray_plane
+from .scale import resize_at
 
 #: Automatic minimum object size: this fraction of the area of a disc of the canonical diameter.
 MIN_SIZE_FRACTION = 0.1
+#: Automatic outline threshold: the foreground probability above which an object's outline is
+#: redrawn on the input grid (:func:`refine_outlines`), for a model with a canonical diameter.
+#: Measured with the nuclei model v4 on 176 DSB 2018 images it never saw (test-time augmentation
+#: off): DSB mean AP, random split 0.508 (none) / 0.519 (0.5) / **0.523 (0.4)** / 0.511 (0.3);
+#: held-out acquisition groups 0.295 / 0.300 / **0.311** / 0.304.
+DEFAULT_OUTLINE_THRESHOLD = 0.4
+
 #: Automatic boundary restoration in pixels. Measured on 40 validation images of DSB 2018 with the
 #: shipped scale-aware nuclei model (objects found at the canonical scale, mapped back by nearest
 #: neighbour): growing by 1 px lowered the DSB mean AP from 0.452 to 0.392 and 2 px to 0.292, so the
@@ -60,23 +68,32 @@ class InstanceOptions:
         drop_border: remove objects touching the image border (incomplete cells).
         expand: grow every object by this many pixels into the background without merging
             objects (0 = off; None = automatic).
+        outline_threshold: redraw each object's outline on the input grid where the foreground
+            probability exceeds this (:func:`refine_outlines`; 0 = off, the outline of the working
+            scale's class map; None = automatic: :data:`DEFAULT_OUTLINE_THRESHOLD` for a model
+            with a canonical diameter, else off).
     """
 
     min_size: int | None = None
     fill_holes: bool = False
     drop_border: bool = False
     expand: int | None = None
+    outline_threshold: float | None = None
 
     def resolved(self, expected_diameter: float | None) -> InstanceOptions:
         """The options with automatic values filled in for a model of this canonical diameter."""
-        min_size, expand = self.min_size, self.expand
+        min_size, expand, outline = self.min_size, self.expand, self.outline_threshold
         if min_size is None:
             min_size = round(MIN_SIZE_FRACTION * math.pi * (expected_diameter / 2) ** 2) if expected_diameter else 0
         if expand is None:
             expand = DEFAULT_EXPAND if expected_diameter else 0
+        if outline is None:
+            outline = DEFAULT_OUTLINE_THRESHOLD if expected_diameter else 0.0
         if min_size < 0 or expand < 0:
             raise ValueError(f"min_size and expand must be >= 0, not {min_size} and {expand}")
-        return InstanceOptions(int(min_size), self.fill_holes, self.drop_border, int(expand))
+        if not 0.0 <= outline < 1.0:
+            raise ValueError(f"the outline threshold is a probability in [0, 1), not {outline}")
+        return InstanceOptions(int(min_size), self.fill_holes, self.drop_border, int(expand), float(outline))
 
 
 def instances(
@@ -139,6 +156,83 @@ def row_bands(image: np.ndarray) -> Iterator[slice]:
     band = max(1, BAND_PIXELS // max(image.shape[1], 1))
     for y0 in range(0, image.shape[0], band):
         yield slice(y0, y0 + band)
+
+
+def foreground_u8(probs: np.ndarray, foreground_classes: Sequence[int]) -> np.ndarray:
+    """The foreground probability of class probabilities (K, h, w) in 1/255 steps (uint8): what
+    :func:`refine_outlines` needs, at a byte per pixel."""
+    p = probs[list(foreground_classes)].sum(axis=0)
+    return np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
+
+
+def outline_reach(work_shape: tuple[int, int], shape: tuple[int, int]) -> int:
+    """How far (input pixels) :func:`refine_outlines` may move an outline: one working-scale pixel."""
+    return max(1, math.ceil(max(shape[0] / work_shape[0], shape[1] / work_shape[1]) - 1e-9))
+
+
+def foreground_at(work_foreground: np.ndarray, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+                  work_origin: tuple[int, int] = (0, 0), work_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The foreground map (uint8, working scale) at input-grid pixels ``rows`` x ``cols`` (float32):
+    linearly resampled (:func:`~unet_core.scale.resize_at`, window-exact), the map itself when the
+    working scale is the input's.
+
+    Args:
+        work_foreground: the map, or the window of it at ``work_origin`` that the pixels need.
+        shape: the whole input grid's (H, W).
+        rows, cols: input-grid indices.
+        work_origin, work_shape: where ``work_foreground`` lies in the whole map, and its shape
+            (default: it is the whole map).
+    """
+    work_shape = tuple(work_shape or work_foreground.shape)
+    if work_shape == tuple(shape):
+        return work_foreground[np.ix_(rows - work_origin[0], cols - work_origin[1])].astype(np.float32)
+    return resize_at(work_foreground, shape, rows, cols, work_origin, work_shape)
+
+
+def refine_outlines(ids: np.ndarray, work_foreground: np.ndarray, threshold: float,
+                    origin: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None,
+                    work_origin: tuple[int, int] = (0, 0), work_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Each object's outline redrawn on the input grid, in place on ``ids``.
+
+    Objects are found at the working scale and mapped to the input grid by nearest neighbour, so
+    their outlines fall on working-scale pixels (blocky on enlarged images), and the class map
+    at a probability of 0.5 leaves them a little small (the training's separation lines). Here each
+    object grows by up to :func:`outline_reach` input pixels into pixels whose foreground
+    probability (resampled linearly) exceeds ``threshold``, the nearest object winning (no two
+    ever merge: :func:`skimage.segmentation.expand_labels`), and drops its pixels below it. No
+    object appears; one that lies entirely below the threshold vanishes.
+
+    Args:
+        ids: (h, w) int32 instance ids on the input grid: the whole image, or the window of it at
+            ``origin`` (a Dask region with its margin).
+        work_foreground: uint8 foreground probability at the working scale
+            (:func:`foreground_u8`): the whole map, or the window of it at ``work_origin`` that
+            :func:`foreground_at` needs for ``ids``' pixels.
+        threshold: probability in (0, 1).
+        origin, shape: where ``ids`` lies in the input grid, and the grid's whole (H, W) (default:
+            ``ids`` is the whole image).
+        work_origin, work_shape: where ``work_foreground`` lies in the whole map, and its shape.
+
+    Returns:
+        ``ids``. On a window, pixels at least :func:`outline_reach` from its edges (or on the
+        image's own edge) equal the whole image's result: its callers read a margin that wide.
+    """
+    shape = tuple(shape or ids.shape)
+    work_shape = tuple(work_shape or work_foreground.shape)
+    reach = outline_reach(work_shape, shape)
+    level = np.float32(threshold * 255.0)
+    cols = np.arange(origin[1], origin[1] + ids.shape[1])
+    above = np.empty((0, ids.shape[1]), ids.dtype)  # the unrefined rows just above the current band
+    for rows in row_bands(ids):
+        start, stop = rows.start, min(rows.stop, ids.shape[0])
+        band = ids[start:stop].copy()
+        context = np.concatenate([above, band, ids[stop : stop + reach]])  # rows below: not refined yet
+        grown = expand_labels(context, reach)[len(above) : len(above) + stop - start]
+        above = np.concatenate([above, band])[-reach:]
+        here = np.arange(origin[0] + start, origin[0] + stop)
+        fg = foreground_at(work_foreground, shape, here, cols, work_origin, work_shape) > level
+        ids[start:stop] = np.where(fg, grown, 0)
+    return ids
 
 
 def _grown_interiors(mask: np.ndarray, interior: np.ndarray) -> tuple[np.ndarray, int]:

@@ -62,8 +62,8 @@ class Outcome:
         if self.result is None:
             return 0
         seg = self.result.segmentation
-        arrays = {id(a): a for a in (self.result.image.data, seg.labels, seg.work_labels, self.result.instances,
-                                     self.foreground) if a is not None}
+        arrays = {id(a): a for a in (self.result.image.data, seg.labels, seg.work_labels, seg.work_foreground,
+                                     self.result.instances, self.foreground) if a is not None}
         return sum(a.nbytes for a in arrays.values()) + sum(len(b) for b in self.files.values())
 
 
