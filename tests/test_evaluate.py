@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -117,6 +118,18 @@ def test_report_json_and_markdown(instance_data: Path) -> None:
     assert "argmax of the class probabilities" in md and "TTA" in md and "worst first by dsb_ap" in md
     table = [line for line in md.splitlines() if re.match(r"\| \d+ \| im", line)]
     assert len(table) == 3
+
+
+def test_the_report_says_at_which_threshold_outlines_were_redrawn(instance_data: Path) -> None:
+    ds = open_dataset(instance_data)
+    plain = evaluate(ThresholdPredictor(), ds, options=EvalOptions(tile=20, tta=False))
+    assert plain.options["outline_threshold"] == 0.0 and "outlines redrawn" not in plain.to_markdown()
+    scaled = ThresholdPredictor()
+    scaled.meta = dataclasses.replace(scaled.meta, diameter=8.0)
+    report = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off"))
+    assert report.options["outline_threshold"] == 0.4
+    assert "outlines redrawn where the foreground probability exceeds 0.4" in report.to_markdown()
+    assert report.means["dsb_ap"] == plain.means["dsb_ap"]  # an oracle's sure outlines do not move
 
 
 def test_progress_and_tta_call_the_predictor(instance_data: Path) -> None:
