@@ -33,9 +33,9 @@ probability (``work_foreground``, a byte per pixel): equal to the single process
 
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
 or a given diameter, the size filter, the outline threshold and leaving out objects on the image's
-edge. Hole filling,
-growing objects (``expand``), outline-class models and stacks need the whole image at once and
-are refused with a message (use ``predict`` without ``--scheduler``, or per-file mode).
+edge. Hole filling, growing objects (``expand``), outline-class models and stacks need the whole
+image at once and are refused with a message (use ``predict`` without ``--scheduler``, or per-file
+mode).
 """
 
 from __future__ import annotations
