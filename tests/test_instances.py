@@ -140,7 +140,7 @@ def test_outlines_redrawn_by_bands_or_windows_equal_the_whole_image(monkeypatch,
     pass over the whole image, whether the working scale is the input's, smaller or larger."""
     from skimage.segmentation import expand_labels
 
-    from unet_core.scale import input_span
+    from unet_core.scale import input_window
 
     rng = np.random.default_rng(3)
     ids = np.zeros((64, 80), np.int32)
@@ -155,15 +155,9 @@ def test_outlines_redrawn_by_bands_or_windows_equal_the_whole_image(monkeypatch,
     assert np.array_equal(inst.refine_outlines(ids.copy(), work_fg, 0.4), whole)
     top, bottom, left, right = 17, 41, 23, 60
     wide = (top - reach, bottom + reach, left - reach, right + reach)
-    rows, cols = np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3])
-    if work_shape == ids.shape:
-        spans = (wide[0], wide[1]), (wide[2], wide[3])
-    else:
-        shrink = work_shape[0] > 64
-        spans = input_span(rows, work_shape[0], 64, shrink), input_span(cols, work_shape[1], 80, shrink)
-    window = work_fg[spans[0][0] : spans[0][1], spans[1][0] : spans[1][1]]
-    part = inst.refine_outlines(ids[wide[0] : wide[1], wide[2] : wide[3]].copy(), window, 0.4, (wide[0], wide[2]),
-                                ids.shape, (spans[0][0], spans[1][0]), work_shape)
+    r0, r1, c0, c1 = input_window(np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3]), work_shape, ids.shape)
+    part = inst.refine_outlines(ids[wide[0] : wide[1], wide[2] : wide[3]].copy(), work_fg[r0:r1, c0:c1], 0.4,
+                                (wide[0], wide[2]), ids.shape, (r0, c0), work_shape)
     assert np.array_equal(part[reach:-reach, reach:-reach], whole[top:bottom, left:right])
 
 

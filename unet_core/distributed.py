@@ -87,7 +87,7 @@ from .predict import FileResult, Result, failure_message, segment_file, write_ou
 from .scale import (
     WorkPlane,
     clamp_factor,
-    input_span,
+    input_window,
     nearest_index,
     resize_at,
     scaled_shape,
@@ -794,14 +794,9 @@ def _region_ids(root: Any, work_shape: tuple[int, int], shape: tuple[int, int], 
     reach = outline_reach(work_shape, shape)
     wide = (max(top - reach, 0), min(bottom + reach, shape[0]), max(left - reach, 0), min(right + reach, shape[1]))
     ids = _nearest_window(root["work_instances"], work_shape, shape, wide)
-    rows, cols = np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3])
-    if tuple(work_shape) == tuple(shape):
-        spans = (wide[0], wide[1]), (wide[2], wide[3])
-    else:
-        shrink = shape[0] < work_shape[0] or shape[1] < work_shape[1]
-        spans = (input_span(rows, work_shape[0], shape[0], shrink), input_span(cols, work_shape[1], shape[1], shrink))
-    foreground = np.asarray(root["work_foreground"][spans[0][0] : spans[0][1], spans[1][0] : spans[1][1]])
-    refine_outlines(ids, foreground, outline, (wide[0], wide[2]), shape, (spans[0][0], spans[1][0]), work_shape)
+    r0, r1, c0, c1 = input_window(np.arange(wide[0], wide[1]), np.arange(wide[2], wide[3]), work_shape, shape)
+    foreground = np.asarray(root["work_foreground"][r0:r1, c0:c1])
+    refine_outlines(ids, foreground, outline, (wide[0], wide[2]), shape, (r0, c0), work_shape)
     return ids[top - wide[0] : bottom - wide[0], left - wide[2] : right - wide[2]]
 
 
@@ -813,9 +808,7 @@ def _input_grid_probs(work_probs: Any, work_shape: tuple[int, int], shape: tuple
     if tuple(work_shape) == tuple(shape):
         return np.asarray(work_probs[:, top:bottom, left:right])
     rows, cols = np.arange(top, bottom), np.arange(left, right)
-    shrink = shape[0] < work_shape[0] or shape[1] < work_shape[1]
-    (r0, r1), (c0, c1) = (input_span(rows, work_shape[0], shape[0], shrink),
-                          input_span(cols, work_shape[1], shape[1], shrink))
+    r0, r1, c0, c1 = input_window(rows, cols, work_shape, shape)
     window = np.asarray(work_probs[:, r0:r1, c0:c1]).transpose(1, 2, 0)
     return resize_at(window, shape, rows, cols, (r0, c0), work_shape).transpose(2, 0, 1)
 

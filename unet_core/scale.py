@@ -185,6 +185,17 @@ def input_span(out_index: np.ndarray, n_in: int, n_out: int, shrink: bool) -> tu
     return int(run.min()), int(run.max()) + 1
 
 
+def input_window(rows: np.ndarray, cols: np.ndarray, in_shape: tuple[int, int],
+                 out_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the input pixels that output pixels ``rows`` x ``cols`` of
+    an ``in_shape`` image resized to ``out_shape`` are made from (:func:`resize_at` reads exactly
+    these; without resizing, the pixels themselves): what a tile, a Dask block or a region reads."""
+    if tuple(in_shape) == tuple(out_shape):
+        return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    shrink = out_shape[0] < in_shape[0] or out_shape[1] < in_shape[1]
+    return (*input_span(rows, in_shape[0], out_shape[0], shrink), *input_span(cols, in_shape[1], out_shape[1], shrink))
+
+
 def resize_at(image: np.ndarray, out_shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
               origin: tuple[int, int] = (0, 0), full_shape: tuple[int, int] | None = None) -> np.ndarray:
     """Pixels ``rows`` x ``cols`` of the input image resized to ``out_shape``, float32.
@@ -262,11 +273,7 @@ class WorkPlane:
         """``(top, bottom, left, right)`` of the input pixels the inputs of ``tiles`` read."""
         rows = np.concatenate([reflect_indices(t.y - margin, t.y + t.h + margin, self.shape[0]) for t in tiles])
         cols = np.concatenate([reflect_indices(t.x - margin, t.x + t.w + margin, self.shape[1]) for t in tiles])
-        if not self.rescaled:
-            return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        n_in = self.input_shape
-        shrink = self.shape[0] < n_in[0] or self.shape[1] < n_in[1]
-        return (*input_span(rows, n_in[0], self.shape[0], shrink), *input_span(cols, n_in[1], self.shape[1], shrink))
+        return input_window(rows, cols, self.input_shape, self.shape)
 
 
 def rescale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
