@@ -200,7 +200,9 @@ def refine_outlines(ids: np.ndarray, work_foreground: np.ndarray, threshold: flo
     object grows by up to :func:`outline_reach` input pixels into pixels whose foreground
     probability (resampled linearly) exceeds ``threshold``, the nearest object winning (no two
     ever merge: :func:`skimage.segmentation.expand_labels`), and drops its pixels below it. No
-    object appears; one that lies entirely below the threshold vanishes.
+    object appears; one that lies entirely below the threshold vanishes, its number left unused
+    (objects keep their numbers, so a Dask region needs no global renumbering; counts and tables
+    come from the objects present).
 
     Args:
         ids: (h, w) int32 instance ids on the input grid: the whole image, or the window of it at
