@@ -119,21 +119,29 @@ def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> No
     assert found and len(rows) == crop.size
 
 
-def test_cytoplasm_probability_paints_tiles_but_keeps_their_labels_and_needs_a_diameter() -> None:
-    """``cytoplasm_prob`` changes the image tile only (a cell body is background), and a run
-    without it draws exactly the tiles it drew before the option existed."""
+def test_cytoplasm_probability_paints_inverted_tiles_only_keeps_their_labels_and_is_checked() -> None:
+    """``cytoplasm_prob`` darkens the image of an inverted tile round its nucleus and leaves
+    labels and weights alone (a cell body is background); tiles in fluorescence polarity never
+    get a cell body; the option needs a diameter and inverted tiles to act on."""
     from unet_core.training.data import TrainImage, step_rng
 
     yy, xx = np.mgrid[:120, :120]
     nuclei = ((yy - 60) ** 2 + (xx - 60) ** 2 <= 64).astype(np.uint8)
     img = TrainImage("a", nuclei.astype(np.float32)[..., None], nuclei, np.ones((120, 120), np.float32))
     plain = {"data": "x", "tile": 36, "diameter": 16.0, "augment": AugmentConfig(enabled=False)}
-    x0, y0, w0 = make_tile([[img]], [1.0], TrainConfig(**plain), step_rng(0, 1))
-    x1, y1, w1 = make_tile([[img]], [1.0], TrainConfig(**plain, cytoplasm_prob=1.0), step_rng(0, 1))
+    x0, y0, w0 = make_tile([[img]], [1.0], TrainConfig(**plain, invert_prob=1.0), step_rng(0, 1))
+    x1, y1, w1 = make_tile([[img]], [1.0], TrainConfig(**plain, invert_prob=1.0, cytoplasm_prob=1.0),
+                           step_rng(0, 1))
     assert np.array_equal(y0, y1) and np.array_equal(w0, w1)
-    assert not np.array_equal(x0, x1) and (x1 >= x0).all()
+    assert not np.array_equal(x0, x1) and (x1 <= x0).all()
+    # invert_prob 1e-9: a valid configuration whose tiles are (all but surely) left upright.
+    upright = [make_tile([[img]], [1.0], TrainConfig(**plain, invert_prob=1e-9, cytoplasm_prob=p),
+                         step_rng(0, 2))[0] for p in (0.0, 1.0)]
+    assert np.array_equal(*upright)
     with pytest.raises(TrainError, match="diameter"):
-        TrainConfig(data="x", cytoplasm_prob=0.5)
+        TrainConfig(data="x", cytoplasm_prob=0.5, invert_prob=0.3)
+    with pytest.raises(TrainError, match="invert-prob"):
+        TrainConfig(data="x", cytoplasm_prob=0.5, diameter=16.0)
 
 
 def test_augmented_tiles_keep_image_labels_and_weights_aligned() -> None:

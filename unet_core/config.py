@@ -129,9 +129,11 @@ class TrainConfig:
             values); invert_prob: probability of inverting the normalised gray values (``1 - x``)
             of a tile, so that a one-channel model sees both polarities (dark nuclei on light
             background as in brightfield/H&E, and bright on dark as in fluorescence).
-            cytoplasm_prob: probability of painting a synthetic cell body around the nuclei of a
-            tile (:func:`~unet_core.augment.add_cytoplasm`; needs ``diameter``), so that a model
-            trained on fluorescence learns that a cell body around a nucleus is not nucleus.
+            cytoplasm_prob: probability of painting a synthetic cell body around the nuclei of an
+            inverted tile (:func:`~unet_core.augment.add_cytoplasm`; needs ``diameter`` and
+            ``invert_prob``), so that a model trained on fluorescence learns that a cell body
+            around a dark nucleus, as bright-field and stained images show it, is not nucleus.
+            Tiles left in fluorescence polarity never get one: a nuclear stain shows nuclei alone.
 
     Validation and checkpoints:
         val_every: validate every this many steps and at the end (0 = never); val_tile: output
@@ -199,7 +201,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     invert_prob: float = _setting(0.0, "probability of inverting a tile's gray values", (0.0, 1.0))
     cytoplasm_prob: float = _setting(
-        0.0, "probability of painting a synthetic cell body around a tile's nuclei (needs --diameter)", (0.0, 1.0))
+        0.0, "probability of painting a synthetic cell body around the nuclei of an inverted tile "
+        "(needs --diameter and --invert-prob)", (0.0, 1.0))
     val_every: int = _setting(250, "validate every N steps (0 = never)", (0, 10**8), resume=True)
     val_tile: int | None = _setting(None, "output tile of validation inference (default: --tile)")
     val_metric: str = _setting("auto", "metric best.pt is kept by (default: dsb_ap / rand_error)")
@@ -229,6 +232,9 @@ class TrainConfig:
         if self.cytoplasm_prob and not self.diameter:
             raise TrainError("synthetic cell bodies (cytoplasm_prob) are sized by the nuclei: give a canonical "
                              "diameter (--diameter) too")
+        if self.cytoplasm_prob and not self.invert_prob:
+            raise TrainError("synthetic cell bodies (cytoplasm_prob) go on inverted, bright-field-looking tiles "
+                             "only: give --invert-prob too (0.3 for nuclei)")
         if self.border_width and self.class_names is not None and len(self.class_names) != 3:
             raise TrainError(f"{len(self.class_names)} class names for a 3-class network with a border class "
                              "(background, foreground, border)")

@@ -115,14 +115,18 @@ def make_tile(
     h, w = item.classes.shape
     center = (float(rng.integers(h)), float(rng.integers(w)))
     source = item.image
-    if cfg.cytoplasm_prob > 0 and rng.random() < cfg.cytoplasm_prob:
+    # Drawn before the tile so that cell bodies go on the tiles that will look like transmitted
+    # light (dark nuclei on a light background), as they do in real bright-field and stained images;
+    # fluorescence of a nuclear stain shows the nuclei alone.
+    invert = cfg.invert_prob > 0 and rng.random() < cfg.invert_prob
+    if invert and cfg.cytoplasm_prob > 0 and rng.random() < cfg.cytoplasm_prob:
         source = add_cytoplasm(source, item.classes > 0, float(cfg.diameter or 0), rng,
                                _reach(center, size, item.classes.shape))
     image, classes, weights = augment_tile(source, item.classes, item.weights, (size, size), center,
                                            cfg.augment, rng, output_shape=(out, out), mode="mirror",
                                            zero_outside=True)
     assert weights is not None  # a TrainImage always has its weight map
-    if cfg.invert_prob > 0 and rng.random() < cfg.invert_prob:
+    if invert:
         image = 1.0 - image
     return (np.ascontiguousarray(image.transpose(2, 0, 1), np.float32), classes,
             weights.astype(np.float32, copy=False))
