@@ -89,7 +89,7 @@ def model_card(cfg: TrainConfig, data: TrainData, meta: ModelMeta, step: int, el
          + (f", momentum {cfg.momentum}" if cfg.optimizer == "sgd" else "")),
         (f"- augmentation: {'elastic + rotation/flip/shift + gray values' if cfg.augment.enabled else 'none'}"
          + (f", polarity inversion p={cfg.invert_prob}" if cfg.invert_prob else "")
-         + (f", synthetic cell bodies p={cfg.cytoplasm_prob}" if cfg.cytoplasm_prob else "")),
+         + (f", synthetic cell bodies on p={cfg.cytoplasm_prob} of inverted tiles" if cfg.cytoplasm_prob else "")),
         f"- normalisation: percentiles {cfg.normalisation.low_percentile} / {cfg.normalisation.high_percentile}",
         f"- seed {cfg.seed}" + (f"; fine-tuned from `{cfg.init}`" if cfg.init else ""),
         f"- hardware: {hw}; torch {v['torch']}",
