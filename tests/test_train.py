@@ -23,7 +23,7 @@ from unet_core.model import UNet
 from unet_core.runlog import STOP_FILE, read_log
 from unet_core.training import TrainConfig, TrainError, train
 from unet_core.training.data import make_tile
-from unet_core.training.finetune import load_init_weights, widen_input
+from unet_core.training.finetune import apply_init, load_init_weights, widen_input
 from unet_core.training.loss import learning_rate, weighted_cross_entropy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -252,6 +252,24 @@ def test_init_from_onnx_reproduces_the_weights(finished_run: Path, tmp_path: Pat
     tuned = read_checkpoint(tmp_path / "ft" / "last.pt")["model"]
     for k, v in best.items():
         assert torch.allclose(tuned[k], v, atol=1e-6), k
+
+
+def test_fine_tuning_keeps_the_init_models_object_diameter_unless_given_another(tmp_path: Path) -> None:
+    from conftest import random_net
+
+    from unet_core.export import to_onnx
+    from unet_core.metadata import ModelMeta
+
+    net = random_net(seed=0)
+    scaled, plain = tmp_path / "d12.onnx", tmp_path / "plain.onnx"
+    to_onnx(net, ModelMeta(name="d12", unet=net.config, diameter=12.0), scaled)
+    to_onnx(net, ModelMeta(name="plain", unet=net.config), plain)
+    base = {**TINY, "out": str(tmp_path / "ft")}
+    # Without it the user's images would be shown at their own scale to weights that know 12 px
+    # objects, and the tuned model would lose the scale search.
+    assert apply_init(TrainConfig(**base, init=str(scaled))).diameter == 12.0
+    assert apply_init(TrainConfig(**base, init=str(scaled), diameter=30.0)).diameter == 30.0
+    assert apply_init(TrainConfig(**base, init=str(plain))).diameter is None
 
 
 def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(finished_run: Path,

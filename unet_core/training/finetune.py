@@ -41,7 +41,9 @@ def apply_init(cfg: TrainConfig) -> TrainConfig:
     Two exceptions: a gray (1-channel) init model may be widened to ``cfg.in_channels`` (3 for
     colour) by :func:`widen_input`, and a two-class one given the outline class of
     ``cfg.border_width`` by :func:`add_border_class`. A model with an outline class keeps it (at
-    the width it was trained with).
+    the width it was trained with), and a model with a canonical object diameter keeps that unless
+    ``cfg.diameter`` gives another: its weights know objects of that size, and without one the new
+    images would be shown at their own scale and the fine-tuned model would lose the scale search.
     """
     if not cfg.init:
         return cfg
@@ -58,8 +60,9 @@ def apply_init(cfg: TrainConfig) -> TrainConfig:
         names = [*names, "border"]
     elif meta.border_class is not None and not border_width:  # the model keeps its outline class
         border_width = int((meta.training.get("config") or {}).get("border_width") or DEFAULT_BORDER_WIDTH)
+    diameter = cfg.diameter if cfg.diameter is not None else meta.diameter
     return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=in_channels, class_names=names,
-                               border_width=border_width)
+                               border_width=border_width, diameter=diameter)
 
 
 def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
