@@ -219,12 +219,18 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     diameter = choose_diameter(predictor)
     auto_size = st.checkbox(
         "Automatic clean-up", **kept("segment_auto_clean", True),
-        help="Remove specks far smaller than a typical object (a tenth of its area, "
-        "as chosen on validation images for this model).",
+        help="Remove specks far smaller than a typical object (a tenth of its area) and objects the network "
+        "is unsure of (mean probability under 0.7), as chosen on images this model never saw.",
     )
     min_size = st.number_input(
         "Minimum object size (pixels)", min_value=0, step=10, disabled=auto_size, **kept("segment_min_size", 0),
         help="Smaller objects (debris, noise) are left out of the count and the table.",
+    )
+    certainty = st.slider(
+        "Minimum object probability", min_value=0.0, max_value=0.95, step=0.05, disabled=auto_size,
+        **kept("segment_min_probability", 0.0),
+        help="Objects whose mean foreground probability is lower are left out: what the network is unsure of, "
+        "such as dark folds of cytoplasm. 0 keeps every object.",
     )
     drop_border = st.checkbox(
         "Leave out objects touching the image edge", **kept("segment_drop_border", False),
@@ -236,7 +242,8 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
         InferenceOptions(tile=None if tile == "auto" else tile, tta=tta, keep_probs=True, probs_dtype="float16",
                          diameter=diameter),
         InstanceOptions(min_size=None if auto_size else int(min_size), fill_holes=fill_holes,
-                        drop_border=drop_border, expand=None if auto_size else 0),
+                        drop_border=drop_border, expand=None if auto_size else 0,
+                        min_object_probability=None if auto_size else float(certainty)),
     )
 
 

@@ -113,6 +113,11 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     original = OnnxPredictor.predict_batch
     monkeypatch.setattr(OnnxPredictor, "predict_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     next(c for c in at.checkbox if c.label == "Automatic clean-up").uncheck().run()
+    everything = int(next(m for m in at.metric if m.label == "Objects").value.replace(",", ""))
+    at.slider(key="segment_min_probability").set_value(0.55).run()
+    sure = int(next(m for m in at.metric if m.label == "Objects").value.replace(",", ""))
+    assert 0 < sure < everything  # the objects the network is unsure of are left out
+    at.slider(key="segment_min_probability").set_value(0.0).run()
     next(n for n in at.number_input if n.label.startswith("Minimum object size")).set_value(10**6).run()
     assert not at.exception and not calls
     assert next(m for m in at.metric if m.label == "Objects").value == "0"

@@ -85,8 +85,11 @@ def test_blocks_give_the_single_process_labels_and_objects_exactly(tiny_model, t
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128), resolution=(2.0, 2.0),
                      metadata={"unit": "um"}, imagej=True)
-    options, inst = InferenceOptions(tile=TILE, diameter="off", tta=False), InstanceOptions(min_size=5, drop_border=True)
+    options = InferenceOptions(tile=TILE, diameter="off", tta=False)
+    inst = InstanceOptions(min_size=5, drop_border=True, min_object_probability=0.55)
     single = _single(path, tiny_model[1], options, inst)
+    unsure = _single(path, tiny_model[1], options, InstanceOptions(min_size=5, drop_border=True))
+    assert 0 < single.n_objects < unsure.n_objects  # the probability filter drops some objects, not all
     for block, n_blocks in ((450, 2 * 3), (200, 4 * 5)):
         store = tmp_path / f"b{block}.zarr"
         result = predict_blocks(path, tiny_model[1], store, client, options, inst, DaskOptions(block=block))
@@ -119,6 +122,26 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
         assert np.array_equal(ids, single.instances[0]), diameter
         probs = np.asarray(zarr.open_group(str(store), mode="r")["probs"])
         assert np.abs(probs - single.segmentation.probs[0]).max() < 1e-5, diameter
+
+
+def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_model, tmp_path: Path,
+                                                                          client) -> None:
+    """Enlarged (objects span more blocks), with the probability filter dropping most objects: the
+    blocks erase the same ones, from every chunk they reach, and leave them out of the table."""
+    net = random_net(seed=0)
+    model = tmp_path / "tiny_d12.onnx"
+    to_onnx(net, ModelMeta(name="tiny-d12", unet=net.config, diameter=12.0), model)
+    path = tmp_path / "blobs.tif"
+    tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128))
+    options = InferenceOptions(tile=TILE, diameter=7.0, tta=False)
+    inst = InstanceOptions(min_object_probability=0.5)
+    single = _single(path, model, options, inst)
+    assert 50 < single.n_objects < _single(path, model, options, InstanceOptions(min_object_probability=0)).n_objects
+    store = tmp_path / "filtered.zarr"
+    result = predict_blocks(path, model, store, client, options, inst, DaskOptions(block=300))
+    _, ids = _stored(store)
+    assert np.array_equal(ids, single.instances[0])
+    _same_table(result.objects, single.objects[0])
 
 
 def test_ome_zarr_with_the_chosen_channel(tiny_model, tmp_path: Path, client) -> None:

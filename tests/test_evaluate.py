@@ -120,15 +120,18 @@ def test_report_json_and_markdown(instance_data: Path) -> None:
     assert len(table) == 3
 
 
-def test_the_report_says_at_which_threshold_outlines_were_redrawn(instance_data: Path) -> None:
+def test_the_report_says_how_outlines_were_redrawn_and_objects_kept(instance_data: Path) -> None:
     ds = open_dataset(instance_data)
     plain = evaluate(ThresholdPredictor(), ds, options=EvalOptions(tile=20, tta=False))
     assert plain.options["outline_threshold"] == 0.0 and "outlines redrawn" not in plain.to_markdown()
+    assert plain.options["min_object_probability"] == 0.0 and "dropped" not in plain.to_markdown()
     scaled = ThresholdPredictor()
     scaled.meta = dataclasses.replace(scaled.meta, diameter=8.0)
     report = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off"))
     assert report.options["outline_threshold"] == 0.4
     assert "outlines redrawn where the foreground probability exceeds 0.4" in report.to_markdown()
+    assert report.options["min_object_probability"] == 0.7
+    assert "objects with a mean foreground probability under 0.7 dropped" in report.to_markdown()
     assert report.means["dsb_ap"] == plain.means["dsb_ap"]  # an oracle's sure outlines do not move
 
 

@@ -167,3 +167,71 @@ def test_the_outline_threshold_is_automatic_for_models_with_a_diameter_and_check
     assert InstanceOptions(outline_threshold=0).resolved(24.0).outline_threshold == 0.0
     with pytest.raises(ValueError, match="probability"):
         InstanceOptions(outline_threshold=1.5).resolved(24.0)
+
+
+def test_objects_the_network_is_unsure_of_are_dropped_and_the_others_keep_their_numbers() -> None:
+    ids = _discs()
+    # Disc 1 sure (0.9), disc 2 pale (0.55), disc 3 half sure, half pale: its mean decides (0.725).
+    work_fg = np.zeros(ids.shape, np.uint8)
+    work_fg[ids == 1] = 230
+    work_fg[ids == 2] = 140
+    three = ids == 3
+    work_fg[three] = 140
+    work_fg[three & (np.arange(80)[None, :] >= 50)] = 230
+    mean3 = work_fg[three].mean() / 255
+    out = inst.drop_uncertain(ids.copy(), work_fg, 0.7)
+    assert set(np.unique(out)) == ({0, 1, 3} if mean3 >= 0.7 else {0, 1})
+    assert np.array_equal(out == 1, ids == 1) and not (out == 2).any()  # kept whole, dropped whole
+    assert set(np.unique(inst.drop_uncertain(ids.copy(), work_fg, 0.5))) == {0, 1, 2, 3}
+    assert set(np.unique(inst.drop_uncertain(ids.copy(), work_fg, 0.95))) == {0}
+    # The pixel rule is the one the table's sums use: mean in 1/255 steps against the threshold.
+    sums = inst.foreground_sums(ids, work_fg)
+    assert sums[1] == 230 * (ids == 1).sum() and sums[2] == 140 * (ids == 2).sum()
+    areas = inst.object_areas(ids, 3)
+    assert inst.uncertain(areas, sums, 0.7)[1:].tolist() == [False, True, mean3 < 0.7]
+
+
+@pytest.mark.parametrize("work_shape", [(64, 80), (32, 40), (96, 120)])
+def test_foreground_sums_of_bands_and_windows_add_up_to_the_whole_image_exactly(monkeypatch, work_shape) -> None:
+    """The probability filter in blocks (Dask regions, summed) decides as the single process does."""
+    from unet_core.scale import input_window
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 12, (64, 80)).astype(np.int32)
+    work_fg = (rng.random(work_shape) * 255).astype(np.uint8)
+    whole = inst.foreground_sums(ids, work_fg)
+    expected = np.bincount(ids.ravel(), np.rint(inst.foreground_at(work_fg, ids.shape, np.arange(64),
+                                                                    np.arange(80))).ravel(), minlength=12)
+    assert whole.dtype == np.int64 and np.array_equal(whole, expected.astype(np.int64))
+    monkeypatch.setattr(inst, "BAND_PIXELS", 80 * 3)
+    assert np.array_equal(inst.foreground_sums(ids, work_fg), whole)
+    parts = np.zeros_like(whole)
+    for top, bottom, left, right in ((0, 30, 0, 45), (0, 30, 45, 80), (30, 64, 0, 45), (30, 64, 45, 80)):
+        r0, r1, c0, c1 = input_window(np.arange(top, bottom), np.arange(left, right), work_shape, ids.shape)
+        part = inst.foreground_sums(ids[top:bottom, left:right], work_fg[r0:r1, c0:c1], (top, left), ids.shape,
+                                    (r0, c0), work_shape)
+        parts[: len(part)] += part
+    assert np.array_equal(parts, whole)
+
+
+def test_the_probability_filter_is_automatic_for_models_with_a_diameter_and_checked() -> None:
+    assert InstanceOptions().resolved(24.0).min_object_probability == inst.DEFAULT_MIN_OBJECT_PROBABILITY
+    assert InstanceOptions().resolved(None).min_object_probability == 0.0
+    assert InstanceOptions(min_object_probability=0).resolved(24.0).min_object_probability == 0.0
+    assert InstanceOptions(min_object_probability=0.5).resolved(None).min_object_probability == 0.5
+    with pytest.raises(ValueError, match="minimum object probability"):
+        InstanceOptions(min_object_probability=1.0).resolved(24.0)
+
+
+def test_object_sums_carry_the_foreground_sums_through_merging_and_subsets() -> None:
+    ids = _discs()
+    work_fg = np.where(ids > 0, 200, 0).astype(np.uint8)
+    fg = inst.foreground_sums(ids, work_fg)
+    top = inst.object_sums(ids[:30], ids[:30].astype(float), (0, 0), inst.foreground_sums(ids[:30], work_fg[:30]))
+    bottom = inst.object_sums(ids[30:], ids[30:].astype(float), (30, 0),
+                              inst.foreground_sums(ids[30:], work_fg, (30, 0), ids.shape))
+    merged = inst.ObjectSums.merged([top, bottom])
+    assert merged.ids.tolist() == [1, 2, 3] and merged.sum_p.tolist() == fg[1:].tolist()
+    two = merged.subset(merged.ids != 2)
+    assert two.ids.tolist() == [1, 3] and two.sum_p.tolist() == [fg[1], fg[3]]
+    assert inst.object_sums(ids, ids.astype(float)).sum_p.tolist() == [0, 0, 0]  # not measured

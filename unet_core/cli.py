@@ -108,7 +108,8 @@ def _instance_options(args: argparse.Namespace):
     from .instances import InstanceOptions
 
     return InstanceOptions(min_size=args.min_size, fill_holes=args.fill_holes, drop_border=args.drop_border,
-                           expand=args.expand, outline_threshold=args.outline_threshold)
+                           expand=args.expand, outline_threshold=args.outline_threshold,
+                           min_object_probability=args.min_object_probability)
 
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
@@ -141,6 +142,11 @@ def _add_object_options(p: argparse.ArgumentParser) -> None:
                    help="redraw object outlines on the image's own pixel grid where the foreground probability "
                         "exceeds P (0 = off: outlines of the class map at the network's scale; default auto: 0.4 "
                         "for models with a canonical diameter, measured to raise the nuclei model's AP, else off)")
+    p.add_argument("--min-object-probability", type=_probability_arg, default=None, metavar="P|auto",
+                   help="drop objects whose mean foreground probability is under P: what the network is unsure "
+                        "of, such as dark folds of cytoplasm (0 = off, keep every object; default auto: "
+                        "0.7 for models with a canonical diameter, measured to raise "
+                        "the nuclei model's AP on new experiments, else off)")
     p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
 

@@ -29,11 +29,15 @@ as ``predict`` does (same names, same refusal to overwrite); a bad file is repor
 
 Object outlines are redrawn on the input grid (:func:`~unet_core.instances.refine_outlines`) chunk by
 chunk, each chunk with a margin as wide as an outline may move, from the working scale's foreground
-probability (``work_foreground``, a byte per pixel): equal to the single process's as well.
+probability (``work_foreground``, a byte per pixel): equal to the single process's as well. Each
+chunk also sums the foreground probability over its objects' pixels (in whole 1/255 steps, so that
+the sums add up exactly); objects whose mean is under ``min_object_probability`` are then erased
+from the chunks their bounding boxes reach and left out of the table, as
+:func:`~unet_core.instances.drop_uncertain` drops them in the single process.
 
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
-or a given diameter, the size filter, the outline threshold and leaving out objects on the image's
-edge. Hole filling, growing objects (``expand``), outline-class models and stacks need the whole
+or a given diameter, the size filter, the outline threshold, the probability filter and leaving out
+objects on the image's edge. Hole filling, growing objects (``expand``), outline-class models and stacks need the whole
 image at once and are refused with a message (use ``predict`` without ``--scheduler``, or per-file
 mode).
 """
@@ -65,11 +69,13 @@ from .inference import (
 from .instances import (
     InstanceOptions,
     ObjectSums,
+    foreground_sums,
     foreground_u8,
     object_sums,
     outline_reach,
     refine_outlines,
     table_from_sums,
+    uncertain,
 )
 from .io import (
     ImageFile,
@@ -424,7 +430,7 @@ class BlockJob:
     tta: bool
     foreground: tuple[int, ...]
     keep_probs: bool = False
-    keep_foreground: bool = False  # the foreground probability (uint8) that outlines are redrawn from
+    keep_foreground: bool = False  # the foreground probability (uint8): outlines, probability filter
 
 
 _PREDICTORS: dict[tuple[str, str, int], Any] = {}
@@ -647,7 +653,7 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     predictor = load_predictor(model, device)
     meta = predictor.meta
     resolved = _check_supported(meta, instance_options or InstanceOptions())
-    outline = resolved.outline_threshold if meta.diameter else 0.0
+    outline, certain = resolved.outline_threshold, resolved.min_object_probability
     source = open_lazy(path, meta.unet.in_channels, channels)
     source, stretch = lazy_stretch(source, meta.normalisation, meta.unet.in_channels)
     factor, diameter = _working_scale(source, predictor, options, stretch)
@@ -662,23 +668,44 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     plan = plan_blocks(work_shape, tile, meta, dask_options.block)
     jobs = [BlockJob(source, str(Path(model).resolve()), device, dask_options.worker_threads(), b, work_shape,
                      stretch, batch, options.tta_for(source.shape[0] * source.shape[1]),
-                     tuple(meta.foreground_classes), options.keep_probs, bool(outline))
+                     tuple(meta.foreground_classes), options.keep_probs, bool(outline or certain))
             for b in plan.blocks]
     log.info("%s: %d blocks of up to %d px at scale %.3g on %s", source.name, len(jobs), dask_options.block,
              factor, client)
     _create_store(out_zarr, source.shape2d, work_shape, plan.chunk, meta.unet.n_classes if options.keep_probs else None,
-                  bool(outline))
+                  bool(outline or certain))
     parts = _gather(client, [client.submit(_label_block, job, str(out_zarr), pure=False) for job in jobs], progress)
     merge = merge_objects(plan.grid, dict(zip([(j.block.row, j.block.col) for j in jobs], parts)),
                           resolved.min_size, resolved.drop_border)
     _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
                                    pure=False) for job in jobs], None)
     regions = list(_input_regions(source.shape2d, plan.chunk))
-    sums = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, outline,
-                                          pure=False) for region in regions], None)
+    sums = ObjectSums.merged(_gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr),
+                                                            region, outline, bool(certain), pure=False)
+                                              for region in regions], None))
+    if certain:
+        sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
-    return BlockResult(out_zarr, table_from_sums(ObjectSums.merged(sums), source.pixel_size), factor, diameter,
+    return BlockResult(out_zarr, table_from_sums(sums, source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes)
+
+
+def _drop_uncertain_objects(client: Any, sums: ObjectSums, threshold: float,
+                            regions: list[tuple[int, int, int, int]], out: str) -> ObjectSums:
+    """The objects whose mean foreground probability is under ``threshold`` erased from the
+    ``instances`` chunks that their bounding boxes reach; the sums of the others."""
+    pale = uncertain(sums.area.astype(np.int64), sums.sum_p, threshold)
+    if pale.any():
+        gone = sums.subset(pale)
+        tasks = []
+        for region in regions:
+            top, bottom, left, right = region
+            here = (gone.min_y < bottom) & (gone.max_y > top) & (gone.min_x < right) & (gone.max_x > left)
+            if here.any():
+                tasks.append(client.submit(_erase_objects, out, region, gone.ids[here], pure=False))
+        _gather(client, tasks, None)
+        log.info("%d objects with a mean foreground probability under %g dropped", int(pale.sum()), threshold)
+    return sums.subset(~pale)
 
 
 def _gather(client: Any, futures: list[Any], progress: Callable[[int, int], None] | None) -> list[Any]:
@@ -755,11 +782,12 @@ def _input_regions(shape: tuple[int, int], chunk: tuple[int, int]) -> Iterator[t
 
 
 def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str,
-                       region: tuple[int, int, int, int], outline: float = 0.0) -> ObjectSums:
+                       region: tuple[int, int, int, int], outline: float = 0.0,
+                       certainty: bool = False) -> ObjectSums:
     """Task: labels and object ids of one input-grid chunk (nearest working-scale pixel, as
     :func:`~unet_core.scale.rescale_labels` maps them; with ``outline``, the outlines redrawn as
     :func:`~unet_core.instances.refine_outlines` redraws the whole image's), stored, and the
-    chunk's object sums."""
+    chunk's object sums (with ``certainty``, their foreground probability sums too)."""
     import zarr
 
     root = zarr.open_group(out, mode="r+")
@@ -770,7 +798,25 @@ def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str
     root["instances"][top:bottom, left:right] = ids
     if "probs" in root:
         root["probs"][:, top:bottom, left:right] = _input_grid_probs(root["work_probs"], work_shape, shape, region)
-    return object_sums(ids, source.read(top, bottom, left, right), (top, left))
+    fg_sum = None
+    if certainty:
+        r0, r1, c0, c1 = input_window(np.arange(top, bottom), np.arange(left, right), work_shape, shape)
+        fg_sum = foreground_sums(ids, np.asarray(root["work_foreground"][r0:r1, c0:c1]), (top, left), shape,
+                                 (r0, c0), work_shape)
+    return object_sums(ids, source.read(top, bottom, left, right), (top, left), fg_sum)
+
+
+def _erase_objects(out: str, region: tuple[int, int, int, int], gone: np.ndarray) -> None:
+    """Task: the objects ``gone`` erased (set to 0) from one input-grid chunk of ``instances``."""
+    import zarr
+
+    root = zarr.open_group(out, mode="r+")
+    top, bottom, left, right = region
+    ids = np.asarray(root["instances"][top:bottom, left:right])
+    hit = np.isin(ids, gone)
+    if hit.any():
+        ids[hit] = 0
+        root["instances"][top:bottom, left:right] = ids
 
 
 def _nearest_window(work: Any, work_shape: tuple[int, int], shape: tuple[int, int],

@@ -166,6 +166,8 @@ class EvalReport:
                "components of the predicted foreground")
             + (f", outlines redrawn where the foreground probability exceeds {self.options['outline_threshold']:g}"
                if self.kind == "instance" and self.options.get("outline_threshold") else "")
+            + (f", objects with a mean foreground probability under {self.options['min_object_probability']:g} "
+               "dropped" if self.kind == "instance" and self.options.get("min_object_probability") else "")
             + ")",
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
             + {True: ", probabilities averaged over the 8 flips/rotations (TTA)", None: ", TTA automatic (images "
@@ -266,7 +268,7 @@ def evaluate(
         model=str(segmenter.method) if isinstance(segmenter, BaselineOptions) else "",
         data=str(dataset.root),
         options={"tile": options.tile, "tta": options.tta, "batch": options.batch, "diameter": str(options.diameter),
-                 "outline_threshold": _outline(segmenter, options)},
+                 **_object_rule(segmenter, options)},
         seconds=time.perf_counter() - started,
     )
 
@@ -288,11 +290,13 @@ def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOp
                        {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0, sample.category, diameter)
 
 
-def _outline(segmenter: Segmenter, options: EvalOptions) -> float | None:
-    """The outline threshold the instances were drawn at (None for the baseline, which has none)."""
+def _object_rule(segmenter: Segmenter, options: EvalOptions) -> dict[str, float | None]:
+    """The outline threshold the instances were drawn at and the minimum object probability they
+    were kept at (None for the baseline, which has neither)."""
     if isinstance(segmenter, BaselineOptions):
-        return None
-    return options.instance_options.resolved(segmenter.meta.diameter).outline_threshold
+        return {"outline_threshold": None, "min_object_probability": None}
+    resolved = options.instance_options.resolved(segmenter.meta.diameter)
+    return {"outline_threshold": resolved.outline_threshold, "min_object_probability": resolved.min_object_probability}
 
 
 def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,

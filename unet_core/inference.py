@@ -12,12 +12,13 @@ median diameter of the objects found there, in input pixels. Overlap-tile stays 
 depend on the tile size. Instances are derived at the working scale (where the network's
 one-pixel separation lines live) and mapped back to the input grid by nearest neighbour, and
 their outlines are then redrawn on the input grid from the foreground probability
-(:func:`~unet_core.instances.refine_outlines`); the label image is mapped by nearest neighbour;
+(:func:`~unet_core.instances.refine_outlines`) and the objects the network is unsure of dropped
+(:func:`~unet_core.instances.drop_uncertain`); the label image is mapped by nearest neighbour;
 kept probabilities are resized linearly.
 
 Memory is O(tile x batch) besides the input, the label image, a byte per working pixel of
-foreground probability (models with a canonical diameter) and -- only when asked for -- one
-probability array (memory-mapped to a temporary file when large).
+foreground probability and -- only when asked for -- one probability array (memory-mapped to a
+temporary file when large).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
-from .instances import InstanceOptions, foreground_u8, instances, refine_outlines
+from .instances import InstanceOptions, drop_uncertain, foreground_u8, instances, refine_outlines
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .metadata import ModelMeta
 from .paths import cache_dir
@@ -128,8 +129,9 @@ class Segmentation:
             when the model has no canonical diameter or scale handling was off.
         diameter_source: ``"given"``, ``"estimated"``, ``"off"`` or ``"model has none"``.
         work_foreground: (Z, H', W') uint8 foreground probability at the working scale, in 1/255
-            steps (:func:`~unet_core.instances.foreground_u8`), for models with a canonical
-            diameter: the object outlines are redrawn from it (:func:`~unet_core.instances.refine_outlines`).
+            steps (:func:`~unet_core.instances.foreground_u8`): the object outlines are redrawn
+            from it (:func:`~unet_core.instances.refine_outlines`) and uncertain objects found
+            (:func:`~unet_core.instances.drop_uncertain`).
     """
 
     labels: np.ndarray
@@ -330,7 +332,8 @@ def segment_objects(
 
     Instances are derived at the working scale (objects separated by the network's one-pixel
     gaps, specks removed), mapped back by nearest neighbour, and their outlines redrawn on the
-    input grid from the foreground probability (:func:`~unet_core.instances.refine_outlines`).
+    input grid from the foreground probability (:func:`~unet_core.instances.refine_outlines`), and
+    objects the network is unsure of dropped (:func:`~unet_core.instances.drop_uncertain`).
     """
     seg = segment(image, predictor, options, progress)
     return seg, instance_ids(seg, predictor.meta, instance_options, image.shape2d)
@@ -340,8 +343,8 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
                  shape: tuple[int, int]) -> np.ndarray:
     """The instance ids (Z, H, W) int32 of a segmentation on the input grid ``shape``: derived at
     the working scale by the object rule of the model ``meta`` (foreground classes, border class,
-    canonical diameter), mapped back by nearest neighbour, outlines redrawn where the options ask for
-    it. No network pass: changing only the post-processing (``instance_options``) of a result
+    canonical diameter), mapped back by nearest neighbour, outlines redrawn and uncertain objects
+    dropped where the options ask for it. No network pass: changing only the post-processing (``instance_options``) of a result
     calls this alone."""
     options = (instance_options or InstanceOptions()).resolved(meta.diameter)
 
@@ -349,8 +352,11 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
         work = instances(seg.work_labels[s], meta.foreground_classes, options,
                          expected_diameter=meta.diameter, border_class=meta.border_class)
         ids = rescale_labels(work, shape)
-        if options.outline_threshold and seg.work_foreground is not None:
-            ids = refine_outlines(ids, seg.work_foreground[s], options.outline_threshold)
+        if seg.work_foreground is not None:  # None only for a Segmentation made by hand
+            if options.outline_threshold:
+                ids = refine_outlines(ids, seg.work_foreground[s], options.outline_threshold)
+            if options.min_object_probability:
+                ids = drop_uncertain(ids, seg.work_foreground[s], options.min_object_probability)
         return ids
 
     if seg.work_labels.shape[0] == 1:
@@ -389,7 +395,7 @@ def _segment_at(
     tiles = plan_tiles((height, width), tile, geometry)
     labels = np.zeros((z, height, width), dtype=np.uint8)
     probs = _allocate_probs(options, (z, meta.unet.n_classes, height, width)) if options.keep_probs else None
-    foreground = np.zeros((z, height, width), dtype=np.uint8) if meta.diameter else None
+    foreground = np.zeros((z, height, width), dtype=np.uint8)
     total = z * len(tiles)
     done = 0
     for s in range(z):
@@ -400,8 +406,7 @@ def _segment_at(
                 stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
                 if probs is not None:
                     stitch(probs[s], t, out)
-                if foreground is not None:
-                    stitch(foreground[s], t, foreground_u8(out, meta.foreground_classes))
+                stitch(foreground[s], t, foreground_u8(out, meta.foreground_classes))
             done += len(group)
             if progress:
                 progress(done, total)
