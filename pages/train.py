@@ -40,6 +40,9 @@ PRESETS = {
 }
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 OUTLINE_WIDTH = 2  # px of the outline class; what the shipped nuclei model was trained with
+# The shipped nuclei model's recipe for the bright-field look: polarity inversion of 30 % of tiles,
+# synthetic cell bodies on half of those (the model card has the measurements).
+BRIGHTFIELD = {"invert_prob": 0.3, "cytoplasm_prob": 0.5}
 OPTIMIZERS = {"sgd": "SGD with momentum (paper)", "adam": "Adam"}
 START_FROM = {"scratch": "Nothing: random weights (from scratch)", "model": "A trained model (fine-tuning)"}
 
@@ -359,8 +362,9 @@ def show_runs(all_runs: list[runs.RunInfo]) -> None:
 # --------------------------------------------------------------------------- a new run
 
 
-def choose_start() -> tuple[str | None, int | None]:
-    """From scratch or from a trained model: the model's path and its width (None, None: scratch)."""
+def choose_start() -> tuple[str | None, int | None, float | None]:
+    """From scratch or from a trained model: the model's path, width and canonical object diameter
+    (None, None, None: scratch)."""
     st.session_state.setdefault("train_start_from", "scratch")
     models = list_models()
     how = st.radio("Start from", list(START_FROM), format_func=START_FROM.__getitem__, horizontal=True,
@@ -368,10 +372,10 @@ def choose_start() -> tuple[str | None, int | None]:
                    help="Fine-tuning starts from a model that already knows cells, so it needs fewer images and "
                    "steps; the network size is then the model's.")
     if how == "scratch":
-        return None, None
+        return None, None, None
     if not models:
         st.info("There is no model to start from yet: train one from scratch first.", icon=":material/info:")
-        return None, None
+        return None, None, None
     paths = {str(m.path): m for m in models}
     if st.session_state.get("train_init") not in paths:
         st.session_state["train_init"] = next(iter(paths))
@@ -381,12 +385,13 @@ def choose_start() -> tuple[str | None, int | None]:
     if info.error or info.width is None:
         st.error(f"**{paths[path].label}** cannot be read ({info.error}); choose another model or train from "
                  "scratch.", icon=":material/error:")
-        return None, None
-    st.caption(f"{info.classes}; trained on {info.data or 'unknown data'}.")
-    return path, info.width
+        return None, None, None
+    scale = f"; objects rescaled to {info.diameter:g} px across, as it was trained" if info.diameter else ""
+    st.caption(f"{info.classes}; trained on {info.data or 'unknown data'}{scale}.")
+    return path, info.width, info.diameter
 
 
-def settings_form(init_width: int | None) -> dict:
+def settings_form(init_width: int | None, init_diameter: float | None = None) -> dict:
     """The training settings (paper's defaults first); the options for unet_core.studio.jobs."""
     # Without a GPU the paper's settings take hours: the quick preset comes first there.
     gpu = cuda_driver_available()
@@ -394,6 +399,7 @@ def settings_form(init_width: int | None) -> dict:
         st.session_state.setdefault(f"train_{key}", value)
     st.session_state.setdefault("train_threads", 0)
     st.session_state.setdefault("train_border", False)
+    st.session_state.setdefault("train_brightfield", False)
     head, b1, b2 = st.columns([2, 1, 1], vertical_alignment="center")
     head.markdown("**Training settings**")
     b1.button("Paper's settings", on_click=apply_preset, args=("paper",), icon=":material/menu_book:",
@@ -446,6 +452,12 @@ def settings_form(init_width: int | None) -> dict:
         st.toggle("Augmentation", key="train_augment",
                   help="Shows the network deformed copies of your images (elastic deformations, rotations, flips, "
                   "gray values): the paper's key to learning from few images. Leave it on.")
+        st.toggle("Bright-field look", key="train_brightfield", disabled=not init_diameter,
+                  help="Not in the paper: 30 % of the tiles are shown with their gray values inverted (dark nuclei "
+                  "on a light background) and half of those get a synthetic cell body painted around their "
+                  "nuclei, so that a model trained on fluorescence also finds the nuclei, not the whole cells, in "
+                  "bright-field and stained images. The cell bodies are sized by the nuclei: available when "
+                  "fine-tuning a model with an object diameter (the nuclei model).")
 
     v1, v2, v3, v4 = st.columns(4)
     v1.number_input("Validate every (steps)", **config.bounds("val_every"), step=50, key="train_val_every",
@@ -468,6 +480,7 @@ def settings_form(init_width: int | None) -> dict:
         "val_every": int(state["train_val_every"]), "checkpoint_every": int(state["train_checkpoint_every"]),
         "seed": int(state["train_seed"]), "threads": int(state["train_threads"]) or None,
         "border_width": OUTLINE_WIDTH if state["train_border"] else None,
+        **(BRIGHTFIELD if init_diameter and state["train_brightfield"] else {}),
     }
     return options
 
@@ -512,7 +525,7 @@ def confirm_length(options: dict, earlier: list[runs.RunInfo], init_width: int |
 def new_run(holder: runlock.LockInfo | None, first: bool, earlier: list[runs.RunInfo]) -> None:
     """The settings of a new run and its Start button (folded away below earlier runs)."""
     with st.expander("Start a new training run", expanded=first, icon=":material/add_circle:"):
-        init, init_width = choose_start()
+        init, init_width, init_diameter = choose_start()
         st.markdown("**Images with masks**")
         chosen = choose_dataset("train")
         n_train = data_summary(*chosen) if chosen else 0
@@ -520,7 +533,7 @@ def new_run(holder: runlock.LockInfo | None, first: bool, earlier: list[runs.Run
             st.error("Training needs at least one image that is not held out for validation: add images (at "
                      "least 2) or choose another data set.", icon=":material/error:")
         st.divider()
-        options = settings_form(init_width)
+        options = settings_form(init_width, init_diameter)
         options["init"] = init
         processes = choose_processes()
         st.divider()

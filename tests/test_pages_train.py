@@ -101,6 +101,41 @@ def test_fine_tuning_keeps_the_models_width(tiny_installed: Path) -> None:
     assert width.value == 4 and width.disabled
 
 
+def test_the_bright_field_look_needs_a_model_with_a_diameter_and_reaches_the_trainer(
+        studio_dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import random_net
+
+    from unet_core.export import to_onnx
+    from unet_core.metadata import ModelMeta
+
+    net = random_net(seed=0)
+    to_onnx(net, ModelMeta(name="nuclei-like", unet=net.config, diameter=12.0), studio_dirs.models / "a-d12.onnx")
+    to_onnx(net, ModelMeta(name="plain", unet=net.config), studio_dirs.models / "b-plain.onnx")
+    started = []
+    monkeypatch.setattr(jobs, "start_run", lambda name, data, options, **kw: started.append(options))
+    at = open_page("pages/train.py")
+    toggle = next(t for t in at.toggle if t.label == "Bright-field look")
+    assert toggle.disabled  # from scratch: no object diameter to size the cell bodies by
+    at.radio(key="train_start_from").set_value("model").run()
+    at.selectbox(key="train_init").set_value(str(studio_dirs.models / "b-plain.onnx")).run()
+    assert next(t for t in at.toggle if t.label == "Bright-field look").disabled
+    at.selectbox(key="train_init").set_value(str(studio_dirs.models / "a-d12.onnx")).run()
+    assert "objects rescaled to 12 px across" in texts(at.caption)
+    next(t for t in at.toggle if t.label == "Bright-field look").set_value(True).run()
+    at.session_state["data_source"] = SMALL_SYNTH
+    at.run()
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    (options,) = started
+    assert (options["invert_prob"], options["cytoplasm_prob"]) == (0.3, 0.5)
+    assert options["init"] == str(studio_dirs.models / "a-d12.onnx")
+    # What the trainer makes of them: a valid config (the diameter comes from the init model).
+    from unet_core.training.finetune import apply_init
+
+    cfg = apply_init(jobs.new_run_config(studio_dirs.runs / "x", "synthetic", options))
+    assert (cfg.diameter, cfg.invert_prob, cfg.cytoplasm_prob) == (12.0, 0.3, 0.5)
+
+
 @pytest.mark.slow
 def test_a_tiny_run_started_from_the_page_ends_with_its_model(studio_dirs) -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)

@@ -270,6 +270,11 @@ def test_fine_tuning_keeps_the_init_models_object_diameter_unless_given_another(
     assert apply_init(TrainConfig(**base, init=str(scaled))).diameter == 12.0
     assert apply_init(TrainConfig(**base, init=str(scaled), diameter=30.0)).diameter == 30.0
     assert apply_init(TrainConfig(**base, init=str(plain))).diameter is None
+    # Synthetic cell bodies are sized by that diameter: allowed from the scaled model, refused from the other.
+    bodies = {"invert_prob": 0.3, "cytoplasm_prob": 0.5}
+    assert apply_init(TrainConfig(**base, init=str(scaled), **bodies)).cytoplasm_prob == 0.5
+    with pytest.raises(TrainError, match="diameter"):
+        apply_init(TrainConfig(**base, init=str(plain), **bodies))
 
 
 def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(finished_run: Path,

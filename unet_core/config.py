@@ -229,9 +229,11 @@ class TrainConfig:
                 low, high = spec.bounds
                 raise TrainError(f"{f.name} must lie in [{low:g}, {high:g}], not {value:g} "
                                  f"({spec.help.split(' (')[0]})")
-        if self.cytoplasm_prob and not self.diameter:
+        # An --init model's own diameter counts: fine-tuning keeps it (training.finetune.apply_init
+        # checks it there).
+        if self.cytoplasm_prob and not self.diameter and not self.init:
             raise TrainError("synthetic cell bodies (cytoplasm_prob) are sized by the nuclei: give a canonical "
-                             "diameter (--diameter) too")
+                             "diameter (--diameter) too, or --init a model that has one")
         if self.cytoplasm_prob and not self.invert_prob:
             raise TrainError("synthetic cell bodies (cytoplasm_prob) go on inverted, bright-field-looking tiles "
                              "only: give --invert-prob too (0.3 for nuclei)")

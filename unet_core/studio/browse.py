@@ -471,6 +471,7 @@ class ModelInfo:
         data: the training data set recorded in the model ("" when none is recorded).
         split: the train/validation split recorded, in words ("" when none).
         steps: training steps recorded (None when none).
+        diameter: the canonical object diameter in pixels (None: the model has none).
         error: why the metadata could not be read, else None.
     """
 
@@ -488,6 +489,7 @@ class ModelInfo:
     data: str = ""
     split: str = ""
     steps: int | None = None
+    diameter: float | None = None
     error: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -521,7 +523,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
     return ModelInfo(
         **base, classes=classes, width=meta.unet.width, depth=meta.unet.depth, padding=meta.unet.padding,
         in_channels=meta.unet.in_channels, data=str(training.get("data", "")), split=split,
-        steps=int(steps) if isinstance(steps, (int, float)) else None, training=training,
+        steps=int(steps) if isinstance(steps, (int, float)) else None, diameter=meta.diameter, training=training,
     )
 
 

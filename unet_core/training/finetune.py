@@ -61,6 +61,9 @@ def apply_init(cfg: TrainConfig) -> TrainConfig:
     elif meta.border_class is not None and not border_width:  # the model keeps its outline class
         border_width = int((meta.training.get("config") or {}).get("border_width") or DEFAULT_BORDER_WIDTH)
     diameter = cfg.diameter if cfg.diameter is not None else meta.diameter
+    if cfg.cytoplasm_prob and not diameter:
+        raise TrainError(f"{cfg.init} has no object diameter to size synthetic cell bodies (cytoplasm_prob) by: "
+                         "give --diameter, or start from a model that has one")
     return dataclasses.replace(cfg, width=u.width, depth=u.depth, in_channels=in_channels, class_names=names,
                                border_width=border_width, diameter=diameter)
 
