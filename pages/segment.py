@@ -13,7 +13,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, choose_tta, kept, predictor_or_stop, show_no_model
 from unet_core.inference import InferenceOptions, auto_tile, estimate_seconds, tile_is_measured
-from unet_core.instances import InstanceOptions
+from unet_core.instances import DEFAULT_MIN_OBJECT_PROBABILITY, InstanceOptions
 from unet_core.io import (
     CONVERT_FIRST,
     ImageFile,
@@ -220,7 +220,8 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     auto_size = st.checkbox(
         "Automatic clean-up", **kept("segment_auto_clean", True),
         help="Remove specks far smaller than a typical object (a tenth of its area) and objects the network "
-        "is unsure of (mean probability under 0.7), as chosen on images this model never saw.",
+        f"is unsure of (mean probability under {DEFAULT_MIN_OBJECT_PROBABILITY:g}), as chosen on images the "
+        "nuclei model never saw. Models without an object diameter keep every object.",
     )
     min_size = st.number_input(
         "Minimum object size (pixels)", min_value=0, step=10, disabled=auto_size, **kept("segment_min_size", 0),

@@ -85,6 +85,29 @@ def test_predict_options_min_size_and_border(tiny_model, tmp_path) -> None:
     assert not border.any()
 
 
+def test_predict_drops_objects_under_the_minimum_probability_and_its_help_says_the_defaults(
+        tiny_model, tmp_path, capsys) -> None:
+    from unet_core.cli import build_parser
+    from unet_core.instances import DEFAULT_MIN_OBJECT_PROBABILITY, DEFAULT_OUTLINE_THRESHOLD
+
+    _, model = tiny_model
+    write_png(tmp_path / "a.png", _noise((80, 80), seed=2))
+    counts = {}
+    for p in ("0", "0.55"):
+        main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / p), "--tile", "52",
+              "--min-object-probability", p])
+        counts[p] = len(np.unique(tifffile.imread(tmp_path / p / "a_instances.tif"))) - 1
+    assert 0 < counts["0.55"] < counts["0"]
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--min-object-probability", "1.5"])
+    assert "a probability from 0 (off) to below 1" in capsys.readouterr().err
+    # The help's numbers are the engine's (the parser does not import it: it is slow to load).
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    helps = {a.dest: a.help for a in predict._actions}
+    assert f"default auto: {DEFAULT_MIN_OBJECT_PROBABILITY:g} " in helps["min_object_probability"]
+    assert f"default auto: {DEFAULT_OUTLINE_THRESHOLD:g} " in helps["outline_threshold"]
+
+
 def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
     write_png(tmp_path / "a.png", _noise((20, 20)))
     code = main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "none.onnx"), "--out", str(tmp_path)])
