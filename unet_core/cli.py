@@ -145,7 +145,7 @@ def _add_object_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-object-probability", type=_probability_arg, default=None, metavar="P|auto",
                    help="drop objects whose mean foreground probability is under P: what the network is unsure "
                         "of, such as dark folds of cytoplasm (0 = off, keep every object; default auto: "
-                        "0.7 for models with a canonical diameter, measured to raise "
+                        "0.65 for models with a canonical diameter, measured to raise "
                         "the nuclei model's AP on new experiments, else off)")
     p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
