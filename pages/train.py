@@ -416,7 +416,10 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
     with net:
         st.markdown("**Network and tiles**")
         if init_width is not None:
-            st.number_input("Width (features in the first layer)", value=init_width, disabled=True,
+            # Set, not value=: a keyed widget keeps its first value, which was another model's width
+            # after the user chose a second model to start from.
+            st.session_state["train_width_init"] = init_width
+            st.number_input("Width (features in the first layer)", disabled=True,
                             key="train_width_init", help="Fine-tuning keeps the model's own size.")
         else:
             st.number_input("Width (features in the first layer)", **config.bounds("width"), step=1,

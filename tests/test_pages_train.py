@@ -110,7 +110,8 @@ def test_the_bright_field_look_needs_a_model_with_a_diameter_and_reaches_the_tra
 
     net = random_net(seed=0)
     to_onnx(net, ModelMeta(name="nuclei-like", unet=net.config, diameter=12.0), studio_dirs.models / "a-d12.onnx")
-    to_onnx(net, ModelMeta(name="plain", unet=net.config), studio_dirs.models / "b-plain.onnx")
+    wide = random_net(seed=0, width=8)
+    to_onnx(wide, ModelMeta(name="plain", unet=wide.config), studio_dirs.models / "b-plain.onnx")
     started = []
     monkeypatch.setattr(jobs, "start_run", lambda name, data, options, **kw: started.append(options))
     at = open_page("pages/train.py")
@@ -119,8 +120,10 @@ def test_the_bright_field_look_needs_a_model_with_a_diameter_and_reaches_the_tra
     at.radio(key="train_start_from").set_value("model").run()
     at.selectbox(key="train_init").set_value(str(studio_dirs.models / "b-plain.onnx")).run()
     assert next(t for t in at.toggle if t.label == "Bright-field look").disabled
+    assert number(at, "Width (features in the first layer)").value == 8
     at.selectbox(key="train_init").set_value(str(studio_dirs.models / "a-d12.onnx")).run()
     assert "objects rescaled to 12 px across" in texts(at.caption)
+    assert number(at, "Width (features in the first layer)").value == 4  # this model's width, not the last one's
     next(t for t in at.toggle if t.label == "Bright-field look").set_value(True).run()
     at.session_state["data_source"] = SMALL_SYNTH
     at.run()
