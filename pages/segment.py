@@ -24,6 +24,7 @@ from unet_core.io import (
     read_image_bytes,
     read_image_header_bytes,
 )
+from unet_core.look import LOOK_WORDS
 from unet_core.runtime import Predictor
 from unet_core.studio import visualize as viz
 from unet_core.studio.segmenting import (
@@ -220,8 +221,10 @@ def choose_options(predictor: Predictor) -> tuple[InferenceOptions, InstanceOpti
     auto_size = st.checkbox(
         "Automatic clean-up", **kept("segment_auto_clean", True),
         help="Remove specks far smaller than a typical object (a tenth of its area) and objects the network "
-        f"is unsure of (mean probability under {DEFAULT_MIN_OBJECT_PROBABILITY:g}), as chosen on images the "
-        "nuclei model never saw. Models without an object diameter keep every object.",
+        "is unsure of (mean probability under " + ", ".join(f"{p:g} in {look}" for look, p in
+                                                     DEFAULT_MIN_OBJECT_PROBABILITY.items())
+        + " images, told apart automatically), as chosen on images the nuclei model never saw. Models without "
+        "an object diameter keep every object.",
     )
     min_size = st.number_input(
         "Minimum object size (pixels)", min_value=0, step=10, disabled=auto_size, **kept("segment_min_size", 0),
@@ -350,6 +353,9 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     if seg.diameter_source in ("given", "estimated") and seg.diameter:
         st.caption(f"Object diameter **{seg.diameter:.1f} px** ({seg.diameter_source}); the image was segmented "
                    f"at {seg.factor:.2f}× its size.")
+    if seg.look:
+        st.caption(f"Looks like **{seg.look}** ({LOOK_WORDS[seg.look]}): automatic clean-up drops objects with a "
+                   f"mean probability under {DEFAULT_MIN_OBJECT_PROBABILITY[seg.look]:g}.")
     for note in [*result.image.notes, *seg.notes]:  # the channel segmented, NaN pixels, tile changes
         st.caption(note)
     download_buttons(outcome.files, key=outcome.name)

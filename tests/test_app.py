@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -299,6 +300,9 @@ def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed
     assert not at.exception
     captions = texts(at.caption)
     assert "Object diameter **12.0 px** (given)" in captions and "2.00×" in captions
+    # the image's look, which sets the automatic probability filter, and the threshold it set
+    assert re.search(r"Looks like \*\*(fluorescence|bright-field|stained)\*\* \(.+\): automatic clean-up drops "
+                     r"objects with a mean probability under 0\.\d+\.", captions), captions
 
 
 @pytest.mark.slow

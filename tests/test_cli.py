@@ -104,7 +104,8 @@ def test_predict_drops_objects_under_the_minimum_probability_and_its_help_says_t
     # The help's numbers are the engine's (the parser does not import it: it is slow to load).
     predict = build_parser()._subparsers._group_actions[0].choices["predict"]
     helps = {a.dest: a.help for a in predict._actions}
-    assert f"default auto: {DEFAULT_MIN_OBJECT_PROBABILITY:g} " in helps["min_object_probability"]
+    for look, p in DEFAULT_MIN_OBJECT_PROBABILITY.items():
+        assert f"{look} {p:g}," in helps["min_object_probability"]
     assert f"default auto: {DEFAULT_OUTLINE_THRESHOLD:g} " in helps["outline_threshold"]
 
 

@@ -32,6 +32,7 @@ from unet_core.export import to_onnx
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
 from unet_core.io import ImageReadError, channels_for_model, read_image
+from unet_core.look import LOOKS
 from unet_core.metadata import ModelMeta
 from unet_core.predict import output_stems, run
 from unet_core.runtime import load_predictor
@@ -117,6 +118,8 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
         store = tmp_path / f"d{diameter}.zarr"
         result = predict_blocks(path, scaled_model, store, client, options, inst, DaskOptions(block=300))
         assert result.factor == pytest.approx(single.segmentation.factor)
+        # the look (which sets the automatic probability filter) summed over regions, as over the image
+        assert result.look == single.segmentation.look, diameter
         labels, ids = _stored(store)
         assert np.array_equal(labels, single.segmentation.labels[0]), diameter
         assert np.array_equal(ids, single.instances[0]), diameter
@@ -141,6 +144,8 @@ def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_m
     result = predict_blocks(path, model, store, client, options, inst, DaskOptions(block=300))
     _, ids = _stored(store)
     assert np.array_equal(ids, single.instances[0])
+    # the look (which sets the automatic threshold) summed over the regions, as over the whole image
+    assert result.look == single.segmentation.look and result.look in LOOKS
     _same_table(result.objects, single.objects[0])
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from unet_core.datasets import open_dataset
 from unet_core.evaluate import EvalOptions, EvalReport, ImageResult, evaluate, mean_metrics, metric_kind
+from unet_core.instances import DEFAULT_MIN_OBJECT_PROBABILITY, InstanceOptions
 from unet_core.io import write_png
 from unet_core.metadata import ModelMeta
 from unet_core.model import UNetConfig
@@ -130,8 +131,15 @@ def test_the_report_says_how_outlines_were_redrawn_and_objects_kept(instance_dat
     report = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off"))
     assert report.options["outline_threshold"] == 0.4
     assert "outlines redrawn where the foreground probability exceeds 0.4" in report.to_markdown()
-    assert report.options["min_object_probability"] == 0.65
-    assert "objects with a mean foreground probability under 0.65 dropped" in report.to_markdown()
+    assert report.options["min_object_probability"] == DEFAULT_MIN_OBJECT_PROBABILITY  # automatic: by look
+    md = report.to_markdown()
+    assert "objects with a mean foreground probability under 0.6 (fluorescence), 0.75 (bright-field), 0.65 " \
+        "(stained) by each image's look dropped" in md
+    assert {r.look for r in report.rows} == {"fluorescence"}  # bright cells on dark
+    assert "| # | image | size | look |" in md and "| fluorescence |" in md
+    fixed = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off",
+                                                     instance_options=InstanceOptions(min_object_probability=0.5)))
+    assert "objects with a mean foreground probability under 0.5 dropped" in fixed.to_markdown()
     assert report.means["dsb_ap"] == plain.means["dsb_ap"]  # an oracle's sure outlines do not move
 
 

@@ -215,7 +215,7 @@ def test_foreground_sums_of_bands_and_windows_add_up_to_the_whole_image_exactly(
 
 
 def test_the_probability_filter_is_automatic_for_models_with_a_diameter_and_checked() -> None:
-    assert InstanceOptions().resolved(24.0).min_object_probability == inst.DEFAULT_MIN_OBJECT_PROBABILITY
+    assert InstanceOptions().resolved(24.0).min_object_probability == inst.DEFAULT_MIN_OBJECT_PROBABILITY["fluorescence"]
     assert InstanceOptions().resolved(None).min_object_probability == 0.0
     assert InstanceOptions(min_object_probability=0).resolved(24.0).min_object_probability == 0.0
     assert InstanceOptions(min_object_probability=0.5).resolved(None).min_object_probability == 0.5

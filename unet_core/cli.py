@@ -144,9 +144,9 @@ def _add_object_options(p: argparse.ArgumentParser) -> None:
                         "for models with a canonical diameter, measured to raise the nuclei model's AP, else off)")
     p.add_argument("--min-object-probability", type=_probability_arg, default=None, metavar="P|auto",
                    help="drop objects whose mean foreground probability is under P: what the network is unsure "
-                        "of, such as dark folds of cytoplasm (0 = off, keep every object; default auto: "
-                        "0.65 for models with a canonical diameter, measured to raise "
-                        "the nuclei model's AP on new experiments, else off)")
+                        "of, such as dark folds of cytoplasm (0 = off, keep every object; default auto, by the "
+                        "image's look: fluorescence 0.6, bright-field 0.75, stained 0.65, for models with a "
+                        "canonical diameter, measured to raise the nuclei model's AP on new experiments; else off)")
     p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
 
@@ -167,14 +167,20 @@ def _segment_file(name: str, stem: str, predictor, options, inst, args: argparse
     return segment_file(name, stem, predictor, options, inst, out, args.channels, args.overwrite, inputs, bar.tiles)
 
 
-def _report_file(name: str, stem: str, seg, written) -> None:
+def _report_file(name: str, stem: str, seg, written, inst) -> None:
     """What ``predict`` says about a segmented image: notes on stderr, the outputs on stdout."""
+    from .instances import DEFAULT_MIN_OBJECT_PROBABILITY
+
     if stem != Path(name).stem:
         print(f"note: {name}: results named {stem}_* (another input has the same name)", file=sys.stderr)
     if seg.diameter_source in ("given", "estimated"):
         print(f"note: {name}: object diameter {seg.diameter:.1f} px ({seg.diameter_source}), "
               f"segmented at {seg.factor:.2f}x" if seg.diameter else
               f"note: {name}: object diameter could not be estimated", file=sys.stderr)
+    if seg.look:
+        auto = inst.min_object_probability is None
+        print(f"note: {name}: looks like {seg.look}" + (f" (objects under a mean probability of "
+              f"{DEFAULT_MIN_OBJECT_PROBABILITY[seg.look]:g} dropped)" if auto else ""), file=sys.stderr)
     for note in written.notes:
         print(f"note: {name}: {note}", file=sys.stderr)
     print(f"{name}: {written.n_objects} objects -> " + ", ".join(p.name for p in written.outputs))
@@ -228,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {failure_message(name, exc)}", file=sys.stderr)
             continue
         bar.close()
-        _report_file(name, stem, seg, written)
+        _report_file(name, stem, seg, written, inst)
     if failed:
         print(f"{failed} of {len(args.images)} files failed", file=sys.stderr)
     return 1 if failed else 0
@@ -276,8 +282,9 @@ def _predict_whole_files(args, names: list[str], stems: list[str], model: Path, 
         if o.error:
             print(f"error: {o.error}", file=sys.stderr)
         else:
-            seg = SimpleNamespace(diameter=o.diameter, diameter_source=o.diameter_source, factor=o.factor)
-            _report_file(o.name, o.stem, seg, o.written)
+            seg = SimpleNamespace(diameter=o.diameter, diameter_source=o.diameter_source, factor=o.factor,
+                                  look=o.look)
+            _report_file(o.name, o.stem, seg, o.written, inst)
     return sum(o.error is not None for o in outcomes)
 
 
@@ -307,10 +314,10 @@ def _predict_in_blocks(args, name: str, stem: str, model: Path, out: Path, clien
         print(f"error: {failure_message(name, exc)}", file=sys.stderr)
         return 1
     written.outputs.append(store)
-    seg = SimpleNamespace(diameter=result.diameter, factor=result.factor,
+    seg = SimpleNamespace(diameter=result.diameter, factor=result.factor, look=result.look,
                           diameter_source="off" if result.diameter is None else "estimated"
                           if options.diameter.mode == "auto" else "given")
-    _report_file(name, stem, seg, written)
+    _report_file(name, stem, seg, written, inst)
     return 0
 
 

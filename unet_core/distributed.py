@@ -31,7 +31,8 @@ Object outlines are redrawn on the input grid (:func:`~unet_core.instances.refin
 chunk, each chunk with a margin as wide as an outline may move, from the working scale's foreground
 probability (``work_foreground``, a byte per pixel): equal to the single process's as well. Each
 chunk also sums the foreground probability over its objects' pixels (in whole 1/255 steps, so that
-the sums add up exactly); objects whose mean is under ``min_object_probability`` are then erased
+the sums add up exactly), and the sums that tell the image's look (:mod:`unet_core.look`, which sets
+the automatic threshold); objects whose mean is under ``min_object_probability`` are then erased
 from the chunks their bounding boxes reach and left out of the table, as
 :func:`~unet_core.instances.drop_uncertain` drops them in the single process.
 
@@ -88,6 +89,7 @@ from .io import (
     stretch_sample_step,
     tiff_resolution,
 )
+from .look import LookSums, look_sums
 from .metadata import ModelMeta
 from .predict import FileResult, Result, failure_message, segment_file, write_outputs
 from .scale import (
@@ -581,6 +583,8 @@ class BlockResult:
         objects: the object table (the rows of :func:`~unet_core.instances.object_table`).
         factor, diameter: the working scale and the object diameter used (None: the model has none).
         tile, blocks: the tile of the plan and the number of blocks.
+        look: the image's look (:mod:`unet_core.look`) that set the automatic probability filter;
+            None for a model without a canonical diameter or an image without objects.
     """
 
     zarr: Path
@@ -591,6 +595,7 @@ class BlockResult:
     blocks: int
     resolution: Resolution | None = None
     notes: list[str] = field(default_factory=list)
+    look: str | None = None
 
 
 def _check_supported(meta: ModelMeta, instance_options: InstanceOptions) -> InstanceOptions:
@@ -680,14 +685,17 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
                                    pure=False) for job in jobs], None)
     regions = list(_input_regions(source.shape2d, plan.chunk))
-    sums = ObjectSums.merged(_gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr),
-                                                            region, outline, bool(certain), pure=False)
-                                              for region in regions], None))
+    parts = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, outline,
+                                           bool(certain), tuple(meta.foreground_classes), pure=False)
+                             for region in regions], None)
+    sums = ObjectSums.merged([objects for objects, _ in parts])
+    look = sum((sums for _, sums in parts), LookSums()).look() if meta.diameter else None
+    certain = (instance_options or InstanceOptions()).resolved(meta.diameter, look).min_object_probability
     if certain:
         sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
     return BlockResult(out_zarr, table_from_sums(sums, source.pixel_size), factor, diameter,
-                       tile, len(jobs), source.resolution, notes)
+                       tile, len(jobs), source.resolution, notes, look)
 
 
 def _drop_uncertain_objects(client: Any, sums: ObjectSums, threshold: float,
@@ -782,18 +790,20 @@ def _input_regions(shape: tuple[int, int], chunk: tuple[int, int]) -> Iterator[t
 
 
 def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str,
-                       region: tuple[int, int, int, int], outline: float = 0.0,
-                       certainty: bool = False) -> ObjectSums:
+                       region: tuple[int, int, int, int], outline: float = 0.0, certainty: bool = False,
+                       foreground_classes: tuple[int, ...] = (1,)) -> tuple[ObjectSums, LookSums]:
     """Task: labels and object ids of one input-grid chunk (nearest working-scale pixel, as
     :func:`~unet_core.scale.rescale_labels` maps them; with ``outline``, the outlines redrawn as
-    :func:`~unet_core.instances.refine_outlines` redraws the whole image's), stored, and the
-    chunk's object sums (with ``certainty``, their foreground probability sums too)."""
+    :func:`~unet_core.instances.refine_outlines` redraws the whole image's), stored; the chunk's
+    object sums (with ``certainty``, their foreground probability sums too) and the sums that
+    tell the image's look (:func:`~unet_core.inference.image_look`)."""
     import zarr
 
     root = zarr.open_group(out, mode="r+")
     top, bottom, left, right = region
     shape = source.shape2d
-    root["labels"][top:bottom, left:right] = _nearest_window(root["work_labels"], work_shape, shape, region)
+    labels = _nearest_window(root["work_labels"], work_shape, shape, region)
+    root["labels"][top:bottom, left:right] = labels
     ids = _region_ids(root, work_shape, shape, region, outline)
     root["instances"][top:bottom, left:right] = ids
     if "probs" in root:
@@ -803,7 +813,8 @@ def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str
         r0, r1, c0, c1 = input_window(np.arange(top, bottom), np.arange(left, right), work_shape, shape)
         fg_sum = foreground_sums(ids, np.asarray(root["work_foreground"][r0:r1, c0:c1]), (top, left), shape,
                                  (r0, c0), work_shape)
-    return object_sums(ids, source.read(top, bottom, left, right), (top, left), fg_sum)
+    pixels = source.read(top, bottom, left, right)
+    return object_sums(ids, pixels, (top, left), fg_sum), look_sums(pixels, np.isin(labels, foreground_classes))
 
 
 def _erase_objects(out: str, region: tuple[int, int, int, int], gone: np.ndarray) -> None:
@@ -915,6 +926,7 @@ class FileOutcome:
     diameter_source: str = "off"
     factor: float = 1.0
     error: str | None = None
+    look: str | None = None
 
 
 def _file_task(name: str, stem: str, model: str, device: str, threads: int, options: InferenceOptions,
@@ -927,7 +939,7 @@ def _file_task(name: str, stem: str, model: str, device: str, threads: int, opti
                                     protected)
     except Exception as exc:  # noqa: BLE001 -- this file fails, the others go on (a bug is logged by the worker)
         return FileOutcome(name, stem, error=failure_message(name, exc))
-    return FileOutcome(name, stem, written, seg.diameter, seg.diameter_source, seg.factor)
+    return FileOutcome(name, stem, written, seg.diameter, seg.diameter_source, seg.factor, look=seg.look)
 
 
 def predict_files(names: Sequence[str], stems: Sequence[str], model: str | Path, out_dir: str | Path, client: Any,

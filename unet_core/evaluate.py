@@ -30,7 +30,7 @@ from .baseline import BaselineOptions, segment_baseline
 from .datasets import Dataset
 from .errors import UserError
 from .inference import InferenceOptions, segment_objects
-from .instances import InstanceOptions
+from .instances import DEFAULT_MIN_OBJECT_PROBABILITY, InstanceOptions
 from .io import ImageFile
 from .metrics import LOWER_IS_BETTER, PRIMARY_METRIC, evaluate_pair
 from .runtime import Predictor
@@ -89,6 +89,7 @@ class ImageResult:
     seconds: float
     category: str | None = None
     diameter: float | None = None  # the object diameter inference used (given or estimated)
+    look: str | None = None  # the image's look that set the automatic probability filter (unet_core.look)
 
 
 @dataclass
@@ -156,6 +157,7 @@ class EvalReport:
     def to_markdown(self) -> str:
         """A report: settings, mean metrics, and one row per image, worst first."""
         cols = [m for m in TABLE_METRICS[self.kind] if any(m in r.metrics for r in self.rows)]
+        looks = any(r.look for r in self.rows)
         lines = [
             "# Evaluation report",
             "",
@@ -166,8 +168,8 @@ class EvalReport:
                "components of the predicted foreground")
             + (f", outlines redrawn where the foreground probability exceeds {self.options['outline_threshold']:g}"
                if self.kind == "instance" and self.options.get("outline_threshold") else "")
-            + (f", objects with a mean foreground probability under {self.options['min_object_probability']:g} "
-               "dropped" if self.kind == "instance" and self.options.get("min_object_probability") else "")
+            + (f", objects with a mean foreground probability under {_threshold_text(self.options)} dropped"
+               if self.kind == "instance" and self.options.get("min_object_probability") else "")
             + ")",
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
             + {True: ", probabilities averaged over the 8 flips/rotations (TTA)", None: ", TTA automatic (images "
@@ -192,13 +194,22 @@ class EvalReport:
             f"## Per image (worst first by {self.primary}, "
             + ("higher is worse" if self.primary in LOWER_IS_BETTER else "lower is worse") + ")",
             "",
-            "| # | image | size | " + " | ".join(cols) + " |",
-            "|---|---|---|" + "---|" * len(cols),
+            "| # | image | size | " + ("look | " if looks else "") + " | ".join(cols) + " |",
+            "|---|---|---|" + ("---|" if looks else "") + "---|" * len(cols),
         ]
         for r in self.worst_first():
             vals = " | ".join(_fmt(r.metrics.get(c, math.nan)) for c in cols)
-            lines.append(f"| {r.index} | {r.name} | {r.width}x{r.height} | {vals} |")
+            look = f"{r.look or 'n/a'} | " if looks else ""
+            lines.append(f"| {r.index} | {r.name} | {r.width}x{r.height} | {look}{vals} |")
         return "\n".join(lines) + "\n"
+
+
+def _threshold_text(options: dict[str, Any]) -> str:
+    """The minimum object probability of a report: ``0.5``, or the automatic one by image look."""
+    p = options["min_object_probability"]
+    if isinstance(p, dict):
+        return ", ".join(f"{v:g} ({look})" for look, v in p.items()) + " by each image's look"
+    return f"{p:g}"
 
 
 def _fmt(v: float) -> str:
@@ -278,7 +289,7 @@ def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOp
     """The metrics of sample ``i`` (``kind``: ``"semantic"`` or ``"instance"``)."""
     t0 = time.perf_counter()
     sample = dataset.samples[i]
-    labels, pred, diameter = predict_sample(segmenter, dataset, i, options)
+    labels, pred, diameter, look = predict_sample(segmenter, dataset, i, options)
     if kind == "semantic":
         gt = dataset.load_classes(i)
         fg = 1 if isinstance(segmenter, BaselineOptions) else segmenter.meta.foreground_classes[0]
@@ -287,29 +298,35 @@ def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOp
     else:
         metrics = evaluate_pair(pred, dataset.load_instances(i), "instance")
     return ImageResult(i, sample.name, int(labels.shape[0]), int(labels.shape[1]),
-                       {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0, sample.category, diameter)
+                       {k: float(v) for k, v in metrics.items()}, time.perf_counter() - t0, sample.category, diameter,
+                       look)
 
 
-def _object_rule(segmenter: Segmenter, options: EvalOptions) -> dict[str, float | None]:
+def _object_rule(segmenter: Segmenter, options: EvalOptions) -> dict[str, Any]:
     """The outline threshold the instances were drawn at and the minimum object probability they
-    were kept at (None for the baseline, which has neither)."""
+    were kept at: one number, or the automatic one per image look (None for the baseline, which
+    has neither)."""
     if isinstance(segmenter, BaselineOptions):
         return {"outline_threshold": None, "min_object_probability": None}
     resolved = options.instance_options.resolved(segmenter.meta.diameter)
-    return {"outline_threshold": resolved.outline_threshold, "min_object_probability": resolved.min_object_probability}
+    by_look = segmenter.meta.diameter and options.instance_options.min_object_probability is None
+    return {"outline_threshold": resolved.outline_threshold,
+            "min_object_probability": dict(DEFAULT_MIN_OBJECT_PROBABILITY) if by_look
+            else resolved.min_object_probability}
 
 
 def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,
-                   options: EvalOptions) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """(class labels, instance ids, diameter used) of sample ``i``, as :func:`evaluate` scores it."""
+                   options: EvalOptions) -> tuple[np.ndarray, np.ndarray, float | None, str | None]:
+    """(class labels, instance ids, diameter used, image look) of sample ``i``, as :func:`evaluate`
+    scores it."""
     pixels = dataset.load_image(i)
     if isinstance(segmenter, BaselineOptions):
         ids = segment_baseline(pixels, segmenter)
-        return (ids > 0).astype(np.uint8), ids, None
+        return (ids > 0).astype(np.uint8), ids, None, None
     inference = InferenceOptions(tile=options.tile, batch=options.batch, tta=options.tta, diameter=options.diameter)
     seg, ids = segment_objects(ImageFile(name=dataset.samples[i].name, data=pixels[None]), segmenter, inference,
                                options.instance_options)
-    return seg.labels[0], ids[0], seg.diameter
+    return seg.labels[0], ids[0], seg.diameter, seg.look
 
 
 def comparison_rows(model: EvalReport, baseline: EvalReport,

@@ -39,6 +39,7 @@ import numpy as np
 from .atomic import write_json
 from .instances import InstanceOptions, drop_uncertain, foreground_u8, instances, refine_outlines
 from .io import ImageFile, Stretch, fit_stretch, to_channels
+from .look import LookSums, look_sums
 from .metadata import ModelMeta
 from .paths import cache_dir
 from .runtime import Predictor, cuda_free_memory
@@ -128,6 +129,9 @@ class Segmentation:
         diameter: the object diameter in input pixels that was used (given or estimated), None
             when the model has no canonical diameter or scale handling was off.
         diameter_source: ``"given"``, ``"estimated"``, ``"off"`` or ``"model has none"``.
+        look: the image's look (``"fluorescence"``, ``"bright-field"`` or ``"stained"``:
+            :mod:`unet_core.look`, over all slices), which sets the automatic probability filter;
+            None for a model without a canonical diameter, or an image without objects.
         work_foreground: (Z, H', W') uint8 foreground probability at the working scale, in 1/255
             steps (:func:`~unet_core.instances.foreground_u8`): the object outlines are redrawn
             from it (:func:`~unet_core.instances.refine_outlines`) and uncertain objects found
@@ -145,6 +149,7 @@ class Segmentation:
     diameter: float | None = None
     diameter_source: str = "off"
     work_foreground: np.ndarray | None = None
+    look: str | None = None
 
     def __post_init__(self) -> None:
         if self.work_labels is None:
@@ -176,13 +181,25 @@ def segment(
     if mode == "off":
         seg = _segment_at(image.data, 1.0, predictor, options, stretch, progress)
         seg.diameter_source = "off" if canonical else "model has none"
-        return seg
-    if mode == "given":
+    elif mode == "given":
         factor = _work_factor(canonical / options.diameter.pixels, image.shape2d)
         seg = _segment_at(image.data, factor, predictor, options, stretch, progress)
         seg.diameter, seg.diameter_source = options.diameter.pixels, "given"
-        return _to_input_grid(seg, image.shape2d)
-    return _to_input_grid(_segment_auto(image, canonical, predictor, options, stretch, progress), image.shape2d)
+        seg = _to_input_grid(seg, image.shape2d)
+    else:
+        seg = _to_input_grid(_segment_auto(image, canonical, predictor, options, stretch, progress), image.shape2d)
+    if canonical:  # the look only sets the automatic filter of models with a diameter
+        seg.look = image_look(image.data, seg.labels, meta.foreground_classes)
+    return seg
+
+
+def image_look(data: np.ndarray, labels: np.ndarray, foreground_classes: list[int] | tuple[int, ...]) -> str | None:
+    """The look (:mod:`unet_core.look`) of an image or stack ``data`` (Z, H, W, C), its objects
+    the foreground of the class map ``labels`` (Z, H, W) on the input grid."""
+    total = LookSums()
+    for s in range(data.shape[0]):
+        total = total + look_sums(data[s], np.isin(labels[s], foreground_classes))
+    return total.look()
 
 
 @dataclass(frozen=True)
@@ -346,7 +363,7 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
     canonical diameter), mapped back by nearest neighbour, outlines redrawn and uncertain objects
     dropped where the options ask for it. No network pass: changing only the post-processing (``instance_options``) of a result
     calls this alone."""
-    options = (instance_options or InstanceOptions()).resolved(meta.diameter)
+    options = (instance_options or InstanceOptions()).resolved(meta.diameter, seg.look)
 
     def one(s: int) -> np.ndarray:
         work = instances(seg.work_labels[s], meta.foreground_classes, options,

@@ -27,7 +27,8 @@ Defaults (``None`` = automatic) for a model with a canonical object diameter ``D
 working scale, where objects are about ``D`` across): ``min_size`` = :data:`MIN_SIZE_FRACTION` of
 the area of a disc of diameter ``D``, ``expand`` = :data:`DEFAULT_EXPAND`, outlines redrawn at
 :data:`DEFAULT_OUTLINE_THRESHOLD`, ``min_object_probability`` =
-:data:`DEFAULT_MIN_OBJECT_PROBABILITY`. For a model without one: no size filter, no expansion, no
+:data:`DEFAULT_MIN_OBJECT_PROBABILITY` of the image's look (fluorescence, bright-field or stained:
+:mod:`unet_core.look`). For a model without one: no size filter, no expansion, no
 outline step, no probability filter. Each was chosen by measurement on images the model did not
 train on (the size filter, a tenth of the disc area: DSB mean AP 0.452 against 0.424 without one,
 0.447 at 0.05 and 0.440 at 0.2; the others: at their constants below; see the model card).
@@ -63,15 +64,19 @@ DEFAULT_OUTLINE_THRESHOLD = 0.4
 #: default is none; ``expand`` stays an option for models whose objects come out too small.
 DEFAULT_EXPAND = 0
 
-#: Automatic object filter: objects whose mean foreground probability is under this are dropped
-#: (:func:`drop_uncertain`), for a model with a canonical diameter. Measured with the nuclei recipe
-#: (v4c) on DSB 2018 images it never saw, test-time augmentation off, DSB mean AP for none / 0.6 /
-#: **0.65** / 0.7 / 0.75: held-out acquisition groups 0.329 / 0.364 / **0.386** / 0.402 / 0.394
-#: (bright-field 0.185 -> 0.328 at 0.65; fluorescence 0.415 -> 0.420, but its foreground IoU falls
-#: from 0.756 to 0.738, and to 0.706 at 0.7: dim real nuclei go too); random split 0.523 / 0.528 /
-#: **0.531** / 0.534 / 0.533, stained foreground IoU 0.711 / 0.706 / 0.691 / 0.659 / 0.563. 0.65
-#: keeps most of the gain on new experiments at a fraction of the coverage loss of 0.7.
-DEFAULT_MIN_OBJECT_PROBABILITY = 0.65
+#: Automatic object filter, by the image's look (:mod:`unet_core.look`): objects whose mean foreground
+#: probability is under this are dropped (:func:`drop_uncertain`), for a model with a canonical
+#: diameter. Measured with the nuclei recipe (v4c) on DSB 2018 images it never saw, test-time
+#: augmentation off, DSB mean AP (foreground IoU) for none / 0.6 / 0.65 / 0.7 / 0.75 / 0.8:
+#: fluorescence, 27 images of held-out acquisition groups, 0.415 (0.756) / **0.420 (0.751)** /
+#: 0.420 (0.738) / 0.411 (0.706) / 0.379 (0.636) / 0.323 (0.509): dim real nuclei are pale too;
+#: bright-field, the 16 images of the one such experiment, 0.185 (0.405) / 0.269 (0.479) / 0.328
+#: (0.566) / 0.388 (0.677) / **0.419 (0.739)** / 0.413 (0.713): dark cytoplasm gives many pale
+#: false nuclei (chosen on the images it is measured on: DSB 2018 has no other bright-field
+#: experiment); stained, 24 images of the random split, 0.282 (0.711) / 0.292 (0.706) / **0.299
+#: (0.691)** / 0.296 (0.659) / 0.288 (0.563) / 0.243 (0.405). An image of unknown look (no object
+#: or no background) takes the fluorescence value.
+DEFAULT_MIN_OBJECT_PROBABILITY = {"fluorescence": 0.6, "bright-field": 0.75, "stained": 0.65}
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,8 @@ class InstanceOptions:
             with a canonical diameter, else off).
         min_object_probability: drop objects whose mean foreground probability (input grid, over
             their final pixels) is under this (:func:`drop_uncertain`; 0 = off, keep every object;
-            None = automatic: :data:`DEFAULT_MIN_OBJECT_PROBABILITY` for a model with a canonical
-            diameter, else off).
+            None = automatic: :data:`DEFAULT_MIN_OBJECT_PROBABILITY` of the image's look for a model
+            with a canonical diameter, else off).
     """
 
     min_size: int | None = None
@@ -102,8 +107,10 @@ class InstanceOptions:
     outline_threshold: float | None = None
     min_object_probability: float | None = None
 
-    def resolved(self, expected_diameter: float | None) -> InstanceOptions:
-        """The options with automatic values filled in for a model of this canonical diameter."""
+    def resolved(self, expected_diameter: float | None, look: str | None = None) -> InstanceOptions:
+        """The options with automatic values filled in for a model of this canonical diameter and
+        an image of this ``look`` (:meth:`unet_core.look.LookSums.look`; None: not known, taken as
+        fluorescence)."""
         min_size, expand, outline = self.min_size, self.expand, self.outline_threshold
         certain = self.min_object_probability
         if min_size is None:
@@ -113,7 +120,7 @@ class InstanceOptions:
         if outline is None:
             outline = DEFAULT_OUTLINE_THRESHOLD if expected_diameter else 0.0
         if certain is None:
-            certain = DEFAULT_MIN_OBJECT_PROBABILITY if expected_diameter else 0.0
+            certain = DEFAULT_MIN_OBJECT_PROBABILITY[look or "fluorescence"] if expected_diameter else 0.0
         if min_size < 0 or expand < 0:
             raise ValueError(f"min_size and expand must be >= 0, not {min_size} and {expand}")
         for name, p in (("outline threshold", outline), ("minimum object probability", certain)):
