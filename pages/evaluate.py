@@ -156,9 +156,12 @@ def show_means(report: EvalReport) -> None:
 
 def show_table(report: EvalReport) -> None:
     keys = shown_metrics(report)
+    looks = any(r.look for r in report.rows)  # models with an object diameter: the look set the filter
     rows = []
     for rank, r in enumerate(report.worst_first(), start=1):
         row = {"Rank": rank, "#": r.index + 1, "Image": r.name, "Size": f"{r.width} × {r.height}"}
+        if looks:
+            row["Look"] = r.look or "no objects"
         for key in keys:
             v = r.metrics.get(key, math.nan)
             row[key] = None if math.isnan(v) else v
@@ -168,6 +171,9 @@ def show_table(report: EvalReport) -> None:
         "Rank": st.column_config.NumberColumn("Rank", width="small", help="1 = the worst image"),
         "#": st.column_config.NumberColumn("#", width="small", help="The image's number in the data set"),
         "Seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
+        "Look": st.column_config.TextColumn("Look", help="What the image looks like to the engine (fluorescence, "
+                                            "bright-field or stained): it sets how sure of an object the network "
+                                            "must be for the automatic clean-up to keep it."),
     }
     for key in keys:
         config[key] = st.column_config.NumberColumn(

@@ -242,10 +242,28 @@ def test_evaluate_page_scores_the_tiny_model_per_image(tiny_installed: Path) -> 
     assert len(table) == 3 and list(table["Rank"]) == [1, 2, 3]
     report = at.session_state["evaluate_results"]["report"]
     assert [r.name for r in report.worst_first()] == list(table["Image"])
+    assert "Look" not in table.columns and not any(r.look for r in report.rows)  # the tiny model has no diameter
     assert len(at.get("image")) == 9  # the 3 worst images: hand-drawn, model, differences
 
     at.radio(key="evaluate_split").set_value("val").run()  # other images: the results are out of date
     assert "press **Evaluate** to score again" in texts(at.info)
+
+
+@pytest.mark.slow
+def test_evaluate_page_says_each_images_look_for_a_model_with_a_diameter(studio_dirs, tiny_model) -> None:
+    from unet_core.export import to_onnx
+    from unet_core.look import LOOKS
+    from unet_core.metadata import ModelMeta
+
+    net, _ = tiny_model
+    to_onnx(net, ModelMeta(name="tiny-scaled", unet=net.config, diameter=24.0), studio_dirs.models / "tiny-scaled.onnx")
+    at = open_page("pages/evaluate.py", {"data_source": DataSource(n=2, size=96)})
+    at.button(key="evaluate_run").click().run()
+    assert not at.exception and not at.error
+    report = at.session_state["evaluate_results"]["report"]
+    table = at.dataframe[1].value
+    assert list(table["Look"]) == [r.look or "no objects" for r in report.worst_first()]
+    assert set(table["Look"]) <= {*LOOKS, "no objects"}
 
 
 def test_evaluate_page_without_a_model_or_with_a_broken_one(studio_dirs) -> None:
