@@ -689,7 +689,7 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
                                            bool(certain), tuple(meta.foreground_classes), pure=False)
                              for region in regions], None)
     sums = ObjectSums.merged([objects for objects, _ in parts])
-    look = sum((sums for _, sums in parts), LookSums()).look() if meta.diameter else None
+    look = sum((part for _, part in parts), LookSums()).look() if meta.diameter else None
     certain = (instance_options or InstanceOptions()).resolved(meta.diameter, look).min_object_probability
     if certain:
         sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
