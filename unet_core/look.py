@@ -23,13 +23,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .instances import row_bands
-from .io import to_channels
+from .io import gray_plane
 
-LOOKS = ("fluorescence", "bright-field", "stained")
 #: What each look is, in a user's words.
 LOOK_WORDS = {"fluorescence": "bright objects on a dark background",
               "bright-field": "dark objects on a light, gray background",
               "stained": "dark objects on a light, coloured background"}
+LOOKS = tuple(LOOK_WORDS)
 
 #: An image is in colour when its pixels' mean spread between the red, green and blue values is at
 #: least this fraction of its mean gray value. Gray images stored as RGB have no spread at all; the
@@ -78,7 +78,7 @@ def look_sums(pixels: np.ndarray, objects: np.ndarray) -> LookSums:
 
 
 def _band_sums(pixels: np.ndarray, objects: np.ndarray) -> LookSums:
-    gray = to_channels(pixels if pixels.ndim == 3 else pixels[..., None], 1)[..., 0].astype(np.float64)
+    gray = gray_plane(pixels).astype(np.float64)
     spread = 0.0
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # RGB(A): the alpha channel carries no colour
         colour = pixels[..., :3]
