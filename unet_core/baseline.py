@@ -27,7 +27,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
-from .io import to_channels
+from .io import gray_plane
 from .scale import median_diameter
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class BaselineOptions:
 def foreground(pixels: np.ndarray, options: BaselineOptions | None = None) -> np.ndarray:
     """Otsu foreground (bool, H x W) of one image (H, W) or (H, W, C), polarity from its border."""
     options = options or BaselineOptions()
-    gray = to_channels(pixels if pixels.ndim == 3 else pixels[..., None], 1)[..., 0].astype(np.float32)
+    gray = gray_plane(pixels).astype(np.float32)
     if options.smooth > 0:
         gray = gaussian(gray, options.smooth, preserve_range=True)
     if float(gray.max()) <= float(gray.min()):

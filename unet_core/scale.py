@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .io import to_channels
+from .io import gray_plane
 from .tiling import Tile, reflect_indices
 
 #: Rescale factors are kept within these bounds: beyond them an image is either blown up past any
@@ -117,7 +117,7 @@ def window_from_sample(sample: np.ndarray, shape: tuple[int, int], edge: int) ->
     if (eh, ew) == (h, w):
         return slice(0, h), slice(0, w)
     step = search_step(edge)
-    g = to_channels(sample if sample.ndim == 3 else sample[..., None], 1)[..., 0]
+    g = gray_plane(sample).astype(np.float32, copy=False)
     mean = ndi.uniform_filter(g, 3)
     std = np.sqrt(np.maximum(ndi.uniform_filter(g * g, 3) - mean * mean, 0.0))
     wh, ww = max(1, eh // step), max(1, ew // step)
