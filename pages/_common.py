@@ -15,7 +15,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from unet_core.config import TTA_CHOICES
+from unet_core.config import SWITCH_CHOICES
 from unet_core.datasets import Dataset, DatasetError, DatasetSummary, list_datasets
 from unet_core.inference import TTA_AUTO_PIXELS
 from unet_core.paths import DATA_ENV, data_root
@@ -220,7 +220,7 @@ def kept(key: str, default: object, choices: Sequence[object] | None = None) -> 
     return {"key": key, "on_change": _store, "args": (key,)}
 
 
-#: How the pages say the test-time augmentation choices (``unet_core.config.TTA_CHOICES``).
+#: How the pages say the test-time augmentation choices (``unet_core.config.SWITCH_CHOICES``).
 _TTA_WORDS = {"auto": f"Automatic (images up to {TTA_AUTO_PIXELS / 1e6:.0f} megapixel)", "on": "Always",
               "off": "Never"}
 
@@ -228,12 +228,12 @@ _TTA_WORDS = {"auto": f"Automatic (images up to {TTA_AUTO_PIXELS / 1e6:.0f} mega
 def choose_tta(key: str) -> bool | None:
     """Test-time augmentation: automatic (the engine's default), always or never; kept across pages."""
     choice = st.selectbox(
-        "Test-time augmentation", list(TTA_CHOICES), format_func=_TTA_WORDS.__getitem__,
-        **kept(key, "auto", list(TTA_CHOICES)),
+        "Test-time augmentation", list(SWITCH_CHOICES), format_func=_TTA_WORDS.__getitem__,
+        **kept(key, "auto", list(SWITCH_CHOICES)),
         help="Average the network's answer over the 8 flips and rotations of each piece (as in the paper's ISBI "
         "entry): more accurate objects (mean AP +0.015 on images of new experiments), about 5 times slower. "
         "Automatic does it for images small enough that it costs seconds.")
-    return TTA_CHOICES[choice]
+    return SWITCH_CHOICES[choice]
 
 
 def _seed(key: str, value: object) -> None:

@@ -303,6 +303,19 @@ def test_segment_page_uses_a_typed_diameter_and_says_which(scale_aware_installed
     # the image's look, which sets the automatic probability filter, and the threshold it set
     assert re.search(r"Looks like \*\*(fluorescence|bright-field|stained)\*\* \(.+\): automatic clean-up drops "
                      r"objects with a mean probability under 0\.\d+\.", captions), captions
+    # Splitting merged nuclei is on by default for this model and switched off live, from the stored
+    # result: the objects are then the engine's with the split off.
+    from unet_core.inference import instance_ids
+    from unet_core.instances import InstanceOptions
+
+    split = next(c for c in at.checkbox if c.label == "Split merged nuclei")
+    assert split.value is True and "split_merged=None" in at.session_state["segment_results"]["post"]
+    split.uncheck().run()
+    assert not at.exception and "split_merged=False" in at.session_state["segment_results"]["post"]
+    (outcome,) = at.session_state["segment_results"]["outcomes"].values()
+    seg, meta = outcome.result.segmentation, load_predictor(scale_aware_installed, "cpu").meta
+    whole = instance_ids(seg, meta, InstanceOptions(split_merged=False), seg.labels.shape[1:])
+    assert np.array_equal(outcome.result.instances, whole)
 
 
 @pytest.mark.slow

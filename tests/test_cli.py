@@ -107,6 +107,21 @@ def test_predict_drops_objects_under_the_minimum_probability_and_its_help_says_t
     for look, p in DEFAULT_MIN_OBJECT_PROBABILITY.items():
         assert f"{look} {p:g}," in helps["min_object_probability"]
     assert f"default auto: {DEFAULT_OUTLINE_THRESHOLD:g} " in helps["outline_threshold"]
+    assert "default auto: on for models with a canonical diameter" in helps["split_merged"]
+
+
+def test_split_merged_is_a_switch_that_reaches_the_object_options(capsys) -> None:
+    from unet_core.cli import _instance_options, build_parser
+
+    def parsed(*extra: str):
+        return _instance_options(build_parser().parse_args(["predict", "a.png", "--out", "o", *extra]))
+
+    assert parsed().split_merged is None  # automatic: on for models with a diameter (test_instances)
+    assert parsed("--split-merged", "OFF").split_merged is False
+    assert parsed("--split-merged", "on").split_merged is True
+    with pytest.raises(SystemExit):
+        parsed("--split-merged", "maybe")
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:

@@ -111,12 +111,13 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
     path = tmp_path / "rgb.tif"
     rgb = np.stack([_blobs((500, 610), seed=s, dtype=np.uint8) for s in (1, 2, 3)], axis=-1)
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64))
-    inst = InstanceOptions()
+    inst = InstanceOptions(split_merged=False)  # the one automatic step blocks leave out (below)
     for diameter in (20.0, 7.0, "auto", "off"):  # shrunk, enlarged, searched, as it is (outlines redrawn in all)
         options = InferenceOptions(tile=TILE, diameter=diameter, keep_probs=True)
         single = _single(path, scaled_model, options, inst)
         store = tmp_path / f"d{diameter}.zarr"
         result = predict_blocks(path, scaled_model, store, client, options, inst, DaskOptions(block=300))
+        assert not any("split" in note for note in result.notes)
         assert result.factor == pytest.approx(single.segmentation.factor)
         # the look (which sets the automatic probability filter) summed over regions, as over the image
         assert result.look == single.segmentation.look, diameter
@@ -125,6 +126,11 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
         assert np.array_equal(ids, single.instances[0]), diameter
         probs = np.asarray(zarr.open_group(str(store), mode="r")["probs"])
         assert np.abs(probs - single.segmentation.probs[0]).max() < 1e-5, diameter
+    # Left at automatic, the split of merged nuclei is not done in blocks, and the result says so.
+    result = predict_blocks(path, scaled_model, tmp_path / "auto.zarr", client, InferenceOptions(tile=TILE),
+                            InstanceOptions(), DaskOptions(block=300))
+    assert any("merged nuclei are not split in blocks" in note for note in result.notes)
+    assert np.array_equal(_stored(tmp_path / "auto.zarr")[1], _stored(tmp_path / "dauto.zarr")[1])
 
 
 def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_model, tmp_path: Path,
@@ -137,9 +143,10 @@ def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_m
     path = tmp_path / "blobs.tif"
     tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128))
     options = InferenceOptions(tile=TILE, diameter=7.0, tta=False)
-    inst = InstanceOptions(min_object_probability=0.5)
+    inst = InstanceOptions(min_object_probability=0.5, split_merged=False)  # blocks do not split
     single = _single(path, model, options, inst)
-    assert 50 < single.n_objects < _single(path, model, options, InstanceOptions(min_object_probability=0)).n_objects
+    everything = InstanceOptions(min_object_probability=0, split_merged=False)
+    assert 50 < single.n_objects < _single(path, model, options, everything).n_objects
     store = tmp_path / "filtered.zarr"
     result = predict_blocks(path, model, store, client, options, inst, DaskOptions(block=300))
     _, ids = _stored(store)
@@ -177,6 +184,8 @@ def test_what_blocks_cannot_do_is_refused_with_a_reason(tiny_model, tmp_path: Pa
     tifffile.imwrite(path, _blobs((300, 300)))
     with pytest.raises(DistributedError, match="--fill-holes"):
         predict_blocks(path, tiny_model[1], tmp_path / "x.zarr", client, None, InstanceOptions(fill_holes=True))
+    with pytest.raises(DistributedError, match="--split-merged on"):
+        predict_blocks(path, tiny_model[1], tmp_path / "x.zarr", client, None, InstanceOptions(split_merged=True))
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, _blobs((3, 200, 200)), imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(ImageReadError, match="stack"):

@@ -126,6 +126,7 @@ def test_the_report_says_how_outlines_were_redrawn_and_objects_kept(instance_dat
     plain = evaluate(ThresholdPredictor(), ds, options=EvalOptions(tile=20, tta=False))
     assert plain.options["outline_threshold"] == 0.0 and "outlines redrawn" not in plain.to_markdown()
     assert plain.options["min_object_probability"] == 0.0 and "dropped" not in plain.to_markdown()
+    assert plain.options["split_merged"] is False and "merged objects split" not in plain.to_markdown()
     scaled = ThresholdPredictor()
     scaled.meta = dataclasses.replace(scaled.meta, diameter=8.0)
     report = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off"))
@@ -134,7 +135,7 @@ def test_the_report_says_how_outlines_were_redrawn_and_objects_kept(instance_dat
     assert report.options["min_object_probability"] == DEFAULT_MIN_OBJECT_PROBABILITY  # automatic: by look
     md = report.to_markdown()
     assert "objects with a mean foreground probability under 0.6 (fluorescence), 0.75 (bright-field), 0.65 " \
-        "(stained) by each image's look dropped" in md
+        "(stained) by each image's look dropped, merged objects split)" in md
     assert {r.look for r in report.rows} == {"fluorescence"}  # bright cells on dark
     assert "| # | image | size | look |" in md and "| fluorescence |" in md
     fixed = evaluate(scaled, ds, options=EvalOptions(tile=20, tta=False, diameter="off",

@@ -235,3 +235,52 @@ def test_object_sums_carry_the_foreground_sums_through_merging_and_subsets() -> 
     two = merged.subset(merged.ids != 2)
     assert two.ids.tolist() == [1, 3] and two.sum_p.tolist() == [fg[1], fg[3]]
     assert inst.object_sums(ids, ids.astype(float)).sum_p.tolist() == [0, 0, 0]  # not measured
+
+
+# --------------------------------------------------------------------------- merged objects
+
+
+def _nuclei_field(merged: tuple[tuple[int, int], ...], extra: np.ndarray | None = None) -> np.ndarray:
+    """Class labels: eight separate discs of radius 8 (the image's typical nucleus), the discs at
+    ``merged`` centres drawn as one touching group, and ``extra`` foreground on top."""
+    yy, xx = np.mgrid[:160, :200]
+    labels = np.zeros((160, 200), np.uint8)
+    for cy, cx in [(20, 20 + 24 * k) for k in range(8)] + list(merged):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] = 1
+    if extra is not None:
+        labels[extra] = 1
+    return labels
+
+
+@pytest.mark.parametrize("centres", [((80, 60), (80, 74)), ((90, 100), (90, 114), (103, 107))])
+def test_touching_nuclei_drawn_as_one_object_are_split_one_piece_each(centres) -> None:
+    labels = _nuclei_field(centres)
+    whole = instances(labels, options=InstanceOptions(split_merged=False))
+    ids = instances(labels, options=InstanceOptions(split_merged=True))
+    assert whole.max() == 9 and ids.max() == 8 + len(centres)
+    assert np.array_equal(ids > 0, whole > 0)  # only cut: no pixel gained or lost
+    assert sorted(np.unique(ids)) == list(range(ids.max() + 1))  # still 1..n consecutive
+    for cy, cx in centres:  # each nucleus's centre in its own piece, of about a disc's area
+        piece = ids == ids[cy, cx]
+        assert 0.7 * np.pi * 64 < piece.sum() < 1.5 * np.pi * 64
+    assert len({int(ids[c]) for c in centres}) == len(centres)
+
+
+def test_large_round_or_long_objects_without_a_waist_are_kept_whole() -> None:
+    yy, xx = np.mgrid[:160, :200]
+    big = (yy - 80) ** 2 + (xx - 60) ** 2 <= 16**2  # 4x the typical area, one nucleus
+    long = ((yy - 100) / 7.0) ** 2 + ((xx - 150) / 20.0) ** 2 <= 1  # an ellipse 40 x 14 px
+    for extra in (big, long):
+        ids = instances(_nuclei_field((), extra), options=InstanceOptions(split_merged=True))
+        assert ids.max() == 9
+    # alone in its image it is the typical object itself: nothing to compare with, nothing cut
+    assert instances(big.astype(np.uint8), options=InstanceOptions(split_merged=True)).max() == 1
+
+
+def test_splitting_is_automatic_for_models_with_a_diameter() -> None:
+    assert InstanceOptions().resolved(24.0).split_merged is True
+    assert InstanceOptions().resolved(None).split_merged is False
+    assert InstanceOptions(split_merged=False).resolved(24.0).split_merged is False
+    assert InstanceOptions(split_merged=True).resolved(None).split_merged is True
+    labels = _nuclei_field(((80, 60), (80, 74)))
+    assert instances(labels, expected_diameter=16.0).max() == 10 and instances(labels).max() == 9

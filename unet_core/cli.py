@@ -105,31 +105,35 @@ def _probability_arg(value: str) -> float | None:
 
 
 def _instance_options(args: argparse.Namespace):
+    from .config import SWITCH_CHOICES
     from .instances import InstanceOptions
 
     return InstanceOptions(min_size=args.min_size, fill_holes=args.fill_holes, drop_border=args.drop_border,
                            expand=args.expand, outline_threshold=args.outline_threshold,
-                           min_object_probability=args.min_object_probability)
+                           min_object_probability=args.min_object_probability,
+                           split_merged=SWITCH_CHOICES[args.split_merged])
 
 
 def _add_tta(p: argparse.ArgumentParser) -> None:
     """``--tta [auto|on|off]``: test-time augmentation (automatic by default; ``--tta`` alone: on)."""
-    from .config import TTA_CHOICES
+    from .config import SWITCH_CHOICES
 
-    p.add_argument("--tta", nargs="?", const="on", default="auto", choices=tuple(TTA_CHOICES),
+    p.add_argument("--tta", nargs="?", const="on", default="auto", choices=tuple(SWITCH_CHOICES),
                    type=str.lower, metavar="auto|on|off",
                    help="average over the 8 flips/rotations: auto (default) for images up to 1 megapixel, where it "
                         "raises the accuracy for seconds of work, on, or off")
 
 
 def _tta(value: str) -> bool | None:
-    from .config import TTA_CHOICES
+    from .config import SWITCH_CHOICES
 
-    return TTA_CHOICES[value]
+    return SWITCH_CHOICES[value]
 
 
 def _add_object_options(p: argparse.ArgumentParser) -> None:
     """Scale and post-processing options shared by predict and evaluate."""
+    from .config import SWITCH_CHOICES
+
     p.add_argument("--diameter", type=_diameter_arg, default="auto", metavar="PX|auto|off",
                    help="object diameter in input pixels; auto (default) searches the scale the network is most certain at and reports the diameter measured there; "
                         "off segments at the input's scale (models without a canonical diameter ignore it)")
@@ -147,6 +151,12 @@ def _add_object_options(p: argparse.ArgumentParser) -> None:
                         "of, such as dark folds of cytoplasm (0 = off, keep every object; default auto, by the "
                         "image's look: fluorescence 0.6, bright-field 0.75, stained 0.65, for models with a "
                         "canonical diameter, measured to raise the nuclei model's AP on new experiments; else off)")
+    p.add_argument("--split-merged", default="auto", choices=tuple(SWITCH_CHOICES), type=str.lower,
+                   metavar="auto|on|off",
+                   help="cut apart objects that are several touching nuclei merged: an object much larger than "
+                        "the image's typical one, along the watershed of its distance transform (default auto: "
+                        "on for models with a canonical diameter, measured to raise the nuclei model's AP on new "
+                        "experiments; else off)")
     p.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     p.add_argument("--drop-border", action="store_true", help="drop objects touching the image border")
 
@@ -337,7 +347,8 @@ def _block_csv(result, out: Path, stem: str, overwrite: bool):
     check_outputs(out, [name], overwrite)
     write_text(out / name, objects_csv(result.objects, physical=result.resolution is not None))
     return FileResult(source=stem, outputs=[out / name], n_objects=len(result.objects),
-                      notes=["too large for the usual image files: labels and instances are in the Zarr store"])
+                      notes=["too large for the usual image files: labels and instances are in the Zarr store",
+                             *result.notes])
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -33,9 +33,9 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-#: Test-time augmentation by name (CLI ``--tta``, the pages' menus) -> ``InferenceOptions.tta``
-#: (None: automatic, see ``inference.TTA_AUTO_PIXELS``).
-TTA_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+#: An automatic switch by name (CLI ``--tta`` and ``--split-merged``, the pages' menus) -> its
+#: option's value (``InferenceOptions.tta``, ``InstanceOptions.split_merged``; None: automatic).
+SWITCH_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 #: The widest outline class a run may ask for (objects are 24 px or so across at the canonical scale).
 MAX_BORDER_WIDTH = 8
 #: The outline width of a fine-tuning run from an outline-class model that does not record its own.

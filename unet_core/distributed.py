@@ -38,9 +38,10 @@ from the chunks their bounding boxes reach and left out of the table, as
 
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
 or a given diameter, the size filter, the outline threshold, the probability filter and leaving out
-objects on the image's edge. Hole filling, growing objects (``expand``), outline-class models and stacks need the whole
-image at once and are refused with a message (use ``predict`` without ``--scheduler``, or per-file
-mode).
+objects on the image's edge. Hole filling, growing objects (``expand``), splitting merged objects
+(``split_merged``: it needs the image's median object and each object whole), outline-class models
+and stacks need the whole image at once and are refused with a message (use ``predict`` without
+``--scheduler``, or per-file mode); the automatic split is left out with a note.
 """
 
 from __future__ import annotations
@@ -601,6 +602,7 @@ class BlockResult:
 def _check_supported(meta: ModelMeta, instance_options: InstanceOptions) -> InstanceOptions:
     resolved = instance_options.resolved(meta.diameter)
     refused = [name for name, on in (("--fill-holes", resolved.fill_holes), ("--expand", resolved.expand > 0),
+                                     ("--split-merged on", instance_options.split_merged is True),
                                      ("an outline-class model", meta.border_class is not None)) if on]
     if refused:
         raise DistributedError(f"{', '.join(refused)}: not available in blocks (they need the whole image at once); "
@@ -694,6 +696,8 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     if certain:
         sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
+    if resolved.split_merged:  # automatic: a whole-image step the blocks leave out, said rather than silent
+        notes.append("merged nuclei are not split in blocks (predict without --scheduler splits them)")
     return BlockResult(out_zarr, table_from_sums(sums, source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes, look)
 

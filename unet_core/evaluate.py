@@ -170,6 +170,7 @@ class EvalReport:
                if self.kind == "instance" and self.options.get("outline_threshold") else "")
             + (f", objects with a mean foreground probability under {_threshold_text(self.options)} dropped"
                if self.kind == "instance" and self.options.get("min_object_probability") else "")
+            + (", merged objects split" if self.kind == "instance" and self.options.get("split_merged") else "")
             + ")",
             "- evaluated at the **argmax of the class probabilities** (no threshold sweep)"
             + {True: ", probabilities averaged over the 8 flips/rotations (TTA)", None: ", TTA automatic (images "
@@ -303,16 +304,17 @@ def score_sample(segmenter: Segmenter, dataset: Dataset, i: int, options: EvalOp
 
 
 def _object_rule(segmenter: Segmenter, options: EvalOptions) -> dict[str, Any]:
-    """The outline threshold the instances were drawn at and the minimum object probability they
-    were kept at: one number, or the automatic one per image look (None for the baseline, which
-    has neither)."""
+    """The outline threshold the instances were drawn at, the minimum object probability they
+    were kept at (one number, or the automatic one per image look) and whether merged objects were
+    split (None for the baseline, which has none of them)."""
     if isinstance(segmenter, BaselineOptions):
-        return {"outline_threshold": None, "min_object_probability": None}
+        return {"outline_threshold": None, "min_object_probability": None, "split_merged": None}
     resolved = options.instance_options.resolved(segmenter.meta.diameter)
     by_look = segmenter.meta.diameter and options.instance_options.min_object_probability is None
     return {"outline_threshold": resolved.outline_threshold,
             "min_object_probability": dict(DEFAULT_MIN_OBJECT_PROBABILITY) if by_look
-            else resolved.min_object_probability}
+            else resolved.min_object_probability,
+            "split_merged": resolved.split_merged}
 
 
 def predict_sample(segmenter: Segmenter, dataset: Dataset, i: int,
