@@ -9,6 +9,7 @@ outputs, and a bad file among them is reported while the others are written.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,12 @@ def test_blocks_give_the_single_process_labels_and_objects_exactly(tiny_model, t
     tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128), resolution=(2.0, 2.0),
                      metadata={"unit": "um"}, imagej=True)
     options = InferenceOptions(tile=TILE, diameter="off", tta=False)
-    inst = InstanceOptions(min_size=5, drop_border=True, min_object_probability=0.55)
+    inst = InstanceOptions(min_size=5, drop_border=True, min_object_probability=0.55, split_merged=True)
     single = _single(path, tiny_model[1], options, inst)
-    unsure = _single(path, tiny_model[1], options, InstanceOptions(min_size=5, drop_border=True))
+    unsure = _single(path, tiny_model[1], options, InstanceOptions(min_size=5, drop_border=True, split_merged=True))
     assert 0 < single.n_objects < unsure.n_objects  # the probability filter drops some objects, not all
+    whole = _single(path, tiny_model[1], options, replace(inst, split_merged=False))
+    assert single.n_objects > whole.n_objects  # and merged ones were split
     for block, n_blocks in ((450, 2 * 3), (200, 4 * 5)):
         store = tmp_path / f"b{block}.zarr"
         result = predict_blocks(path, tiny_model[1], store, client, options, inst, DaskOptions(block=block))
@@ -111,13 +114,12 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
     path = tmp_path / "rgb.tif"
     rgb = np.stack([_blobs((500, 610), seed=s, dtype=np.uint8) for s in (1, 2, 3)], axis=-1)
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(64, 64))
-    inst = InstanceOptions(split_merged=False)  # the one automatic step blocks leave out (below)
+    inst = InstanceOptions()  # automatic: outlines redrawn, merged objects split, the filter by look
     for diameter in (20.0, 7.0, "auto", "off"):  # shrunk, enlarged, searched, as it is (outlines redrawn in all)
         options = InferenceOptions(tile=TILE, diameter=diameter, keep_probs=True)
         single = _single(path, scaled_model, options, inst)
         store = tmp_path / f"d{diameter}.zarr"
         result = predict_blocks(path, scaled_model, store, client, options, inst, DaskOptions(block=300))
-        assert not any("split" in note for note in result.notes)
         assert result.factor == pytest.approx(single.segmentation.factor)
         # the look (which sets the automatic probability filter) summed over regions, as over the image
         assert result.look == single.segmentation.look, diameter
@@ -126,11 +128,33 @@ def test_rescaled_blocks_equal_the_rescaled_single_process(scaled_model: Path, t
         assert np.array_equal(ids, single.instances[0]), diameter
         probs = np.asarray(zarr.open_group(str(store), mode="r")["probs"])
         assert np.abs(probs - single.segmentation.probs[0]).max() < 1e-5, diameter
-    # Left at automatic, the split of merged nuclei is not done in blocks, and the result says so.
-    result = predict_blocks(path, scaled_model, tmp_path / "auto.zarr", client, InferenceOptions(tile=TILE),
-                            InstanceOptions(), DaskOptions(block=300))
-    assert any("merged nuclei are not split in blocks" in note for note in result.notes)
-    assert np.array_equal(_stored(tmp_path / "auto.zarr")[1], _stored(tmp_path / "dauto.zarr")[1])
+
+
+def test_merged_objects_are_split_chunk_by_chunk_as_in_the_single_process(client, tmp_path: Path) -> None:
+    """Touching pairs and a triple that straddle chunk borders: the pieces and their numbers are
+    the single process's, whichever chunks an object reaches."""
+    from unet_core.distributed import _boxes, _input_regions, _merged_boxes, _split_in_blocks
+    from unet_core.instances import object_areas, split_candidates, split_merged
+
+    yy, xx = np.mgrid[:200, :260]
+    centres = [(20, 20 + 30 * k) for k in range(8)] + [(64, 120), (64, 134), (128, 57), (128, 71), (141, 64),
+                                                       (100, 192), (114, 192)]
+    mask = np.zeros((200, 260), bool)
+    for cy, cx in centres:
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2
+    ids, n = ndi.label(mask, output=np.int32)
+    median, candidate = split_candidates(object_areas(ids, n))
+    wanted = np.flatnonzero(candidate)
+    assert len(wanted) == 3
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w-")
+    root.create_array("work_instances", shape=ids.shape, chunks=(64, 64), dtype="int32", fill_value=0)
+    root["work_instances"][:] = ids
+    parts = [_boxes(ids[t:b, l:r], wanted, (t, l)) for t, b, l, r in _input_regions(ids.shape, (64, 64))]
+    assert sum(len(p) for p in parts) > len(wanted)  # the merged objects reach several chunks
+    total = _split_in_blocks(client, str(tmp_path / "s.zarr"), _merged_boxes(parts), median, n, ids.shape, (64, 64))
+    expected = split_merged(ids.copy())
+    assert total == expected.max() == n + 4
+    assert np.array_equal(np.asarray(root["work_instances"]), expected)
 
 
 def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_model, tmp_path: Path,
@@ -143,10 +167,9 @@ def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_m
     path = tmp_path / "blobs.tif"
     tifffile.imwrite(path, _blobs((700, 900)), tile=(128, 128))
     options = InferenceOptions(tile=TILE, diameter=7.0, tta=False)
-    inst = InstanceOptions(min_object_probability=0.5, split_merged=False)  # blocks do not split
+    inst = InstanceOptions(min_object_probability=0.5)
     single = _single(path, model, options, inst)
-    everything = InstanceOptions(min_object_probability=0, split_merged=False)
-    assert 50 < single.n_objects < _single(path, model, options, everything).n_objects
+    assert 50 < single.n_objects < _single(path, model, options, InstanceOptions(min_object_probability=0)).n_objects
     store = tmp_path / "filtered.zarr"
     result = predict_blocks(path, model, store, client, options, inst, DaskOptions(block=300))
     _, ids = _stored(store)
@@ -184,8 +207,6 @@ def test_what_blocks_cannot_do_is_refused_with_a_reason(tiny_model, tmp_path: Pa
     tifffile.imwrite(path, _blobs((300, 300)))
     with pytest.raises(DistributedError, match="--fill-holes"):
         predict_blocks(path, tiny_model[1], tmp_path / "x.zarr", client, None, InstanceOptions(fill_holes=True))
-    with pytest.raises(DistributedError, match="--split-merged on"):
-        predict_blocks(path, tiny_model[1], tmp_path / "x.zarr", client, None, InstanceOptions(split_merged=True))
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, _blobs((3, 200, 200)), imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(ImageReadError, match="stack"):

@@ -38,10 +38,17 @@ from the chunks their bounding boxes reach and left out of the table, as
 
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
 or a given diameter, the size filter, the outline threshold, the probability filter and leaving out
-objects on the image's edge. Hole filling, growing objects (``expand``), splitting merged objects
-(``split_merged``: it needs the image's median object and each object whole), outline-class models
-and stacks need the whole image at once and are refused with a message (use ``predict`` without
-``--scheduler``, or per-file mode); the automatic split is left out with a note.
+objects on the image's edge, splitting merged objects. Hole filling, growing objects
+(``expand``), outline-class models and stacks need the whole image at once and are refused with a
+message (use ``predict`` without ``--scheduler``, or per-file mode).
+
+**Merged objects split.** Once the objects are numbered, their areas give the image's median
+object and the candidates (:func:`~unet_core.instances.split_candidates`); each block returns the
+bounding boxes of the candidates' parts in it, so each candidate is read whole from the working
+scale's ``work_instances``, cut by :func:`~unet_core.instances.merged_pieces` (in batches, one task
+per batch) and its new pieces numbered in the order of the objects, as the single process numbers
+them; the new ids are then written chunk by chunk (no two tasks write one chunk), before the
+outlines are redrawn on the input grid.
 """
 
 from __future__ import annotations
@@ -73,9 +80,11 @@ from .instances import (
     ObjectSums,
     foreground_sums,
     foreground_u8,
+    merged_pieces,
     object_sums,
     outline_reach,
     refine_outlines,
+    split_candidates,
     table_from_sums,
     uncertain,
 )
@@ -114,6 +123,9 @@ DEFAULT_BLOCK = 4096
 #: Files with more pixels than this many blocks are segmented in blocks; smaller ones whole, one
 #: file per worker (:func:`predict_files`).
 BLOCKS_FROM = 2
+#: Merged objects looked at per task when they are split in blocks: each is a nucleus-sized read,
+#: so one task per object would be all scheduler overhead.
+SPLIT_BATCH = 256
 
 
 class DistributedError(UserError):
@@ -509,10 +521,12 @@ def block_components(labels: np.ndarray, foreground: Sequence[int], block: Block
 @dataclass
 class ObjectMerge:
     """The global numbering of the components of all blocks: ``lookup[(row, col)]`` maps a block's
-    local id to the final object id (0: removed by the size filter or on the image's edge)."""
+    local id to the final object id (0: removed by the size filter or on the image's edge);
+    ``areas[i]``: the pixel count of final object ``i`` (``areas[0]`` = 0)."""
 
     lookup: dict[tuple[int, int], np.ndarray]
     n_objects: int
+    areas: np.ndarray
 
 
 def merge_objects(grid: list[list[Block]], parts: dict[tuple[int, int], BlockObjects], min_size: int,
@@ -564,11 +578,13 @@ def merge_objects(grid: list[list[Block]], parts: dict[tuple[int, int], BlockObj
             for edge in edges:
                 keep[roots[edge[edge > 0] + offset[key]]] = False
     kept = np.flatnonzero(keep)
+    order = kept[np.argsort(first[kept], kind="stable")]
     final = np.zeros(total + 1, np.int32)
-    final[kept[np.argsort(first[kept], kind="stable")]] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    final[order] = np.arange(1, len(kept) + 1, dtype=np.int32)
     lookup = {key: final[roots[offset[key] + np.arange(parts[key].n + 1)]] * (np.arange(parts[key].n + 1) > 0)
               for key in keys}
-    return ObjectMerge({k: v.astype(np.int32) for k, v in lookup.items()}, len(kept))
+    return ObjectMerge({k: v.astype(np.int32) for k, v in lookup.items()}, len(kept),
+                       np.concatenate([[0], area[order]]))
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -602,7 +618,6 @@ class BlockResult:
 def _check_supported(meta: ModelMeta, instance_options: InstanceOptions) -> InstanceOptions:
     resolved = instance_options.resolved(meta.diameter)
     refused = [name for name, on in (("--fill-holes", resolved.fill_holes), ("--expand", resolved.expand > 0),
-                                     ("--split-merged on", instance_options.split_merged is True),
                                      ("an outline-class model", meta.border_class is not None)) if on]
     if refused:
         raise DistributedError(f"{', '.join(refused)}: not available in blocks (they need the whole image at once); "
@@ -684,8 +699,12 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     parts = _gather(client, [client.submit(_label_block, job, str(out_zarr), pure=False) for job in jobs], progress)
     merge = merge_objects(plan.grid, dict(zip([(j.block.row, j.block.col) for j in jobs], parts)),
                           resolved.min_size, resolved.drop_border)
-    _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)], str(out_zarr),
-                                   pure=False) for job in jobs], None)
+    median, candidate = split_candidates(merge.areas)
+    wanted = np.flatnonzero(candidate) if resolved.split_merged else np.zeros(0, np.int64)
+    boxes = _gather(client, [client.submit(_number_block, job, merge.lookup[(job.block.row, job.block.col)],
+                                           str(out_zarr), wanted, pure=False) for job in jobs], None)
+    if wanted.size:
+        _split_in_blocks(client, str(out_zarr), _merged_boxes(boxes), median, merge.n_objects, work_shape, plan.chunk)
     regions = list(_input_regions(source.shape2d, plan.chunk))
     parts = _gather(client, [client.submit(_input_grid_region, source, work_shape, str(out_zarr), region, outline,
                                            bool(certain), tuple(meta.foreground_classes), pure=False)
@@ -696,8 +715,6 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     if certain:
         sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
-    if resolved.split_merged:  # automatic: a whole-image step the blocks leave out, said rather than silent
-        notes.append("merged nuclei are not split in blocks (predict without --scheduler splits them)")
     return BlockResult(out_zarr, table_from_sums(sums, source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes, look)
 
@@ -775,15 +792,119 @@ def _label_block(job: BlockJob, out: str) -> BlockObjects:
     return summary
 
 
-def _number_block(job: BlockJob, lookup: np.ndarray, out: str) -> None:
-    """Task: the block's final object ids (its components, numbered by ``lookup``), stored."""
+def _number_block(job: BlockJob, lookup: np.ndarray, out: str, wanted: np.ndarray) -> np.ndarray:
+    """Task: the block's final object ids (its components, numbered by ``lookup``), stored; the
+    bounding boxes of the ``wanted`` objects' parts in it (:func:`_boxes`)."""
     import zarr
 
     root = zarr.open_group(out, mode="r+")
     b = job.block
     ids, _ = ndi.label(np.isin(np.asarray(root["work_labels"][b.y0 : b.y1, b.x0 : b.x1]), job.foreground),
                        output=np.int32)
-    root["work_instances"][b.y0 : b.y1, b.x0 : b.x1] = lookup[ids]
+    ids = lookup[ids]
+    root["work_instances"][b.y0 : b.y1, b.x0 : b.x1] = ids
+    return _boxes(ids, wanted, (b.y0, b.x0))
+
+
+def _boxes(ids: np.ndarray, wanted: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    """Rows (id, top, bottom, left, right) (bottom and right exclusive, at ``origin``) of the
+    ``wanted`` ids present in ``ids``, one row per id; the rows of several parts of an image merge
+    into the whole image's by :func:`_merged_boxes`."""
+    ys, xs = np.nonzero(np.isin(ids, wanted))
+    labels, at = np.unique(ids[ys, xs], return_inverse=True)
+    rows = np.empty((len(labels), 5), np.int64)
+    rows[:, 0] = labels
+    for col, values, reduce, start in ((1, ys, np.minimum, np.iinfo(np.int64).max), (2, ys + 1, np.maximum, 0),
+                                       (3, xs, np.minimum, np.iinfo(np.int64).max), (4, xs + 1, np.maximum, 0)):
+        rows[:, col] = start
+        reduce.at(rows[:, col], at, values)
+    rows[:, 1:3] += origin[0]
+    rows[:, 3:5] += origin[1]
+    return rows
+
+
+def _merged_boxes(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The rows of :func:`_boxes` of all parts as one row per id (the box around its parts' boxes)."""
+    rows = np.concatenate([np.zeros((0, 5), np.int64), *parts])
+    labels, at = np.unique(rows[:, 0], return_inverse=True)
+    merged = np.empty((len(labels), 5), np.int64)
+    merged[:, 0] = labels
+    for col, reduce, start in ((1, np.minimum, np.iinfo(np.int64).max), (2, np.maximum, 0),
+                               (3, np.minimum, np.iinfo(np.int64).max), (4, np.maximum, 0)):
+        merged[:, col] = start
+        reduce.at(merged[:, col], at, rows[:, col])
+    return merged
+
+
+# --------------------------------------------------------------------------- merged objects split
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """One object cut by :func:`~unet_core.instances.merged_pieces`: its id, the top-left corner of
+    its box on the working grid, the pieces (1..k) there, and the id its piece 2 gets (pieces 3..k
+    the next ones), numbered as :func:`~unet_core.instances.split_merged` numbers them."""
+
+    label: int
+    origin: tuple[int, int]
+    pieces: np.ndarray
+    first_id: int = 0
+
+
+def _split_objects(out: str, boxes: np.ndarray, median: float) -> list[Pieces]:
+    """Task: the objects of ``boxes`` (rows of :func:`_merged_boxes`) that
+    :func:`~unet_core.instances.merged_pieces` cuts, read whole from ``work_instances``."""
+    import zarr
+
+    work = zarr.open_group(out, mode="r")["work_instances"]
+    found = []
+    for label, top, bottom, left, right in boxes.tolist():
+        pieces = merged_pieces(np.asarray(work[top:bottom, left:right]) == label, median)
+        if pieces.max() > 1:
+            found.append(Pieces(label, (top, left), pieces))
+    return found
+
+
+def _write_pieces(out: str, region: tuple[int, int, int, int], cut: list[Pieces]) -> None:
+    """Task: the new ids of the pieces in ``cut`` written into one chunk (``region``) of
+    ``work_instances``; piece 1 keeps the object's id."""
+    import zarr
+
+    root = zarr.open_group(out, mode="r+")
+    top, bottom, left, right = region
+    ids = np.asarray(root["work_instances"][top:bottom, left:right])
+    for p in cut:
+        y0, x0 = max(top, p.origin[0]), max(left, p.origin[1])
+        y1, x1 = min(bottom, p.origin[0] + p.pieces.shape[0]), min(right, p.origin[1] + p.pieces.shape[1])
+        part = p.pieces[y0 - p.origin[0] : y1 - p.origin[0], x0 - p.origin[1] : x1 - p.origin[1]]
+        moved = part > 1
+        ids[y0 - top : y1 - top, x0 - left : x1 - left][moved] = p.first_id + part[moved] - 2
+    root["work_instances"][top:bottom, left:right] = ids
+
+
+def _split_in_blocks(client: Any, out: str, boxes: np.ndarray, median: float, n_objects: int,
+                     work_shape: tuple[int, int], chunk: tuple[int, int]) -> int:
+    """The merged objects of ``boxes`` cut in ``work_instances`` as the single process cuts them
+    (the same pieces, numbered from ``n_objects + 1`` in the order of the objects); the new number
+    of objects. The pieces are found object by object (each read whole) and written chunk by chunk,
+    so that no two tasks write one chunk."""
+    batches = [boxes[i : i + SPLIT_BATCH] for i in range(0, len(boxes), SPLIT_BATCH)]
+    found = [p for part in _gather(client, [client.submit(_split_objects, out, b, median, pure=False)
+                                            for b in batches], None) for p in part]
+    cut, next_id = [], n_objects + 1
+    for p in sorted(found, key=lambda p: p.label):
+        cut.append(replace(p, first_id=next_id))
+        next_id += int(p.pieces.max()) - 1
+    tasks = []
+    for region in _input_regions(work_shape, chunk):
+        top, bottom, left, right = region
+        here = [p for p in cut if p.origin[0] < bottom and p.origin[0] + p.pieces.shape[0] > top
+                and p.origin[1] < right and p.origin[1] + p.pieces.shape[1] > left]
+        if here:
+            tasks.append(client.submit(_write_pieces, out, region, here, pure=False))
+    _gather(client, tasks, None)
+    log.info("%d merged objects split into %d", len(cut), len(cut) + next_id - n_objects - 1)
+    return next_id - 1
 
 
 def _input_regions(shape: tuple[int, int], chunk: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:

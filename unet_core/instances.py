@@ -206,26 +206,23 @@ def instances(
 
 def split_merged(ids: np.ndarray) -> np.ndarray:
     """Objects that are several touching nuclei merged, cut apart, in place on ``ids`` (2-D, 1..n
-    consecutive; new pieces numbered n+1, n+2, ...).
+    consecutive; new pieces numbered n+1, n+2, ... in the order of the objects they come from).
 
     Where the network sees no gap between two nuclei, connected components join them, and the
     object is then larger than a nucleus and has one maximum of its distance transform per nucleus.
     So only objects of at least :data:`SPLIT_AREA` times the image's median object area are
-    looked at (most objects are single nuclei, so the median is one nucleus's area, whatever the
-    scale); each is cut along the watershed of its distance transform between maxima that stand
-    :data:`SPLIT_DEPTH` median radii above their surroundings (h-maxima: a waist, not a dent in
-    the outline), and only when every piece keeps :data:`SPLIT_MIN_PART` of the median area.
+    looked at (:func:`split_candidates`: most objects are single nuclei, so the median is one
+    nucleus's area, whatever the scale); each is cut by :func:`merged_pieces`.
     """
     n = int(ids.max(initial=0))
-    if n < 2:
+    median, candidate = split_candidates(object_areas(ids, n))
+    if not candidate.any():
         return ids
-    areas = object_areas(ids, n)
-    median = float(np.median(areas[1:][areas[1:] > 0]))
+    boxes = ndi.find_objects(ids)
     next_id = n + 1
-    for label, box in enumerate(ndi.find_objects(ids), start=1):
-        if box is None or areas[label] < SPLIT_AREA * median:
-            continue
-        pieces = _watershed_pieces(ids[box] == label, median)
+    for label in np.flatnonzero(candidate):
+        box = boxes[label - 1]
+        pieces = merged_pieces(ids[box] == label, median)
         window = ids[box]
         for piece in range(2, int(pieces.max()) + 1):
             window[pieces == piece] = next_id
@@ -233,9 +230,24 @@ def split_merged(ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _watershed_pieces(obj: np.ndarray, median_area: float) -> np.ndarray:
-    """The pieces (1..k, 0 outside) of one object mask by :func:`split_merged`'s rule; all 1 (or 0)
-    when it is kept whole."""
+def split_candidates(areas: np.ndarray) -> tuple[float, np.ndarray]:
+    """(the median object area, which ids 0..n to look at) for :func:`split_merged`, from the pixel
+    count of each id (``areas[0]``: background; ids of no pixels are not objects): the one rule of
+    the single process and the Dask blocks. Nothing is a candidate in an image of under 2 objects."""
+    present = areas[1:] > 0
+    candidate = np.zeros(len(areas), dtype=bool)
+    if present.sum() < 2:
+        return 0.0, candidate
+    median = float(np.median(areas[1:][present]))
+    candidate[1:] = present & (areas[1:] >= SPLIT_AREA * median)
+    return median, candidate
+
+
+def merged_pieces(obj: np.ndarray, median_area: float) -> np.ndarray:
+    """The pieces (1..k, 0 outside) of one object's mask (its bounding box) by :func:`split_merged`'s
+    rule: the watershed of its distance transform between maxima that stand :data:`SPLIT_DEPTH`
+    median radii above their surroundings (h-maxima: a waist, not a dent in the outline), kept only
+    when every piece has :data:`SPLIT_MIN_PART` of the median area; all 1 when it stays whole."""
     # Zero padding: the bounding box's edge is the object's outline, which the transform must see.
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(np.pad(obj, 1)), SPLIT_SMOOTHING)[1:-1, 1:-1]
     peaks = h_maxima(dist, SPLIT_DEPTH * math.sqrt(median_area / math.pi)) & obj
