@@ -141,7 +141,7 @@ def test_expand_restores_the_separation_line_and_never_merges() -> None:
 def test_automatic_options_follow_the_models_diameter() -> None:
     auto = InstanceOptions().resolved(24.0)
     assert auto.expand == 0 and auto.min_size == round(0.1 * math.pi * 144)
-    assert InstanceOptions().resolved(None) == InstanceOptions(0, False, False, 0, 0.0, 0.0)
+    assert InstanceOptions().resolved(None) == InstanceOptions(0, False, False, 0, 0.0, 0.0, False)
     assert InstanceOptions(min_size=3, expand=0).resolved(24.0).min_size == 3
 
 
