@@ -92,7 +92,7 @@ DEFAULT_MIN_OBJECT_PROBABILITY = {"fluorescence": 0.6, "bright-field": 0.75, "st
 #: ``SPLIT_MIN_PART`` of the median area. Chosen with the nuclei recipe (v4c) on the 133 random-split
 #: images it never saw and confirmed on the 43 images of held-out acquisition groups (default
 #: options otherwise, TTA automatic), DSB mean AP from 0.544 to 0.560 and from 0.440 to 0.465,
-#: merged groups per image 2.6 -> 1.7 and 5.8 -> 4.4 (see the model card for the sweep). Splitting
+#: merged groups per image 2.6 -> 1.7 and 5.8 -> 4.3 (see the model card for the sweep). Splitting
 #: every object this way instead lowered the AP (the card's "tried and rejected").
 SPLIT_AREA = 1.25
 SPLIT_DEPTH = 0.15
