@@ -895,20 +895,21 @@ def _split_in_blocks(client: Any, out: str, boxes: np.ndarray, median: float, n_
     for p in sorted(found, key=lambda p: p.label):
         cut.append(replace(p, first_id=next_id))
         next_id += int(p.pieces.max()) - 1
+    spans = np.array([(p.origin[0], p.origin[0] + p.pieces.shape[0], p.origin[1], p.origin[1] + p.pieces.shape[1])
+                      for p in cut], np.int64).reshape(-1, 4)
     tasks = []
     for region in _input_regions(work_shape, chunk):
         top, bottom, left, right = region
-        here = [p for p in cut if p.origin[0] < bottom and p.origin[0] + p.pieces.shape[0] > top
-                and p.origin[1] < right and p.origin[1] + p.pieces.shape[1] > left]
-        if here:
-            tasks.append(client.submit(_write_pieces, out, region, here, pure=False))
+        hit = (spans[:, 0] < bottom) & (spans[:, 1] > top) & (spans[:, 2] < right) & (spans[:, 3] > left)
+        if hit.any():
+            tasks.append(client.submit(_write_pieces, out, region, [cut[i] for i in np.flatnonzero(hit)], pure=False))
     _gather(client, tasks, None)
     log.info("%d merged objects split into %d", len(cut), len(cut) + next_id - n_objects - 1)
     return next_id - 1
 
 
 def _input_regions(shape: tuple[int, int], chunk: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
-    """(top, bottom, left, right) of the chunks of an input-grid array."""
+    """(top, bottom, left, right) of the chunks of a 2-D array (the input grid's or the working scale's)."""
     for top in range(0, shape[0], chunk[0]):
         for left in range(0, shape[1], chunk[1]):
             yield top, min(shape[0], top + chunk[0]), left, min(shape[1], left + chunk[1])
