@@ -81,6 +81,7 @@ from .instances import (
     foreground_sums,
     foreground_u8,
     merged_pieces,
+    number_pieces,
     object_sums,
     outline_reach,
     refine_outlines,
@@ -811,21 +812,15 @@ def _boxes(ids: np.ndarray, wanted: np.ndarray, origin: tuple[int, int]) -> np.n
     ``wanted`` ids present in ``ids``, one row per id; the rows of several parts of an image merge
     into the whole image's by :func:`_merged_boxes`."""
     ys, xs = np.nonzero(np.isin(ids, wanted))
-    labels, at = np.unique(ids[ys, xs], return_inverse=True)
-    rows = np.empty((len(labels), 5), np.int64)
-    rows[:, 0] = labels
-    for col, values, reduce, start in ((1, ys, np.minimum, np.iinfo(np.int64).max), (2, ys + 1, np.maximum, 0),
-                                       (3, xs, np.minimum, np.iinfo(np.int64).max), (4, xs + 1, np.maximum, 0)):
-        rows[:, col] = start
-        reduce.at(rows[:, col], at, values)
-    rows[:, 1:3] += origin[0]
-    rows[:, 3:5] += origin[1]
-    return rows
+    labels = ids[ys, xs]
+    ys, xs = ys + origin[0], xs + origin[1]
+    return _merged_boxes([np.stack([labels, ys, ys + 1, xs, xs + 1], axis=1)])
 
 
 def _merged_boxes(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """The rows of :func:`_boxes` of all parts as one row per id (the box around its parts' boxes)."""
-    rows = np.concatenate([np.zeros((0, 5), np.int64), *parts])
+    """The rows of :func:`_boxes` of all parts as one row per id (the box around its parts' boxes;
+    a pixel is the box of one pixel)."""
+    rows = np.concatenate([np.zeros((0, 5), np.int64), *parts]).astype(np.int64, copy=False)
     labels, at = np.unique(rows[:, 0], return_inverse=True)
     merged = np.empty((len(labels), 5), np.int64)
     merged[:, 0] = labels
@@ -876,9 +871,8 @@ def _write_pieces(out: str, region: tuple[int, int, int, int], cut: list[Pieces]
     for p in cut:
         y0, x0 = max(top, p.origin[0]), max(left, p.origin[1])
         y1, x1 = min(bottom, p.origin[0] + p.pieces.shape[0]), min(right, p.origin[1] + p.pieces.shape[1])
-        part = p.pieces[y0 - p.origin[0] : y1 - p.origin[0], x0 - p.origin[1] : x1 - p.origin[1]]
-        moved = part > 1
-        ids[y0 - top : y1 - top, x0 - left : x1 - left][moved] = p.first_id + part[moved] - 2
+        number_pieces(ids[y0 - top : y1 - top, x0 - left : x1 - left],
+                      p.pieces[y0 - p.origin[0] : y1 - p.origin[0], x0 - p.origin[1] : x1 - p.origin[1]], p.first_id)
     root["work_instances"][top:bottom, left:right] = ids
 
 

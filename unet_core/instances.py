@@ -223,11 +223,17 @@ def split_merged(ids: np.ndarray) -> np.ndarray:
     for label in np.flatnonzero(candidate):
         box = boxes[label - 1]
         pieces = merged_pieces(ids[box] == label, median)
-        window = ids[box]
-        for piece in range(2, int(pieces.max()) + 1):
-            window[pieces == piece] = next_id
-            next_id += 1
+        number_pieces(ids[box], pieces, next_id)
+        next_id += int(pieces.max()) - 1
     return ids
+
+
+def number_pieces(window: np.ndarray, pieces: np.ndarray, first_id: int) -> None:
+    """The new ids of an object's pieces (:func:`merged_pieces`) written into ``window`` of the id
+    image, in place: piece 1 keeps the object's id, piece k gets ``first_id + k - 2``. ``window``
+    and ``pieces`` cover the same pixels (a Dask chunk passes the part of the pieces it holds)."""
+    moved = pieces > 1
+    window[moved] = first_id + pieces[moved] - 2
 
 
 def split_candidates(areas: np.ndarray) -> tuple[float, np.ndarray]:
