@@ -7,8 +7,10 @@ Segments one synthetic image of ``--size`` x ``--size`` px at the model's canoni
 re-derives its objects under other clean-up settings (``predict.with_instance_options``: no
 network pass; the defaults again, outlines not redrawn, merged nuclei not split, then two others)
 and prints each time and its ratio to the segmentation: the first three show what redrawing the
-outlines and splitting merged nuclei cost. The tile measurement runs on
-an empty cache folder, as on a fresh machine.
+outlines and splitting merged nuclei cost. Then the result files the page offers after each change
+(``predict.result_files``), and the object outlines for QuPath and Fiji of a dense image (a
+``--size`` square grid of 24 px discs, 30 px apart: thousands of nuclei). The tile
+measurement runs on an empty cache folder, as on a fresh machine.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
+
 from unet_core.inference import InferenceOptions, measure_tiles
-from unet_core.instances import InstanceOptions
+from unet_core.instances import InstanceOptions, object_table
 from unet_core.io import ImageFile
-from unet_core.predict import run, with_instance_options
+from unet_core.outlines import imagej_roiset, qupath_geojson, stack_outlines
+from unet_core.predict import result_files, run, with_instance_options
 from unet_core.runtime import OnnxPredictor
 from unet_core.synthetic import SynthConfig, generate
 
@@ -55,6 +60,26 @@ def main() -> None:
         again = with_instance_options(result, predictor.meta, options)
         s = time.perf_counter() - t
         print(f"  clean-up {options}: {s:.3f} s = {s / seg_s:.3f} x the segmentation, {again.n_objects} objects")
+    t = time.perf_counter()
+    files = result_files(result)
+    s = time.perf_counter() - t
+    print(f"  result files ({', '.join(files)}): {s:.3f} s = {s / seg_s:.3f} x the segmentation")
+    dense = disc_grid(args.size)
+    t = time.perf_counter()
+    outlines = stack_outlines(dense[None], [object_table(dense, dense)])
+    geojson, roiset = qupath_geojson(outlines), imagej_roiset(outlines)
+    s = time.perf_counter() - t
+    n = int(dense.max())
+    print(f"  outlines of {n} discs (table, trace, GeoJSON {len(geojson) / 1e6:.1f} MB, RoiSet {len(roiset) / 1e6:.1f} "
+          f"MB): {s:.3f} s = {s / n * 1e3:.3f} ms per object = {s / seg_s:.3f} x the segmentation above")
+
+
+def disc_grid(size: int, diameter: int = 24, spacing: int = 30) -> np.ndarray:
+    """Instance ids of a ``size`` x ``size`` image tiled with discs (a dense nuclei image)."""
+    rows, cols = np.mgrid[:size, :size]
+    r, c = rows % spacing - spacing // 2, cols % spacing - spacing // 2
+    ids = (rows // spacing) * (size // spacing + 1) + cols // spacing + 1
+    return np.where(r * r + c * c <= (diameter / 2) ** 2, ids, 0).astype(np.int32)
 
 
 if __name__ == "__main__":

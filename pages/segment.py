@@ -63,6 +63,8 @@ LONG_WORK_S = 60.0
 VIEWER_MARKERS = 5_000
 TABLE_ROWS = 20_000
 
+#: Download buttons side by side: more make their labels wrap on a laptop screen.
+BUTTONS_PER_ROW = 3
 # Download buttons per output file, by the end of the name the CLI gives it: label, mime, help.
 DOWNLOADS = {
     "_labels.png": ("Labels (PNG)", "image/png", (
@@ -77,6 +79,12 @@ DOWNLOADS = {
     "_objects.csv": ("Measurements (CSV)", "text/csv", (
         "One row per object: area in pixels (and µm² when the pixel size is known), centroid, bounding "
         "box, mean intensity; stacks: a slice column counting from 1, ids unique in the stack.")),
+    "_outlines.geojson": ("Outlines for QuPath (GeoJSON)", "application/geo+json", (
+        "One detection per object, named by its number, with its measurements: in QuPath, File > Import "
+        "objects, or drag the file onto the image.")),
+    "_RoiSet.zip": ("ROIs for Fiji (RoiSet.zip)", "application/zip", (
+        "One ROI per object, named by its number: drag the file onto the image in Fiji, or ROI Manager > "
+        "More > Open.")),
 }
 
 # The object table on screen: plain names, the most used measurements first (the CSV keeps the
@@ -333,9 +341,11 @@ def segment_all(sources: list[Source], predictor: Predictor, options: InferenceO
 
 
 def download_buttons(files: dict[str, bytes], key: str) -> None:
-    """One button per result file, named for what it holds."""
-    columns = st.columns(len(files))
-    for column, (name, data) in zip(columns, files.items(), strict=True):
+    """One button per result file, named for what it holds, at most :data:`BUTTONS_PER_ROW` a row."""
+    names = list(files)
+    columns = [c for start in range(0, len(names), BUTTONS_PER_ROW) for c in st.columns(BUTTONS_PER_ROW)]
+    for column, name in zip(columns, names):
+        data = files[name]
         suffix = next(s for s in DOWNLOADS if name.endswith(s))
         label, mime, help_text = DOWNLOADS[suffix]
         column.download_button(label, data, file_name=name, mime=mime, help=f"`{name}`: {help_text}",

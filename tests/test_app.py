@@ -85,7 +85,8 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
                    InferenceOptions(tile=TILE))
     objects = next(m for m in at.metric if m.label == "Objects")
     assert objects.value == f"{expected.n_objects:,}"
-    assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)"}
+    assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)",
+                                                     "Outlines for QuPath (GeoJSON)", "ROIs for Fiji (RoiSet.zip)"}
     # The viewer: the overlay in the image's pixel coordinates, one hover point per object at its centre.
     (chart,) = at.get("plotly_chart")
     figure = json.loads(chart.proto.spec)
@@ -100,6 +101,8 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     labels = read_image_bytes(outcome.files["cells_labels.png"], "cells_labels.png").data
     np.testing.assert_array_equal(labels[0, ..., 0], expected.segmentation.labels[0] * 255)  # 2 classes: 0/255
     assert outcome.files["cells_objects.csv"].decode() == expected.csv_text()
+    shapes = json.loads(outcome.files["cells_outlines.geojson"])["features"]
+    assert [int(f["properties"]["name"]) for f in shapes] == [row["id"] for row in expected.objects[0]]
 
     # Changing the overlay opacity redraws from the stored result: nothing is segmented again.
     kept = at.session_state["segment_results"]["outcomes"]
@@ -184,7 +187,8 @@ def test_a_16_bit_tiff_stack_is_segmented_slice_by_slice(tiny_installed: Path, c
     assert not at.error
     assert at.slider(key="slice:stack.tif").max == 3
     assert {b.label for b in at.download_button} == {
-        "Labels (TIFF stack)", "Objects (TIFF)", "Measurements (CSV)"}
+        "Labels (TIFF stack)", "Objects (TIFF)", "Measurements (CSV)", "Outlines for QuPath (GeoJSON)",
+        "ROIs for Fiji (RoiSet.zip)"}
     at.slider(key="slice:stack.tif").set_value(3).run()
     assert not at.exception
     # Each slice's labels are what the engine gives that slice alone (normalised over the stack).
@@ -212,7 +216,7 @@ def test_several_files_give_a_summary_and_one_zip(tiny_installed: Path, cells_im
     assert at.selectbox(key="segment_shown").options == ["a.png", "a.tif"]
     with zipfile.ZipFile(io.BytesIO(at.session_state["segment_results"]["zip"])) as archive:
         names = set(archive.namelist())
-    stem_files = {"a_labels.png", "a_instances.tif", "a_objects.csv"}
+    stem_files = {"a_labels.png", "a_instances.tif", "a_objects.csv", "a_outlines.geojson", "a_RoiSet.zip"}
     assert names == stem_files | {f"2_{name}" for name in stem_files}
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 import torch
 
@@ -58,6 +60,12 @@ def test_predict_writes_all_outputs_and_reports_bad_files(tiny_model, tmp_path, 
     assert len(rows) == inst.max()
     assert {"id", "area", "centroid_y", "centroid_x", "bbox_min_y", "mean_intensity"} <= rows[0].keys()
     assert sum(int(r["area"]) for r in rows) == int((inst > 0).sum())
+    # The outlines for QuPath and Fiji: one per object of the instances, named by its id.
+    shapes = json.loads((out / "cells_outlines.geojson").read_text())["features"]
+    assert [int(f["properties"]["name"]) for f in shapes] == [int(r["id"]) for r in rows]
+    assert [f["properties"]["measurements"]["area"] for f in shapes] == [float(r["area"]) for r in rows]
+    rois = roifile.roiread(out / "cells_RoiSet.zip")
+    assert [int(r.name) for r in (rois if isinstance(rois, list) else [rois])] == [int(r["id"]) for r in rows]
 
     probs = tifffile.imread(out / "cells_probs.tif")
     assert probs.shape == (2, 90, 120) and probs.dtype == np.float32
@@ -68,6 +76,10 @@ def test_predict_writes_all_outputs_and_reports_bad_files(tiny_model, tmp_path, 
     assert stack_labels.resolution is not None and stack_labels.resolution.x == 2.0
     stack_rows = list(csv.DictReader((out / "stack_objects.csv").open()))
     assert {r["slice"] for r in stack_rows} <= {"1", "2", "3"}  # counted from 1, as in Fiji
+    assert stack_rows
+    stack_rois = roifile.roiread(out / "stack_RoiSet.zip")
+    stack_rois = stack_rois if isinstance(stack_rois, list) else [stack_rois]
+    assert [(int(r.name), r.position) for r in stack_rois] == [(int(r["id"]), int(r["slice"])) for r in stack_rows]
 
 
 def test_predict_options_min_size_and_border(tiny_model, tmp_path) -> None:

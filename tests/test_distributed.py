@@ -249,8 +249,8 @@ def test_predict_scheduler_from_the_command_line(tiny_model, tmp_path: Path, cap
     out, err = capsys.readouterr()
     assert code == 0, err
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["big.zarr", "big_instances.tif", "big_labels.png", "big_objects.csv", "big_probs.tif",
-                       "small_instances.tif", "small_labels.png", "small_objects.csv", "small_probs.tif"]
+    assert written == sorted(["big.zarr", *(f"{stem}_{kind}" for stem in ("big", "small") for kind in (
+        "instances.tif", "labels.png", "objects.csv", "outlines.geojson", "RoiSet.zip", "probs.tif"))])
     single = _single(big, tiny_model[1], InferenceOptions(tile=TILE, diameter="off", keep_probs=True),
                      InstanceOptions())
     assert np.array_equal(tifffile.imread(tmp_path / "out" / "big_instances.tif"), single.instances[0])

@@ -162,6 +162,11 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             assert download.value.suggested_filename == "cells_labels.png"
             from_browser = tmp_path / "browser_labels.png"
             download.value.save_as(from_browser)
+            with page.expect_download(timeout=WAIT_MS) as download:
+                page.get_by_test_id("stDownloadButton").filter(has_text="ROIs for Fiji").click()
+            assert download.value.suggested_filename == "cells_RoiSet.zip"
+            rois_from_browser = tmp_path / "browser_RoiSet.zip"
+            download.value.save_as(rois_from_browser)
 
             # The training pages, each from its default (synthetic images, the tiny model): they
             # draw without an exception, and a screenshot of each is kept for a human look.
@@ -200,6 +205,7 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
     assert browser_labels.dtype == np.uint8 and browser_labels.shape == (260, 300)
     np.testing.assert_array_equal(browser_labels, cli_labels)
     assert len(np.unique(cli_labels)) > 1, "a one-class result would make the comparison meaningless"
+    assert rois_from_browser.read_bytes() == (cli_out / "cells_RoiSet.zip").read_bytes()
 
 
 def test_segmenting_can_be_stopped_between_tiles_and_finished_later(studio_url: str, tmp_path: Path) -> None:

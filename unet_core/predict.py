@@ -1,9 +1,10 @@
 """Segment image files and write the results: what ``python -m unet_core predict`` does per file.
 
 Per input ``<stem>`` the outputs are ``<stem>_labels.png`` (uint8; ``.tif`` for stacks),
-``<stem>_instances.tif`` (uint16 instance ids, ImageJ-readable), ``<stem>_objects.csv`` and, when
-asked, ``<stem>_probs.tif`` (float32, classes x H x W). TIFF outputs keep the input's resolution
-tags.
+``<stem>_instances.tif`` (uint16 instance ids, ImageJ-readable), ``<stem>_objects.csv``, the
+objects' outlines for QuPath (``<stem>_outlines.geojson``) and Fiji (``<stem>_RoiSet.zip``, see
+:mod:`unet_core.outlines`) and, when asked, ``<stem>_probs.tif`` (float32, classes x H x W). TIFF
+outputs keep the input's resolution tags.
 
 The labels of a model with one object class (2 classes) are written as 0 (background) and 255
 (object), so that the file shows white objects on black in any viewer (0/1 looks black); models
@@ -44,6 +45,7 @@ from .io import (
     write_tiff,
 )
 from .metadata import ModelMeta
+from .outlines import imagej_roiset, qupath_geojson, stack_outlines
 from .runtime import Predictor
 
 log = logging.getLogger(__name__)
@@ -224,9 +226,9 @@ def _channel_hint(exc: BaseException) -> str:
 
 
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:
-    """The names :func:`write_outputs` writes for ``stem``: labels, instances, objects (, probs)."""
+    """The names :func:`write_outputs` writes for ``stem``: labels, instances, objects, outlines (, probs)."""
     names = [f"{stem}_labels.tif" if is_stack else f"{stem}_labels.png", f"{stem}_instances.tif",
-             f"{stem}_objects.csv"]
+             f"{stem}_objects.csv", f"{stem}_outlines.geojson", f"{stem}_RoiSet.zip"]
     return names + [f"{stem}_probs.tif"] if probs else names
 
 
@@ -311,7 +313,7 @@ def write_outputs(
     overwrite: bool = False,
     protected: Collection[Path] = (),
 ) -> FileResult:
-    """Write labels, instances, object table (and probabilities, if kept) for one image.
+    """Write labels, instances, object table, outlines (and probabilities, if kept) for one image.
 
     Args:
         result: the segmented image.
@@ -333,12 +335,18 @@ def write_outputs(
     written = FileResult(source=image.name, n_objects=result.n_objects, notes=[*image.notes, *seg.notes])
     inst = result.instance_image()
     labels = result.label_image()
+    outlines = stack_outlines(result.instances, result.objects)
+    if outlines.pieces_dropped:
+        written.notes.append(f"{outlines.pieces_dropped} object pieces apart from their object's largest are not "
+                             "in the Fiji ROI set (an ImageJ ROI has one outline; the GeoJSON has them all)")
     if inst.dtype == np.uint32:
         written.notes.append("more than 65535 objects: instances written as 32-bit TIFF (not ImageJ-readable)")
     writers: list[Callable[[Path], None]] = [
         (lambda p: write_tiff(p, labels, res)) if image.is_stack else (lambda p: write_png(p, labels[0])),
         lambda p: write_tiff(p, inst if image.is_stack else inst[0], res),
         lambda p: p.write_text(result.csv_text()),
+        lambda p: p.write_text(qupath_geojson(outlines)),
+        lambda p: p.write_bytes(imagej_roiset(outlines)),
     ]
     if seg.probs is not None:
         probs = seg.probs.astype(np.float32, copy=False)
