@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from pages._common import active_model, choose_tta, kept, predictor_or_stop, show_no_model
+from unet_core.edits import EditError, ObjectEdit, parse_ids
 from unet_core.inference import InferenceOptions, auto_tile, estimate_seconds, tile_is_measured
 from unet_core.instances import DEFAULT_MIN_OBJECT_PROBABILITY, InstanceOptions
 from unet_core.io import (
@@ -30,11 +31,13 @@ from unet_core.studio import visualize as viz
 from unet_core.studio.segmenting import (
     Outcome,
     Source,
+    edit_outcome,
     repost,
     result_state,
     results_zip,
     segment_one,
     typed_outcomes,
+    undo_edit,
 )
 
 log = logging.getLogger(__name__)
@@ -353,8 +356,8 @@ def download_buttons(files: dict[str, bytes], key: str) -> None:
                                width="stretch")
 
 
-def show_result(outcome: Outcome, class_names: str) -> None:
-    """One image: numbers, downloads, image | overlay, probability map | object table."""
+def show_result(key: str, outcome: Outcome, class_names: str) -> None:
+    """One image: numbers, downloads, image | overlay with corrections, probability map | object table."""
     result = outcome.result
     z, h, w = result.instances.shape
     st.divider()
@@ -392,12 +395,19 @@ def show_result(outcome: Outcome, class_names: str) -> None:
     with right:
         objects = result.objects[s]
         every = max(1, -(-len(objects) // VIEWER_MARKERS))
-        st.plotly_chart(object_viewer(viz.overlay(base, ids, alpha) if shown else base, step, objects[::every]),
-                        config={"scrollZoom": True, "displaylogo": False}, key=f"viewer:{outcome.name}:{s}")
+        # The key changes with every edit: a selection names objects by their ids before it.
+        edits = len(st.session_state[STATE_KEY].get("edits", {}).get(key, []))
+        event = st.plotly_chart(
+            object_viewer(viz.overlay(base, ids, alpha) if shown else base, step, objects[::every]),
+            config={"scrollZoom": True, "displaylogo": False}, key=f"viewer:{outcome.name}:{s}:{edits}",
+            on_select="rerun", selection_mode=("points", "box", "lasso"))
         pointing = ("point at an object for its measurements" if every <= 1 else
                     f"point at a marked object (one in {every}) for its measurements")
         st.caption(f"{len(objects):,} objects, one colour each. Scroll to zoom, drag to pan, double-click "
-                   f"to see the whole image; {pointing}.")
+                   f"to see the whole image; {pointing}. Click an object's dot to pick it (Shift for more), "
+                   "or draw round several with Box or Lasso select in the chart's toolbar.")
+        picked = [int(p["customdata"][0]) for p in event.selection.points if p.get("customdata")]
+        fix_objects(key, picked)
     left.image(viz.fit_for_screen(viz.probability_image(outcome.foreground[s])), width="stretch",
                caption=f"Probability of {class_names}: dark = 0, yellow = 1")
     physical = result.image.pixel_size_um is not None
@@ -406,6 +416,46 @@ def show_result(outcome: Outcome, class_names: str) -> None:
                     column_config=TABLE_COLUMNS, column_order=order)
     if len(result.objects[s]) > TABLE_ROWS:
         right.caption(f"The first {TABLE_ROWS:,} of {len(result.objects[s]):,} objects; the CSV download has all.")
+
+
+def fix_objects(key: str, picked: list[int]) -> None:
+    """Remove or merge the objects picked in the viewer or typed by number; undo the last edit.
+    The files, the table and the counts follow (:func:`unet_core.studio.segmenting.edit_outcome`)."""
+    state = st.session_state[STATE_KEY]
+    edits = state.get("edits", {}).get(key, [])
+    typed = st.text_input(
+        "Objects to fix", key=f"fix:{key}:{len(edits)}", placeholder="numbers, e.g. 3, 12 or 20-25",
+        help="Objects to remove or merge, by their number (the table's Object column; point at an object "
+        "in the viewer to see it). Objects picked in the viewer are added.")
+    try:
+        chosen = sorted(set(picked) | set(parse_ids(typed)))
+    except EditError as exc:
+        st.error(str(exc), icon=":material/error:")
+        chosen = sorted(set(picked))
+    if chosen:
+        st.caption(f"Picked: {', '.join(map(str, chosen[:30]))}{' …' if len(chosen) > 30 else ''}")
+    remove, merge, undo = st.columns(3)
+    action = ("remove" if remove.button("Remove", disabled=not chosen, icon=":material/delete:", key=f"remove:{key}",
+                                        help="Take the picked objects out: debris, or not a nucleus.", width="stretch")
+              else "merge" if merge.button("Merge", disabled=len(chosen) < 2, icon=":material/join:",
+                                           key=f"merge:{key}", width="stretch",
+                                           help="Make the picked objects one: a nucleus cut in two.")
+              else None)
+    if undo.button("Undo", disabled=not edits, icon=":material/undo:", key=f"undo:{key}", width="stretch",
+                   help=f"Undo the last edit ({edits[-1].describe()})." if edits else "Nothing to undo."):
+        st.session_state[STATE_KEY] = undo_edit(state, key)
+        st.rerun()
+    if action:
+        try:
+            st.session_state[STATE_KEY] = edit_outcome(state, key, ObjectEdit(action, tuple(chosen)))
+        except EditError as exc:
+            st.error(str(exc), icon=":material/error:")
+            return
+        st.rerun()
+    if edits:
+        st.caption("Corrected by hand: " + "; ".join(e.describe() for e in edits) + " (numbers as they were then). "
+                   "The counts, the table and the downloads include the corrections; changing the clean-up "
+                   "options starts again from the network's objects.")
 
 
 def object_viewer(rgb: np.ndarray, step: int, objects: list[dict]) -> go.Figure:
@@ -448,32 +498,34 @@ def choose_pixel_size(outcomes: list[Outcome]) -> float:
     return float(typed)
 
 
-def show_results(outcomes: list[Outcome], zip_bytes: bytes | None, class_names: str) -> None:
-    """Errors first, then a summary of all images (several files), then the chosen image."""
-    for outcome in outcomes:
+def show_results(outcomes: dict[str, Outcome], zip_bytes: bytes | None, class_names: str) -> None:
+    """Errors first, then a summary of all images (several files), then the chosen image
+    (``outcomes`` by the key of their image)."""
+    for outcome in outcomes.values():
         if outcome.error:
             st.error(
                 f"**{outcome.name}** was not segmented: {outcome.error}.  \n"
                 f"{outcome.advice + ' ' if outcome.advice else ''}The other images were processed.",
                 icon=":material/error:",
             )
-    done = [o for o in outcomes if o.result is not None]
+    done = {key: o for key, o in outcomes.items() if o.result is not None}
     if not done:
         return
-    shown = done[0]
+    keys = list(done)
+    shown = keys[0]
     if len(done) > 1:
         st.subheader(f"{len(done)} images")
         st.dataframe(
-            [{"Image": o.name, "Objects": o.result.n_objects, "Seconds": round(o.seconds, 1)} for o in done],
+            [{"Image": o.name, "Objects": o.result.n_objects, "Seconds": round(o.seconds, 1)} for o in done.values()],
             hide_index=True,
         )
-        zip_bytes = zip_bytes or results_zip(done)  # a stopped run's finished images
+        zip_bytes = zip_bytes or results_zip(done.values())  # a stopped run's finished images
         st.download_button("All results (ZIP)", zip_bytes, file_name="unet_studio_results.zip",
                            mime="application/zip", icon=":material/folder_zip:", on_click="ignore",
                            type="primary")
-        names = [o.name for o in done]
-        shown = done[names.index(st.selectbox("Show", names, key="segment_shown"))]
-    show_result(shown, class_names)
+        names = [o.name for o in done.values()]
+        shown = keys[names.index(st.selectbox("Show", names, key="segment_shown"))]
+    show_result(shown, done[shown], class_names)
 
 
 # --------------------------------------------------------------------------- page

@@ -16,6 +16,7 @@ from apptest_helpers import APP, TILE, TIMEOUT, segment_page, texts, upload
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from unet_core.edits import ObjectEdit, apply_edit
 from unet_core.inference import InferenceOptions
 from unet_core.io import ImageFile, read_image_bytes
 from unet_core.predict import run
@@ -134,6 +135,58 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     at.button(key="segment_run").click().run()
     assert not at.exception
     assert next(m for m in at.metric if m.label == "Objects").value == "0"
+
+
+def _objects_shown(at: AppTest) -> int:
+    return int(next(m for m in at.metric if m.label == "Objects").value.replace(",", ""))
+
+
+@pytest.mark.slow
+def test_objects_are_merged_removed_and_undone_by_hand_with_the_counts_and_files(
+        tiny_installed: Path, cells_image) -> None:
+    at = segment(segment_page(), ("cells.png", png_bytes(cells_image()), "image/png"))
+    (key,) = at.session_state["segment_results"]["outcomes"]
+    first = at.session_state["segment_results"]["outcomes"][key].result
+    n = first.n_objects
+    assert n >= 3 and _objects_shown(at) == n
+    assert at.button(key=f"merge:{key}").disabled and at.button(key=f"undo:{key}").disabled
+
+    at.text_input(key=f"fix:{key}:0").input("1, 2").run()
+    assert "Picked: 1, 2" in texts(at.caption)
+    at.button(key=f"merge:{key}").click().run()
+    assert not at.exception and _objects_shown(at) == n - 1
+    merged = apply_edit(first, ObjectEdit("merge", (1, 2)))
+    outcome = at.session_state["segment_results"]["outcomes"][key]
+    assert np.array_equal(outcome.result.instances, merged.instances)
+    assert outcome.files["cells_objects.csv"].decode() == merged.csv_text()
+    shapes = json.loads(outcome.files["cells_outlines.geojson"])["features"]
+    assert len(shapes) == n - 1
+
+    at.text_input(key=f"fix:{key}:1").input("3").run()  # a new box after each edit: the numbers changed
+    at.button(key=f"remove:{key}").click().run()
+    assert _objects_shown(at) == n - 2
+    assert "Corrected by hand: merged objects 1 and 2; removed object 3" in texts(at.caption)
+    at.text_input(key=f"fix:{key}:2").input(f"{n + 5}, x").run()
+    assert "'x' is not an object number" in texts(at.error)
+    at.text_input(key=f"fix:{key}:2").input(f"{n + 5}").run()
+    at.button(key=f"remove:{key}").click().run()
+    assert f"no object {n + 5}" in texts(at.error) and _objects_shown(at) == n - 2
+
+    at.button(key=f"undo:{key}").click().run()
+    assert _objects_shown(at) == n - 1
+    at.button(key=f"undo:{key}").click().run()
+    assert _objects_shown(at) == n
+    outcome = at.session_state["segment_results"]["outcomes"][key]
+    assert np.array_equal(outcome.result.instances, first.instances)
+    assert outcome.files["cells_objects.csv"].decode() == first.csv_text()
+
+    # Clean-up options start again from the network's objects: edits by hand are dropped.
+    at.text_input(key=f"fix:{key}:0").input("1").run()
+    at.button(key=f"remove:{key}").click().run()
+    assert _objects_shown(at) == n - 1
+    next(c for c in at.checkbox if c.label == "Leave out objects touching the image edge").check().run()
+    next(c for c in at.checkbox if c.label == "Leave out objects touching the image edge").uncheck().run()
+    assert not at.exception and _objects_shown(at) == n and at.button(key=f"undo:{key}").disabled
 
 
 @pytest.mark.slow

@@ -168,6 +168,28 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             rois_from_browser = tmp_path / "browser_RoiSet.zip"
             download.value.save_as(rois_from_browser)
 
+            # Fixing by hand: a click on an object's dot picks it, Remove takes it out of the count.
+            count = page.get_by_test_id("stMetric").filter(has_text="Objects").get_by_test_id("stMetricValue")
+            before = int(count.inner_text().replace(",", ""))
+            viewer.scroll_into_view_if_needed()
+            # A dot inside the (zoomed) plot area: the others are drawn outside it, hidden.
+            x, y = page.evaluate("""() => {
+                const area = document.querySelector('.js-plotly-plot .nsewdrag').getBoundingClientRect();
+                for (const p of document.querySelectorAll('.js-plotly-plot .scatterlayer .point')) {
+                    const r = p.getBoundingClientRect(), x = r.x + r.width / 2, y = r.y + r.height / 2;
+                    if (x > area.left + 5 && x < area.right - 5 && y > area.top + 5 && y < area.bottom - 5)
+                        return [x, y];
+                }
+            }""")
+            page.mouse.click(x, y)
+            expect(page.get_by_text("Picked: ")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_role("button", name="Remove", exact=True).click()
+            expect(page.get_by_text("Corrected by hand: removed object")).to_be_visible(timeout=WAIT_MS)
+            assert int(count.inner_text().replace(",", "")) == before - 1
+            page.get_by_role("button", name="Undo", exact=True).click()
+            expect(page.get_by_text("Corrected by hand")).to_have_count(0, timeout=WAIT_MS)
+            assert int(count.inner_text().replace(",", "")) == before
+
             # The training pages, each from its default (synthetic images, the tiny model): they
             # draw without an exception, and a screenshot of each is kept for a human look.
             # Train and Evaluate are drawn as they open (nothing is trained or evaluated here).

@@ -5,14 +5,24 @@ results go past the memory budget; new post-processing options re-derive objects
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from unet_core.edits import EditError, ObjectEdit, apply_edit
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
 from unet_core.io import ImageFile
 from unet_core.predict import result_files, run
 from unet_core.runtime import load_predictor
 from unet_core.studio.keep import RESULTS_BUDGET_ENV
-from unet_core.studio.segmenting import Source, repost, result_state, segment_one
+from unet_core.studio.segmenting import (
+    Source,
+    edit_outcome,
+    repost,
+    result_state,
+    segment_one,
+    typed_outcomes,
+    undo_edit,
+)
 
 OPTIONS = InferenceOptions(tile=100, tta=False)
 
@@ -50,6 +60,39 @@ def test_outcomes_state_budget_and_repost(tiny_model, monkeypatch) -> None:
     assert again["post"] == "stricter" and again["outcomes"]["b"].result.n_objects == fresh.n_objects
     assert again["outcomes"]["b"].files == result_files(fresh)
     assert again["zip"] is not None  # two results: the "All results" zip is made again
+
+    # A typed pixel size is applied to the new objects, not to copies of the old ones.
+    typed, _ = typed_outcomes(state, 0.5)
+    assert typed["b"].result.n_objects == state["outcomes"]["b"].result.n_objects != fresh.n_objects
+    typed, _ = typed_outcomes(repost(state, predictor, stricter, "stricter"), 0.5)
+    assert typed["b"].result.n_objects == fresh.n_objects
+    assert "area_um2" in typed["b"].files["b_objects.csv"].decode().splitlines()[0]
+
+
+def test_edits_by_hand_apply_undo_and_give_way_to_new_clean_up(tiny_model) -> None:
+    predictor = load_predictor(tiny_model[1], "cpu")
+    source = _source("a", 1)
+    outcome = segment_one(source, predictor, OPTIONS, InstanceOptions(), lambda done, total: None)
+    state = result_state(("settings",), "post", ("a",), {"a": outcome})
+    first = outcome.result
+    removed = edit_outcome(state, "a", ObjectEdit("remove", (1,)))
+    merged = edit_outcome(removed, "a", ObjectEdit("merge", (1, 2)))
+    expected = apply_edit(apply_edit(first, ObjectEdit("remove", (1,))), ObjectEdit("merge", (1, 2)))
+    assert merged["outcomes"]["a"].result.n_objects == first.n_objects - 2
+    assert merged["outcomes"]["a"].files == result_files(expected)
+    assert merged["unedited"]["a"] is outcome and [e.action for e in merged["edits"]["a"]] == ["remove", "merge"]
+    assert state["outcomes"]["a"] is outcome  # the state edited is not changed
+    back = undo_edit(merged, "a")
+    assert back["outcomes"]["a"].files == removed["outcomes"]["a"].files
+    assert undo_edit(back, "a")["outcomes"]["a"] is outcome
+    assert undo_edit(undo_edit(back, "a"), "a")["outcomes"]["a"] is outcome  # nothing left to undo
+    with pytest.raises(EditError):
+        edit_outcome(state, "a", ObjectEdit("merge", (1,)))
+    # New clean-up options start from the unedited objects and drop the edits.
+    again = repost(merged, predictor, InstanceOptions(min_size=40), "stricter")
+    assert again["outcomes"]["a"].result.n_objects == run(source.load(), predictor, OPTIONS,
+                                                          InstanceOptions(min_size=40)).n_objects
+    assert "edits" not in again and "unedited" not in again
 
 
 def test_a_file_that_cannot_be_read_becomes_a_message(tiny_model) -> None:

@@ -155,7 +155,15 @@ def with_instance_options(result: Result, meta: ModelMeta, instance_options: Ins
 
 
 def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, meta: ModelMeta) -> Result:
-    """The :class:`Result` of instance ids ``ids`` (numbered on across a stack, in place) of ``image``."""
+    """The :class:`Result` of instance ids ``ids`` (numbered on across a stack, in place) of
+    ``image``, segmented by the model ``meta``."""
+    return measured(image, seg, ids, meta.unet.n_classes, meta.border_class)
+
+
+def measured(image: ImageFile, seg: Segmentation, ids: np.ndarray, n_classes: int | None,
+             border_class: int | None) -> Result:
+    """The :class:`Result` of per-slice instance ids ``ids`` (each slice 1..n; numbered on across
+    the stack here, in place) of ``image``, with the model's number of classes and outline class."""
     pixel_size = image.pixel_size_um
     objects = []
     offset = 0
@@ -169,7 +177,7 @@ def measure(image: ImageFile, seg: Segmentation, ids: np.ndarray, meta: ModelMet
                 row["id"] += offset
         offset += n
         objects.append(rows)
-    return Result(image, seg, ids, objects, n_classes=meta.unet.n_classes, border_class=meta.border_class)
+    return Result(image, seg, ids, objects, n_classes=n_classes, border_class=border_class)
 
 
 def segment_file(path: str | Path, stem: str, predictor: Predictor, options: InferenceOptions,

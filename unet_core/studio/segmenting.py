@@ -1,11 +1,13 @@
 """What the Segment page computes, without the page: one image segmented into an :class:`Outcome`
 (its result, probability map and the CLI's files, or a message), the state a run leaves in the
 session (kept within a memory budget, oldest results let go first), objects re-derived under new
-post-processing options without a network pass, and a typed pixel size applied to the tables.
+post-processing options without a network pass, corrections by hand (objects removed or merged)
+with undo, and a typed pixel size applied to the tables.
 
 The page (``pages/segment.py``) draws widgets and calls these; the state it keeps between reruns is
 the dict :func:`result_state` returns (``settings``, ``post``, ``keys``, ``outcomes``, ``zip``,
-``partial``; ``typed``: the outcomes with a typed pixel size, cached per size).
+``partial``; ``typed``: the outcomes with a typed pixel size, cached per size; ``unedited`` and
+``edits``: per image corrected by hand, its result before the edits and the edits in order).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..edits import ObjectEdit, apply_edit
 from ..errors import UserError
 from ..inference import InferenceOptions
 from ..instances import InstanceOptions
@@ -131,16 +134,59 @@ def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: di
 
 def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions, post: str) -> dict:
     """The results of ``state`` with their objects derived again under new post-processing
-    options: the network's class labels are kept, so this takes no network pass."""
+    options: the network's class labels are kept, so this takes no network pass. Edits by hand
+    (:func:`edit_outcome`) referred to the old objects: they are dropped, from the unedited results."""
     meta = predictor.meta
     outcomes = {}
-    for key, outcome in state["outcomes"].items():
+    for key, outcome in {**state["outcomes"], **state.get("unedited", {})}.items():
         if outcome.result is None:
             outcomes[key] = outcome
             continue
         result = with_instance_options(outcome.result, meta, instance_options)
         outcomes[key] = replace(outcome, result=result, files=result_files(result))
-    return {**state, "post": post, "outcomes": outcomes, "zip": results_zip(outcomes.values())}
+    return {**_without_derived(state), "post": post, "outcomes": outcomes, "zip": results_zip(outcomes.values())}
+
+
+def _without_derived(state: dict) -> dict:
+    """``state`` less what was derived from its outcomes (the typed pixel size's copies) and the
+    edits by hand, for a state whose outcomes change."""
+    return {k: v for k, v in state.items() if k not in ("typed", "unedited", "edits")}
+
+
+def edit_outcome(state: dict, key: str, edit: ObjectEdit) -> dict:
+    """``state`` with the result of outcome ``key`` corrected by hand (:func:`~unet_core.edits.apply_edit`),
+    its files and the zip made anew. The unedited outcome is kept (``unedited``) and the edits
+    listed (``edits``), so that :func:`undo_edit` can go back.
+
+    Raises:
+        EditError: the edit does not fit the result (unknown ids, a merge of one object).
+    """
+    outcome = state["outcomes"][key]
+    edited = apply_edit(outcome.result, edit)
+    unedited = {key: outcome, **state.get("unedited", {})}
+    edits = {**state.get("edits", {}), key: [*state.get("edits", {}).get(key, []), edit]}
+    return _with_outcome(state, key, replace(outcome, result=edited, files=result_files(edited)), unedited, edits)
+
+
+def undo_edit(state: dict, key: str) -> dict:
+    """``state`` with the last edit of outcome ``key`` undone: its other edits applied again to
+    the unedited result."""
+    edits = state.get("edits", {}).get(key, [])
+    if not edits:
+        return state
+    original = state["unedited"][key]
+    result = original.result
+    for edit in edits[:-1]:
+        result = apply_edit(result, edit)
+    outcome = replace(original, result=result, files=result_files(result)) if edits[:-1] else original
+    kept = {k: v for k, v in state["unedited"].items() if k != key or edits[:-1]}
+    return _with_outcome(state, key, outcome, kept, {**state["edits"], key: edits[:-1]})
+
+
+def _with_outcome(state: dict, key: str, outcome: Outcome, unedited: dict, edits: dict) -> dict:
+    outcomes = {**state["outcomes"], key: outcome}
+    return {**_without_derived(state), "outcomes": outcomes, "zip": results_zip(outcomes.values()),
+            "unedited": unedited, "edits": edits}
 
 
 def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
@@ -155,13 +201,14 @@ def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
     return replace(outcome, result=result, files=files)
 
 
-def typed_outcomes(state: dict, pixel_size: float) -> tuple[list[Outcome], bytes | None]:
-    """The outcomes and the zip with a typed pixel size applied, computed once per size."""
-    outcomes = list(state["outcomes"].values())
+def typed_outcomes(state: dict, pixel_size: float) -> tuple[dict[str, Outcome], bytes | None]:
+    """The outcomes (by image key) and the zip with a typed pixel size applied, computed once per size."""
+    outcomes = state["outcomes"]
     if pixel_size <= 0:
         return outcomes, state["zip"]
     cached = state.get("typed")
     if cached is None or cached[0] != pixel_size:
-        typed = [with_typed_pixel_size(o, pixel_size) for o in outcomes]
-        state["typed"] = cached = (pixel_size, typed, results_zip(typed) if state["zip"] is not None else None)
+        typed = {key: with_typed_pixel_size(o, pixel_size) for key, o in outcomes.items()}
+        state["typed"] = cached = (pixel_size, typed,
+                                   results_zip(typed.values()) if state["zip"] is not None else None)
     return cached[1], cached[2]

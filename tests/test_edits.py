@@ -1,0 +1,94 @@
+"""A user's corrections of a result: removed and merged objects, and everything that follows them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_core.edits import EditError, ObjectEdit, apply_edit, parse_ids
+from unet_core.inference import Segmentation
+from unet_core.io import ImageFile, Stretch
+from unet_core.predict import Result, measured
+
+
+def _result(planes: list[np.ndarray]) -> Result:
+    """A 2-class result of per-slice ids (each 1..n): labels 1 on objects, the image = 10 x id."""
+    ids = np.stack(planes).astype(np.int32)
+    labels = (ids > 0).astype(np.uint8)
+    seg = Segmentation(labels=labels, probs=None, stretch=Stretch(0.0, 1.0),
+                       tile=(64, 64), batch=1)
+    image = ImageFile("cells.png", (ids * 10).astype(np.uint16)[..., None])
+    return measured(image, seg, ids.copy(), 2, None)
+
+
+def _three_cells() -> Result:
+    plane = np.zeros((30, 40), np.int32)
+    plane[2:8, 2:8] = 1
+    plane[2:8, 9:15] = 2
+    plane[20:28, 20:30] = 3
+    return _result([plane])
+
+
+def test_removing_objects_renumbers_the_rest_in_order_and_clears_their_labels() -> None:
+    before = _three_cells()
+    after = apply_edit(before, ObjectEdit("remove", (2,)))
+    assert after.n_objects == 2
+    assert [row["id"] for row in after.objects[0]] == [1, 2]
+    assert np.array_equal(after.instances[0] == 2, before.instances[0] == 3)  # object 3 is the new 2
+    assert not after.instances[0][before.instances[0] == 2].any()
+    assert np.array_equal(after.segmentation.labels, (after.instances > 0).astype(np.uint8))
+    assert after.objects[0][1]["area"] == before.objects[0][2]["area"]
+    assert before.n_objects == 3 and before.segmentation.labels[0, 4, 10] == 1  # the input is untouched
+    assert after.csv_text().count("\n") == 3  # the header and two objects
+
+
+def test_merging_objects_keeps_their_pixels_as_one_object_with_the_smallest_id() -> None:
+    before = _three_cells()
+    after = apply_edit(before, ObjectEdit("merge", (3, 1)))
+    assert after.n_objects == 2
+    merged = after.objects[0][0]
+    assert merged["id"] == 1 and merged["area"] == before.objects[0][0]["area"] + before.objects[0][2]["area"]
+    assert np.array_equal(after.instances[0] == 1, (before.instances[0] == 1) | (before.instances[0] == 3))
+    assert np.array_equal(after.segmentation.labels, before.segmentation.labels)  # pixels unchanged
+    assert after.objects[0][1]["id"] == 2 and np.array_equal(after.instances[0] == 2, before.instances[0] == 2)
+
+
+def test_stack_ids_stay_numbered_on_across_slices() -> None:
+    a = np.zeros((20, 20), np.int32)
+    a[1:4, 1:4], a[10:14, 10:14] = 1, 2
+    b = np.zeros((20, 20), np.int32)
+    b[1:5, 1:5], b[8:12, 8:12], b[15:18, 15:18] = 1, 2, 3
+    before = _result([a, b])
+    assert [[r["id"] for r in rows] for rows in before.objects] == [[1, 2], [3, 4, 5]]
+    after = apply_edit(before, ObjectEdit("remove", (1, 4)))
+    assert [[r["id"] for r in rows] for rows in after.objects] == [[1], [2, 3]]
+    assert set(np.unique(after.instances[1])) == {0, 2, 3}
+    merged = apply_edit(before, ObjectEdit("merge", (3, 5)))
+    assert [[r["id"] for r in rows] for rows in merged.objects] == [[1, 2], [3, 4]]
+    with pytest.raises(EditError, match="different slices"):
+        apply_edit(before, ObjectEdit("merge", (2, 3)))
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (ObjectEdit("remove", ()), "choose the objects"),
+    (ObjectEdit("remove", (4,)), r"no object 4 .*numbered 1 to 3"),
+    (ObjectEdit("merge", (2, 2)), "two or more"),
+    (ObjectEdit("split", (1,)), "unknown edit"),  # type: ignore[arg-type]
+])
+def test_edits_that_cannot_apply_say_why(edit: ObjectEdit, message: str) -> None:
+    with pytest.raises(EditError, match=message):
+        apply_edit(_three_cells(), edit)
+
+
+def test_edits_describe_themselves() -> None:
+    assert ObjectEdit("remove", (7, 3)).describe() == "removed objects 3 and 7"
+    assert ObjectEdit("merge", (5, 2, 9)).describe() == "merged objects 2, 5 and 9"
+    assert ObjectEdit("remove", (4,)).describe() == "removed object 4"
+
+
+def test_typed_object_numbers() -> None:
+    assert parse_ids("") == ()
+    assert parse_ids(" 12, 3 3,20-22") == (3, 12, 20, 21, 22)
+    for bad in ("3a", "-4", "2-", "one"):
+        with pytest.raises(EditError, match="is not an object number"):
+            parse_ids(bad)
