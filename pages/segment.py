@@ -419,13 +419,13 @@ def show_result(key: str, outcome: Outcome, class_names: str) -> None:
 
 
 def fix_objects(key: str, picked: list[int]) -> None:
-    """Remove or merge the objects picked in the viewer or typed by number; undo the last edit.
+    """Remove, merge or split the objects picked in the viewer or typed by number; undo the last edit.
     The files, the table and the counts follow (:func:`unet_core.studio.segmenting.edit_outcome`)."""
     state = st.session_state[STATE_KEY]
     edits = state.get("edits", {}).get(key, [])
     typed = st.text_input(
         "Objects to fix", key=f"fix:{key}:{len(edits)}", placeholder="numbers, e.g. 3, 12 or 20-25",
-        help="Objects to remove or merge, by their number (the table's Object column; point at an object "
+        help="Objects to remove, merge or split, by their number (the table's Object column; point at an object "
         "in the viewer to see it). Objects picked in the viewer are added.")
     try:
         chosen = sorted(set(picked) | set(parse_ids(typed)))
@@ -434,12 +434,16 @@ def fix_objects(key: str, picked: list[int]) -> None:
         chosen = sorted(set(picked))
     if chosen:
         st.caption(f"Picked: {', '.join(map(str, chosen[:30]))}{' …' if len(chosen) > 30 else ''}")
-    remove, merge, undo = st.columns(3)
+    remove, merge, split, undo = st.columns(4)
     action = ("remove" if remove.button("Remove", disabled=not chosen, icon=":material/delete:", key=f"remove:{key}",
                                         help="Take the picked objects out: debris, or not a nucleus.", width="stretch")
               else "merge" if merge.button("Merge", disabled=len(chosen) < 2, icon=":material/join:",
                                            key=f"merge:{key}", width="stretch",
                                            help="Make the picked objects one: a nucleus cut in two.")
+              else "split" if split.button("Split", disabled=not chosen, icon=":material/call_split:",
+                                           key=f"split:{key}", width="stretch",
+                                           help="Cut each picked object where its outline has a waist: touching "
+                                           "nuclei drawn as one.")
               else None)
     if undo.button("Undo", disabled=not edits, icon=":material/undo:", key=f"undo:{key}", width="stretch",
                    help=f"Undo the last edit ({edits[-1].describe()})." if edits else "Nothing to undo."):

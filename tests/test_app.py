@@ -172,6 +172,15 @@ def test_objects_are_merged_removed_and_undone_by_hand_with_the_counts_and_files
     at.button(key=f"remove:{key}").click().run()
     assert f"no object {n + 5}" in texts(at.error) and _objects_shown(at) == n - 2
 
+    # Split: the largest object (a merged pair, or refused with a message when it has no waist).
+    largest = max(at.session_state["segment_results"]["outcomes"][key].result.objects[0], key=lambda r: r["area"])
+    at.text_input(key=f"fix:{key}:2").input(str(largest["id"])).run()
+    at.button(key=f"split:{key}").click().run()
+    assert not at.exception
+    split = _objects_shown(at) > n - 2
+    assert split or "has no waist" in texts(at.error)
+    if split:
+        at.button(key=f"undo:{key}").click().run()
     at.button(key=f"undo:{key}").click().run()
     assert _objects_shown(at) == n - 1
     at.button(key=f"undo:{key}").click().run()

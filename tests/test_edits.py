@@ -53,6 +53,33 @@ def test_merging_objects_keeps_their_pixels_as_one_object_with_the_smallest_id()
     assert after.objects[0][1]["id"] == 2 and np.array_equal(after.instances[0] == 2, before.instances[0] == 2)
 
 
+def test_splitting_cuts_a_pair_at_its_waist_and_an_oval_across_its_long_axis() -> None:
+    plane = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    pair = ((yy - 20) ** 2 + (xx - 16) ** 2 <= 81) | ((yy - 20) ** 2 + (xx - 31) ** 2 <= 81)
+    plane[pair] = 1
+    plane[(yy - 8) ** 2 + (xx - 52) ** 2 <= 25] = 2
+    before = _result([plane])
+    after = apply_edit(before, ObjectEdit("split", (1,)))
+    assert after.n_objects == 3
+    left, right = after.instances[0] == 1, after.instances[0] == 3  # the second piece comes last
+    assert np.array_equal(left | right, pair) and left[20, 10] and right[20, 37]
+    assert abs(int(left.sum()) - int(right.sum())) < 0.1 * pair.sum()
+    assert np.array_equal(after.instances[0] == 2, plane == 2)
+    assert np.array_equal(after.segmentation.labels, before.segmentation.labels)
+    # No waist (two nuclei fused into an oval): two equal halves across the long axis.
+    oval = np.zeros((30, 50), np.int32)
+    oval[((yy[:30, :50] - 15) / 8.0) ** 2 + ((xx[:30, :50] - 25) / 20.0) ** 2 <= 1] = 1
+    halves = apply_edit(_result([oval]), ObjectEdit("split", (1,))).instances[0]
+    assert set(np.unique(halves)) == {0, 1, 2}
+    assert abs(int((halves == 1).sum()) - int((halves == 2).sum())) <= 30  # a column of ties at most
+    assert (halves == 1)[:, :24].any() and not (halves == 1)[:, 27:].any()  # cut across x, the long axis
+    speck = np.zeros((5, 5), np.int32)
+    speck[2, 2] = 1
+    with pytest.raises(EditError, match="one pixel"):
+        apply_edit(_result([speck]), ObjectEdit("split", (1,)))
+
+
 def test_stack_ids_stay_numbered_on_across_slices() -> None:
     a = np.zeros((20, 20), np.int32)
     a[1:4, 1:4], a[10:14, 10:14] = 1, 2
@@ -73,7 +100,7 @@ def test_stack_ids_stay_numbered_on_across_slices() -> None:
     (ObjectEdit("remove", ()), "choose the objects"),
     (ObjectEdit("remove", (4,)), r"no object 4 .*numbered 1 to 3"),
     (ObjectEdit("merge", (2, 2)), "two or more"),
-    (ObjectEdit("split", (1,)), "unknown edit"),  # type: ignore[arg-type]
+    (ObjectEdit("grow", (1,)), "unknown edit"),  # type: ignore[arg-type]
 ])
 def test_edits_that_cannot_apply_say_why(edit: ObjectEdit, message: str) -> None:
     with pytest.raises(EditError, match=message):
@@ -84,6 +111,7 @@ def test_edits_describe_themselves() -> None:
     assert ObjectEdit("remove", (7, 3)).describe() == "removed objects 3 and 7"
     assert ObjectEdit("merge", (5, 2, 9)).describe() == "merged objects 2, 5 and 9"
     assert ObjectEdit("remove", (4,)).describe() == "removed object 4"
+    assert ObjectEdit("split", (6,)).describe() == "split object 6"
 
 
 def test_typed_object_numbers() -> None:

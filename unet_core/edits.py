@@ -1,13 +1,18 @@
-"""A user's corrections of a result: objects removed, objects merged.
+"""A user's corrections of a result: objects removed, merged or split.
 
-No model is right everywhere: it draws a speck of debris as a nucleus, or one nucleus as two. A
+No model is right everywhere: it draws a speck of debris as a nucleus, one nucleus as two, or two
+touching nuclei as one. A
 biologist who sees it should fix it where they see it (the Segment page's viewer), and the counts,
 the table and every file should follow. An :class:`ObjectEdit` names objects by the ids of the
 result it is applied to and gives a new :class:`~unet_core.predict.Result`: the edited objects'
 pixels, ids renumbered 1..n in their old order (on across a stack, as ``predict`` numbers them:
 removing object 3 makes object 4 the new 3), every object measured again. A removed object's pixels become background in the class labels too, so the
 labels file agrees with the objects; a merged object keeps its pixels, and may come in pieces (the
-separation line the network drew stays background).
+separation line the network drew stays background); a split object is cut where its shape has a
+waist, by the rule of the automatic split (:func:`~unet_core.instances.merged_pieces`) for an
+object of two nuclei, and where it has none (two nuclei fused into one oval) in two equal halves
+across its long axis: its first piece keeps its place, the others come after every object of its
+slice.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from typing import Literal
 import numpy as np
 
 from .errors import UserError
+from .instances import merged_pieces, number_pieces
 from .predict import Result, measured
 
 #: What an edit does to its objects.
-EDIT_ACTIONS = ("remove", "merge")
+EDIT_ACTIONS = ("remove", "merge", "split")
 
 
 class EditError(UserError):
@@ -30,17 +36,18 @@ class EditError(UserError):
 
 @dataclass(frozen=True)
 class ObjectEdit:
-    """One correction: ``remove`` the objects ``ids``, or ``merge`` them into one (two or more,
-    in one slice of a stack; the merged object takes the smallest of their ids)."""
+    """One correction: ``remove`` the objects ``ids``, ``merge`` them into one (two or more, in
+    one slice of a stack; the merged object takes the smallest of their ids), or ``split`` each
+    of them (at its waist, else across its long axis)."""
 
-    action: Literal["remove", "merge"]
+    action: Literal["remove", "merge", "split"]
     ids: tuple[int, ...]
 
     def describe(self) -> str:
         """The edit in a user's words, e.g. "removed objects 3 and 7"."""
         numbers = [str(i) for i in sorted(self.ids)]
         listed = numbers[0] if len(numbers) == 1 else f"{', '.join(numbers[:-1])} and {numbers[-1]}"
-        verb = "removed" if self.action == "remove" else "merged"
+        verb = {"remove": "removed", "merge": "merged", "split": "split"}[self.action]
         return f"{verb} object{'s' if len(numbers) > 1 else ''} {listed}"
 
 
@@ -70,15 +77,59 @@ def apply_edit(result: Result, edit: ObjectEdit) -> Result:
     slice_of = {int(row["id"]): s for s, rows in enumerate(result.objects) for row in rows}
     _check(edit, slice_of, result.n_objects)
     ids = np.unique(np.asarray(edit.ids, dtype=np.int64))
-    lookup = np.arange(result.n_objects + 1, dtype=np.int32)
-    lookup[ids] = 0 if edit.action == "remove" else ids[0]
-    instances = lookup[result.instances]
+    if edit.action == "split":
+        instances = _split(result.instances, [(int(i), slice_of[int(i)]) for i in ids], result.n_objects)
+    else:
+        lookup = np.arange(result.n_objects + 1, dtype=np.int32)
+        lookup[ids] = 0 if edit.action == "remove" else ids[0]
+        instances = lookup[result.instances]
     seg = result.segmentation
     if edit.action == "remove":
         labels = seg.labels.copy()
         labels[np.isin(result.instances, ids)] = 0
         seg = replace(seg, labels=labels)
     return measured(result.image, seg, _per_slice_consecutive(instances), result.n_classes, result.border_class)
+
+
+def _split(instances: np.ndarray, objects: list[tuple[int, int]], n_objects: int) -> np.ndarray:
+    """A copy of ``instances`` with each (id, slice) of ``objects`` cut into its pieces
+    (:func:`split_pieces`), the pieces after the first numbered from ``n_objects + 1`` on.
+
+    Raises:
+        EditError: a one-pixel object.
+    """
+    out = instances.copy()
+    next_id = n_objects + 1
+    for label, s in objects:
+        mask = out[s] == label
+        if np.count_nonzero(mask) < 2:
+            raise EditError(f"object {label} is one pixel: remove it instead")
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        pieces = split_pieces(mask[box])
+        number_pieces(out[s][box], pieces, next_id)
+        next_id += int(pieces.max()) - 1
+    return out
+
+
+def split_pieces(obj: np.ndarray) -> np.ndarray:
+    """The pieces (1..k, 0 outside) of an object (a mask of two or more pixels) that a user says is
+    several nuclei: cut at its waist by :func:`~unet_core.instances.merged_pieces`, as an object of
+    two nuclei of half its area each; with no waist, in two halves across its long axis (the first
+    principal axis of its pixels), at the median, the left (or upper) half first."""
+    pieces = merged_pieces(obj, np.count_nonzero(obj) / 2)
+    if pieces.max() >= 2:
+        return pieces
+    rows, cols = np.nonzero(obj)
+    coords = np.stack([rows, cols], axis=1).astype(np.float64)
+    coords -= coords.mean(axis=0)
+    axis = np.linalg.svd(coords, full_matrices=False)[2][0]
+    if axis[1] < 0 or (axis[1] == 0 and axis[0] < 0):  # pointing right (else down): the left half is piece 1
+        axis = -axis
+    along = coords @ axis
+    pieces = np.zeros(obj.shape, dtype=np.int32)
+    pieces[rows, cols] = np.where(along <= np.median(along), 1, 2)
+    return pieces
 
 
 def _check(edit: ObjectEdit, slice_of: dict[int, int], n_objects: int) -> None:
