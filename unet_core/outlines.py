@@ -124,7 +124,8 @@ def _trace(region: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
     r0, c0 = first // region.shape[1] - 1, first % region.shape[1] - 1  # its corner in ``codes``
     row, col, step = r0, c0, 0
     corners = [(col, row)]
-    while True:
+    # Each pixel edge is walked at most once: a longer walk would be a bug, not an outline.
+    for _ in range(2 * codes.size + 4):
         row, col = row + _STEPS[step][0], col + _STEPS[step][1]
         leave = _TURN[codes[row, col]][step]
         if leave == 0 and row == r0 and col == c0:
@@ -132,6 +133,8 @@ def _trace(region: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
         if leave != step:
             corners.append((col, row))
             step = leave
+    else:
+        raise RuntimeError(f"outline tracing did not close (region of {int(region.sum())} pixels)")
     corners.append(corners[0])
     # ``codes`` is one corner up and left of the region's pixels: corner (r, c) of it is (r + 1, c + 1).
     return np.asarray(corners, dtype=np.int64) + (origin[1] + 1, origin[0] + 1)
