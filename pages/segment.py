@@ -36,6 +36,7 @@ from unet_core.studio.segmenting import (
     result_state,
     results_zip,
     segment_one,
+    training_set_zip,
     typed_outcomes,
     undo_edit,
 )
@@ -530,6 +531,12 @@ def show_results(outcomes: dict[str, Outcome], zip_bytes: bytes | None, class_na
         names = [o.name for o in done.values()]
         shown = keys[names.index(st.selectbox("Show", names, key="segment_shown"))]
     show_result(shown, done[shown], class_names)
+    st.download_button(
+        "Training set (ZIP)", lambda: training_set_zip(done.values()), file_name="unet-studio-training.zip",
+        mime="application/zip", icon=":material/school:", on_click="ignore", key="segment_training_set",
+        help=f"The {'images' if len(done) > 1 else 'image'} with {'their' if len(done) > 1 else 'its'} objects as "
+        "corrected here, as a data set (images/ and masks/). Upload it on the Train page (Data: a zip of your "
+        "data set; Start from: this model) to fine-tune the model on your own images.")
 
 
 # --------------------------------------------------------------------------- page

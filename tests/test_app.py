@@ -87,7 +87,8 @@ def test_png_upload_is_segmented_like_the_engine_does(tiny_installed: Path, cell
     objects = next(m for m in at.metric if m.label == "Objects")
     assert objects.value == f"{expected.n_objects:,}"
     assert {b.label for b in at.download_button} == {"Labels (PNG)", "Objects (TIFF)", "Measurements (CSV)",
-                                                     "Outlines for QuPath (GeoJSON)", "ROIs for Fiji (RoiSet.zip)"}
+                                                     "Outlines for QuPath (GeoJSON)", "ROIs for Fiji (RoiSet.zip)",
+                                                     "Training set (ZIP)"}
     # The viewer: the overlay in the image's pixel coordinates, one hover point per object at its centre.
     (chart,) = at.get("plotly_chart")
     figure = json.loads(chart.proto.spec)
@@ -250,7 +251,7 @@ def test_a_16_bit_tiff_stack_is_segmented_slice_by_slice(tiny_installed: Path, c
     assert at.slider(key="slice:stack.tif").max == 3
     assert {b.label for b in at.download_button} == {
         "Labels (TIFF stack)", "Objects (TIFF)", "Measurements (CSV)", "Outlines for QuPath (GeoJSON)",
-        "ROIs for Fiji (RoiSet.zip)"}
+        "ROIs for Fiji (RoiSet.zip)", "Training set (ZIP)"}
     at.slider(key="slice:stack.tif").set_value(3).run()
     assert not at.exception
     # Each slice's labels are what the engine gives that slice alone (normalised over the stack).

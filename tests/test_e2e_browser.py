@@ -10,18 +10,21 @@ both, and a silently skipped browser test would hide a broken app.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -186,6 +189,16 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             page.get_by_role("button", name="Remove", exact=True).click()
             expect(page.get_by_text("Corrected by hand: removed object")).to_be_visible(timeout=WAIT_MS)
             assert int(count.inner_text().replace(",", "")) == before - 1
+            # The corrected image as a training set: made when the button is pressed.
+            with page.expect_download(timeout=WAIT_MS) as download:
+                page.get_by_test_id("stDownloadButton").filter(has_text="Training set").click()
+            training = tmp_path / "training.zip"
+            download.value.save_as(training)
+            with zipfile.ZipFile(training) as archive:
+                assert sorted(archive.namelist()) == ["unet-studio-training/images/cells.png",
+                                                      "unet-studio-training/masks/cells.tif"]
+                mask = tifffile.imread(io.BytesIO(archive.read("unet-studio-training/masks/cells.tif")))
+            assert int(mask.max()) == before - 1  # the removed object is not in it
             page.get_by_role("button", name="Undo", exact=True).click()
             expect(page.get_by_text("Corrected by hand")).to_have_count(0, timeout=WAIT_MS)
             assert int(count.inner_text().replace(",", "")) == before

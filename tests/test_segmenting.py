@@ -4,9 +4,13 @@ results go past the memory budget; new post-processing options re-derive objects
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 
+from unet_core.datasets import open_dataset
 from unet_core.edits import EditError, ObjectEdit, apply_edit
 from unet_core.inference import InferenceOptions
 from unet_core.instances import InstanceOptions
@@ -15,14 +19,17 @@ from unet_core.predict import result_files, run
 from unet_core.runtime import load_predictor
 from unet_core.studio.keep import RESULTS_BUDGET_ENV
 from unet_core.studio.segmenting import (
+    TRAINING_SET_FOLDER,
     Source,
     edit_outcome,
     repost,
     result_state,
     segment_one,
+    training_set_zip,
     typed_outcomes,
     undo_edit,
 )
+from unet_core.studio.uploads import extract_upload
 
 OPTIONS = InferenceOptions(tile=100, tta=False)
 
@@ -103,3 +110,29 @@ def test_a_file_that_cannot_be_read_becomes_a_message(tiny_model) -> None:
     outcome = segment_one(broken, predictor, OPTIONS, InstanceOptions(), lambda done, total: None)
     assert outcome.result is None and outcome.error and not outcome.error.startswith("broken.png")
     assert "Fiji" in outcome.advice
+
+
+def test_corrected_results_make_a_training_set_the_data_set_reader_opens(tiny_model, tmp_path) -> None:
+    predictor = load_predictor(tiny_model[1], "cpu")
+    gray = _source("cells", 1)
+    stack_pixels = np.random.default_rng(5).integers(0, 60000, (2, 70, 90, 1), dtype=np.uint16)
+    stack = Source("stack", "stack.tif", lambda: ImageFile("stack.tif", stack_pixels), stack_pixels.size)
+    outcomes = {src.key: segment_one(src, predictor, OPTIONS, InstanceOptions(), lambda done, total: None)
+                for src in (gray, stack)}
+    state = edit_outcome(result_state(("settings",), "post", ("cells", "stack"), outcomes), "cells",
+                         ObjectEdit("remove", (1, 2, 3)))
+    zipped = training_set_zip(state["outcomes"].values())
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        assert all(name.startswith(f"{TRAINING_SET_FOLDER}/") for name in archive.namelist())
+    # What the Train page does with an uploaded zip.
+    data = open_dataset(extract_upload(zipped, "session1", root=tmp_path / "uploads"))
+    assert data.layout == "generic" and data.mask_encoding == "instance_ids" and not data.problems
+    assert [s.name for s in data.samples] == ["cells", "stack_z001", "stack_z002"]
+    edited = state["outcomes"]["cells"].result
+    assert np.array_equal(data.load_instances(0), edited.instances[0])  # the corrections, ids 1..n
+    assert np.array_equal(np.squeeze(data.load_image(0)), edited.image.data[0, ..., 0])
+    second = outcomes["stack"].result
+    first_id = len(second.objects[0])
+    renumbered = np.where(second.instances[1] > 0, second.instances[1] - first_id, 0)
+    assert renumbered.max() > 0 and np.array_equal(data.load_instances(2), renumbered)  # each slice from 1
+    assert data.load_image(2).dtype == np.uint16

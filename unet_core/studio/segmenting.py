@@ -1,8 +1,9 @@
 """What the Segment page computes, without the page: one image segmented into an :class:`Outcome`
 (its result, probability map and the CLI's files, or a message), the state a run leaves in the
 session (kept within a memory budget, oldest results let go first), objects re-derived under new
-post-processing options without a network pass, corrections by hand (objects removed or merged)
-with undo, and a typed pixel size applied to the tables.
+post-processing options without a network pass, corrections by hand (objects removed, merged or
+split) with undo, the corrected images as a training set, and a typed pixel size applied to the
+tables.
 
 The page (``pages/segment.py``) draws widgets and calls these; the state it keeps between reruns is
 the dict :func:`result_state` returns (``settings``, ``post``, ``keys``, ``outcomes``, ``zip``,
@@ -12,10 +13,13 @@ the dict :func:`result_state` returns (``settings``, ``post``, ``keys``, ``outco
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +27,7 @@ from ..edits import ObjectEdit, apply_edit
 from ..errors import UserError
 from ..inference import InferenceOptions
 from ..instances import InstanceOptions
-from ..io import ChannelChoiceError, ImageFile
+from ..io import ChannelChoiceError, ImageFile, Resolution, encode_png, encode_tiff
 from ..predict import Result, result_files, run, with_instance_options, zip_files
 from ..runtime import Predictor
 from . import keep
@@ -110,6 +114,55 @@ def results_zip(outcomes: Iterable[Outcome]) -> bytes | None:
     fewer than two images (each has its own buttons)."""
     file_sets = [o.files for o in outcomes if o.files]
     return zip_files(file_sets) if len(file_sets) > 1 else None
+
+
+#: The folder inside the training-set zip (:func:`training_set_zip`).
+TRAINING_SET_FOLDER = "unet-studio-training"
+
+
+def training_set_zip(outcomes: Iterable[Outcome]) -> bytes:
+    """The segmented images and their objects (as corrected by hand) as a data set the Train page
+    takes as an upload: ``unet-studio-training/images/`` + ``masks/`` (the ``generic`` layout;
+    masks are instance ids, 1..n per image), so a model can be fine-tuned on a user's own,
+    corrected images. A stack gives one pair per slice (``<stem>_z001``); images keep their dtype
+    and pixel size (PNG for 8-bit gray and RGB, TIFF otherwise)."""
+    pairs: dict[str, tuple[tuple[str, bytes], bytes]] = {}
+    for outcome in outcomes:
+        result = outcome.result
+        if result is None:
+            continue
+        stem = Path(outcome.name).stem
+        z = result.instances.shape[0]
+        for s in range(z):
+            name = stem if z == 1 else f"{stem}_z{s + 1:03d}"
+            n = 2
+            while name in pairs:  # two uploads with one stem
+                name, n = f"{stem}_{n}" if z == 1 else f"{stem}_{n}_z{s + 1:03d}", n + 1
+            ids = result.instances[s]
+            present = np.flatnonzero(np.bincount(ids.ravel())[1:]) + 1
+            lookup = np.zeros(int(ids.max()) + 1, dtype=np.uint32)
+            lookup[present] = np.arange(1, present.size + 1)
+            mask = lookup[ids]
+            mask = mask.astype(np.uint16) if present.size <= np.iinfo(np.uint16).max else mask
+            pairs[name] = (_image_bytes(result.image.data[s], result.image.resolution),
+                           encode_tiff(mask, result.image.resolution))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, ((suffix, image), mask) in pairs.items():
+            archive.writestr(f"{TRAINING_SET_FOLDER}/images/{name}{suffix}", image)
+            archive.writestr(f"{TRAINING_SET_FOLDER}/masks/{name}.tif", mask)
+    return buf.getvalue()
+
+
+def _image_bytes(pixels: np.ndarray, resolution: Resolution | None) -> tuple[str, bytes]:
+    """(suffix, bytes) of one slice's pixels ``(H, W, C)`` as a file the data set reader takes."""
+    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3, 4):
+        return ".png", encode_png(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    if pixels.shape[-1] == 1:
+        return ".tif", encode_tiff(pixels[..., 0], resolution)
+    if pixels.dtype not in (np.uint8, np.uint16, np.float32):  # a channel axis ImageJ TIFFs can say
+        pixels = pixels.astype(np.float32)
+    return ".tif", encode_tiff(np.moveaxis(pixels, -1, 0), resolution, "CYX")
 
 
 def within_budget(outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
