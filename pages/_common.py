@@ -68,7 +68,7 @@ class PageSpec:
 PAGES = (
     PageSpec("pages/home.py", "Home", ":material/home:", "Start", "What U-Net Studio does."),
     PageSpec("pages/segment.py", "Segment", ":material/biotech:", "Use a model",
-             "Find, count and measure cells in your images."),
+             "Find, count and measure cells in your images; fix what the model got wrong."),
     PageSpec("pages/evaluate.py", "Evaluate", ":material/fact_check:", "Use a model",
              "Compare a model's results with hand-drawn labels."),
     PageSpec("pages/datasets.py", "Datasets", ":material/photo_library:", "Train your own",
