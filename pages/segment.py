@@ -26,6 +26,7 @@ from unet_core.io import (
     read_image_header_bytes,
 )
 from unet_core.look import LOOK_WORDS
+from unet_core.predict import MAX_OUTLINE_OBJECTS
 from unet_core.runtime import Predictor
 from unet_core.studio import visualize as viz
 from unet_core.studio.segmenting import (
@@ -380,6 +381,9 @@ def show_result(key: str, outcome: Outcome, class_names: str) -> None:
     for note in [*result.image.notes, *seg.notes]:  # the channel segmented, NaN pixels, tile changes
         st.caption(note)
     download_buttons(outcome.files, key=outcome.name)
+    if result.n_objects > MAX_OUTLINE_OBJECTS:
+        st.caption(f"More than {MAX_OUTLINE_OBJECTS:,} objects: no outlines for QuPath and Fiji (their object lists "
+                   "slow to a halt); the Objects TIFF holds every object.")
 
     s = st.slider("Slice", 1, z, 1, key=f"slice:{outcome.name}") - 1 if z > 1 else 0
     alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, **kept("segment_opacity", 0.4),

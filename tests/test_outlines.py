@@ -10,7 +10,10 @@ import roifile
 from scipy import ndimage as ndi
 from skimage.draw import disk, polygon2mask
 
+from unet_core import predict
+from unet_core.inference import Segmentation
 from unet_core.instances import object_table
+from unet_core.io import ImageFile, Stretch
 from unet_core.outlines import (
     imagej_roiset,
     object_polygons,
@@ -18,6 +21,7 @@ from unet_core.outlines import (
     ring_area,
     stack_outlines,
 )
+from unet_core.predict import measured
 
 
 def _awkward_ids() -> np.ndarray:
@@ -158,3 +162,19 @@ def test_no_objects_give_empty_but_valid_files(shape, tmp_path) -> None:
     roiset = tmp_path / "empty.zip"
     roiset.write_bytes(imagej_roiset(outlines))
     assert roiset.stat().st_size > 0
+
+
+def test_past_the_object_limit_predict_writes_no_outlines_and_says_why(tmp_path, monkeypatch) -> None:
+    ids = _awkward_ids()[None]
+    image = ImageFile("cells.png", (ids > 0).astype(np.uint8)[..., None] * 200)
+    seg = Segmentation(labels=(ids > 0).astype(np.uint8), probs=None, stretch=Stretch(0.0, 1.0), tile=(64, 64), batch=1)
+    result = measured(image, seg, ids.copy(), 2, None)
+    n = result.n_objects
+    monkeypatch.setattr(predict, "MAX_OUTLINE_OBJECTS", n)
+    written = predict.write_outputs(result, tmp_path / "at")
+    assert {p.name for p in written.outputs} >= {"cells_outlines.geojson", "cells_RoiSet.zip"}
+    monkeypatch.setattr(predict, "MAX_OUTLINE_OBJECTS", n - 1)
+    written = predict.write_outputs(result, tmp_path / "past")
+    assert sorted(p.name for p in written.outputs) == ["cells_instances.tif", "cells_labels.png", "cells_objects.csv"]
+    assert any(f"more than {n - 1}: no outlines" in note for note in written.notes)
+    assert sorted(p.name for p in (tmp_path / "past").iterdir()) == sorted(p.name for p in written.outputs)

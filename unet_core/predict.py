@@ -233,10 +233,18 @@ def _channel_hint(exc: BaseException) -> str:
     return f": give {exc.in_channels} channels (1 to {exc.n_channels}, numbered as in Fiji), e.g. --channels {example}"
 
 
+#: The outline files' name endings (:mod:`unet_core.outlines`).
+OUTLINE_SUFFIXES = ("_outlines.geojson", "_RoiSet.zip")
+#: Past this many objects in one image (or stack) the outline files are not written: QuPath's and
+#: Fiji's object lists slow to a halt, and tracing takes ~0.4 ms an object (``bench/postprocess.py``).
+MAX_OUTLINE_OBJECTS = 50_000
+
+
 def output_names(stem: str, is_stack: bool, probs: bool) -> list[str]:
-    """The names :func:`write_outputs` writes for ``stem``: labels, instances, objects, outlines (, probs)."""
+    """The names :func:`write_outputs` may write for ``stem``: labels, instances, objects, outlines
+    (not past :data:`MAX_OUTLINE_OBJECTS`) (, probs)."""
     names = [f"{stem}_labels.tif" if is_stack else f"{stem}_labels.png", f"{stem}_instances.tif",
-             f"{stem}_objects.csv", f"{stem}_outlines.geojson", f"{stem}_RoiSet.zip"]
+             f"{stem}_objects.csv", *(f"{stem}{suffix}" for suffix in OUTLINE_SUFFIXES)]
     return names + [f"{stem}_probs.tif"] if probs else names
 
 
@@ -343,19 +351,23 @@ def write_outputs(
     written = FileResult(source=image.name, n_objects=result.n_objects, notes=[*image.notes, *seg.notes])
     inst = result.instance_image()
     labels = result.label_image()
-    outlines = stack_outlines(result.instances, result.objects)
-    if outlines.pieces_dropped:
-        written.notes.append(f"{outlines.pieces_dropped} object pieces apart from their object's largest are not "
-                             "in the Fiji ROI set (an ImageJ ROI has one outline; the GeoJSON has them all)")
     if inst.dtype == np.uint32:
         written.notes.append("more than 65535 objects: instances written as 32-bit TIFF (not ImageJ-readable)")
     writers: list[Callable[[Path], None]] = [
         (lambda p: write_tiff(p, labels, res)) if image.is_stack else (lambda p: write_png(p, labels[0])),
         lambda p: write_tiff(p, inst if image.is_stack else inst[0], res),
         lambda p: p.write_text(result.csv_text()),
-        lambda p: p.write_text(qupath_geojson(outlines)),
-        lambda p: p.write_bytes(imagej_roiset(outlines)),
     ]
+    if result.n_objects <= MAX_OUTLINE_OBJECTS:
+        outlines = stack_outlines(result.instances, result.objects)
+        writers += [lambda p: p.write_text(qupath_geojson(outlines)), lambda p: p.write_bytes(imagej_roiset(outlines))]
+        if outlines.pieces_dropped:
+            written.notes.append(f"{outlines.pieces_dropped} object pieces apart from their object's largest are not "
+                                 "in the Fiji ROI set (an ImageJ ROI has one outline; the GeoJSON has them all)")
+    else:
+        names = [n for n in names if not n.endswith(OUTLINE_SUFFIXES)]
+        written.notes.append(f"{result.n_objects:,} objects, more than {MAX_OUTLINE_OBJECTS:,}: no outlines for "
+                             "QuPath and Fiji (their object lists slow to a halt; the instances TIFF holds every object)")
     if seg.probs is not None:
         probs = seg.probs.astype(np.float32, copy=False)
         writers.append(lambda p: write_tiff(p, probs if image.is_stack else probs[0], res,
