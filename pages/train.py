@@ -387,7 +387,9 @@ def choose_start() -> tuple[str | None, int | None, float | None]:
                  "scratch.", icon=":material/error:")
         return None, None, None
     scale = f"; objects rescaled to {info.diameter:g} px across, as it was trained" if info.diameter else ""
-    st.caption(f"{info.classes}; trained on {info.data or 'unknown data'}{scale}.")
+    st.caption(f"{info.classes}; trained on {info.data or 'unknown data'}{scale}. Fine-tuning continues its "
+               "recipe (class weights, augmentation, polarity inversion) where the settings below do not "
+               "say otherwise.")
     return path, info.width, info.diameter
 
 

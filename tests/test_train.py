@@ -277,6 +277,43 @@ def test_fine_tuning_keeps_the_init_models_object_diameter_unless_given_another(
         apply_init(TrainConfig(**base, init=str(plain), **bodies))
 
 
+def test_fine_tuning_continues_the_init_models_recipe_where_not_told_otherwise(tmp_path: Path) -> None:
+    """Class weights, weight map, augmentation and polarity inversion come from the model's saved
+    config (its w_c = 1 kept a fine-tuned nuclei model's AP where the default balance cost a
+    quarter of it); what the command line or the page gives wins; from scratch, the defaults."""
+    from conftest import random_net
+
+    from unet_core.cli import _train_config, build_parser
+    from unet_core.config import config_from_settings, init_recipe
+    from unet_core.export import to_onnx
+    from unet_core.metadata import ModelMeta
+
+    net = random_net(seed=0)
+    recipe = {"class_weights": None, "w0": 7.0, "invert_prob": 0.3, "cytoplasm_prob": 0.5, "lr": 0.5,
+              "augment": {**dataclasses.asdict(AugmentConfig()), "scale": True, "scale_range": [0.6, 1.7]}}
+    model = tmp_path / "taught.onnx"
+    to_onnx(net, ModelMeta(name="taught", unet=net.config, diameter=12.0, training={"config": recipe}), model)
+    assert set(init_recipe(model)) == {"class_weights", "w0", "invert_prob", "cytoplasm_prob", "augment"}
+    assert init_recipe(None) is None
+
+    def cli(*extra: str) -> TrainConfig:
+        args = build_parser().parse_args(["train", "--data", "synthetic", "--out", str(tmp_path / "ft"), *extra])
+        return _train_config(args)
+
+    tuned = cli("--init", str(model))
+    assert (tuned.class_weights, tuned.w0, tuned.invert_prob, tuned.cytoplasm_prob) == (None, 7.0, 0.3, 0.5)
+    assert tuned.augment.scale and tuned.augment.scale_range == (0.6, 1.7)
+    assert tuned.lr == TrainConfig(data="x").lr  # how fast is not the recipe
+    told = cli("--init", str(model), "--w0", "10", "--class-balance", "--invert-prob", "0", "--cytoplasm-prob", "0")
+    assert (told.class_weights, told.w0, told.invert_prob) == ("balanced", 10.0, 0.0)
+    assert cli().class_weights == "balanced" and not cli().augment.scale  # from scratch: the defaults
+    page = config_from_settings({"data": "synthetic", "init": str(model), "augment": True}, init_recipe(model))
+    assert page.class_weights is None and page.augment.scale  # the page's "augment" switch keeps the recipe's
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(TrainError, match="cannot read the model to start from"):
+        init_recipe(tmp_path / "broken.onnx")
+
+
 def test_a_gray_init_model_widened_to_colour_starts_from_its_luminance_view(finished_run: Path,
                                                                           tmp_path: Path) -> None:
     from unet_core.io import LUMA

@@ -432,6 +432,10 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
         if row["kind"] == "switch":
             p.add_argument(row["flag"], dest=row["name"], action="store_const", const=False, default=None,
                            help=row["help"])
+            # The "on" form too: a fine-tuning run takes its model's recipe, which may have it off.
+            p.add_argument("--" + row["flag"].removeprefix("--no-"), dest=row["name"], action="store_const",
+                           const=True, default=None, help=f"the opposite of {row['flag']} (default: on, or the "
+                           "--init model's choice)")
             continue
         kind = _split_arg if row["parse"] == "split" else types[row["kind"]]
         p.add_argument(row["flag"], dest=row["name"], type=kind, nargs=2 if row["kind"] == "pair" else None, choices=row["choices"], metavar=row["metavar"],
@@ -440,7 +444,14 @@ def _add_train_settings(p: argparse.ArgumentParser) -> None:
 
 def _train_config(args: argparse.Namespace):
     """The TrainConfig from the command line (or, with --resume, from the run folder)."""
-    from .config import TrainConfig, TrainError, config_from_settings, resumed_with, settings_schema
+    from .config import (
+        TrainConfig,
+        TrainError,
+        config_from_settings,
+        init_recipe,
+        resumed_with,
+        settings_schema,
+    )
 
     given = {row["name"]: getattr(args, row["name"]) for row in settings_schema()}
     out = Path(args.out)
@@ -451,7 +462,8 @@ def _train_config(args: argparse.Namespace):
             raise TrainError(f"{out} holds no saved settings (config.json): the run stopped before it saved them, "
                              "so nothing was trained; start it again with --data (and its other options)")
         raise TrainError("--data is required (a data set folder or 'synthetic')")
-    base = TrainConfig.load(args.config).to_dict() if args.config else None
+    # Fine-tuning continues the model's recipe where the command line does not say otherwise.
+    base = TrainConfig.load(args.config).to_dict() if args.config else init_recipe(given.get("init"))
     return config_from_settings({**given, "out": args.out}, base)
 
 

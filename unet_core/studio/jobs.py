@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json
-from ..config import TrainConfig, TrainError, config_from_settings, resume_args
+from ..config import TrainConfig, TrainError, config_from_settings, init_recipe, resume_args
 from ..metadata import UNetConfig
 from ..paths import runs_dir
 from ..runlog import STOP_FILE
@@ -153,7 +153,9 @@ def new_run_config(folder: Path, data: str, options: dict[str, Any]) -> TrainCon
     """The checked config of a new run in ``folder`` from the page's settings (field names and
     :data:`~unet_core.config.SHORTHANDS`), refused with a message saying what to change."""
     try:
-        cfg = config_from_settings({**options, "data": data, "out": str(folder.resolve())})
+        # Fine-tuning continues the model's recipe where the page does not say otherwise.
+        cfg = config_from_settings({**options, "data": data, "out": str(folder.resolve())},
+                                   init_recipe(options.get("init")))
     except TrainError as exc:
         raise JobError(str(exc)) from None
     if cfg.init and not Path(cfg.init).is_file():

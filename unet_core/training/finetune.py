@@ -1,6 +1,6 @@
-"""Fine-tuning: the weights and architecture of a model to start from (``--init``), and the two
-ways such a model may be widened (a gray model to colour input, a two-class model to an outline
-class)."""
+"""Fine-tuning: the weights and architecture of a model to start from (``--init``; its recipe:
+:func:`unet_core.config.init_recipe`), and the two ways such a model may be widened (a gray model
+to colour input, a two-class model to an outline class)."""
 
 from __future__ import annotations
 
