@@ -88,7 +88,7 @@ def apply_edit(result: Result, edit: ObjectEdit) -> Result:
         labels = seg.labels.copy()
         labels[np.isin(result.instances, ids)] = 0
         seg = replace(seg, labels=labels)
-    return measured(result.image, seg, _per_slice_consecutive(instances), result.n_classes, result.border_class)
+    return measured(result.image, seg, consecutive_ids(instances), result.n_classes, result.border_class)
 
 
 def _split(instances: np.ndarray, objects: list[tuple[int, int]], n_objects: int) -> np.ndarray:
@@ -148,10 +148,10 @@ def _check(edit: ObjectEdit, slice_of: dict[int, int], n_objects: int) -> None:
             raise EditError("objects in different slices cannot be merged: choose objects of one slice")
 
 
-def _per_slice_consecutive(instances: np.ndarray) -> np.ndarray:
+def consecutive_ids(instances: np.ndarray) -> np.ndarray:
     """Each slice's ids renumbered 1..n in the order of the old ids (what
-    :func:`~unet_core.predict.measured` numbers on across a stack): an object that was not edited
-    keeps its place among the others."""
+    :func:`~unet_core.predict.measured` numbers on across a stack; a training mask's ids): an
+    object that was not edited keeps its place among the others."""
     out = np.zeros(instances.shape, dtype=np.int32)
     for s, plane in enumerate(instances):
         present = np.flatnonzero(np.bincount(plane.ravel())[1:]) + 1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..edits import ObjectEdit, apply_edit
+from ..edits import ObjectEdit, apply_edit, consecutive_ids
 from ..errors import UserError
 from ..inference import InferenceOptions
 from ..instances import InstanceOptions
@@ -138,12 +138,8 @@ def training_set_zip(outcomes: Iterable[Outcome]) -> bytes:
             n = 2
             while name in pairs:  # two uploads with one stem
                 name, n = f"{stem}_{n}" if z == 1 else f"{stem}_{n}_z{s + 1:03d}", n + 1
-            ids = result.instances[s]
-            present = np.flatnonzero(np.bincount(ids.ravel())[1:]) + 1
-            lookup = np.zeros(int(ids.max()) + 1, dtype=np.uint32)
-            lookup[present] = np.arange(1, present.size + 1)
-            mask = lookup[ids]
-            mask = mask.astype(np.uint16) if present.size <= np.iinfo(np.uint16).max else mask
+            mask = consecutive_ids(result.instances[s : s + 1])[0]
+            mask = mask.astype(np.uint16) if mask.max(initial=0) <= np.iinfo(np.uint16).max else mask.view(np.uint32)
             pairs[name] = (_image_bytes(result.image.data[s], result.image.resolution),
                            encode_tiff(mask, result.image.resolution))
     buf = io.BytesIO()
