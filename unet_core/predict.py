@@ -113,11 +113,7 @@ class Result:
     def instance_image(self) -> np.ndarray:
         """Instance ids as uint16 (ImageJ-readable) when they fit, else uint32 (for int32 ids, which
         are never negative, a view: a whole-slide image's ids are not copied once more)."""
-        if self.instances.size and self.instances.max() > np.iinfo(np.uint16).max:
-            if self.instances.dtype == np.int32:
-                return self.instances.view(np.uint32)
-            return self.instances.astype(np.uint32)
-        return self.instances.astype(np.uint16)
+        return id_image(self.instances)
 
     def csv_text(self) -> str:
         """The ``<stem>_objects.csv`` text: µm columns when the pixel size is known (also for an
@@ -128,6 +124,14 @@ class Result:
         if not self.image.is_stack:
             return objects_csv(self.objects[0], physical=physical)
         return stack_objects_csv(self.objects, physical=physical)
+
+
+def id_image(ids: np.ndarray) -> np.ndarray:
+    """Instance ids as uint16 (ImageJ-readable) when they fit, else uint32 (for int32 ids, which
+    are never negative, a view: a whole-slide image's ids are not copied once more)."""
+    if ids.size and ids.max() > np.iinfo(np.uint16).max:
+        return ids.view(np.uint32) if ids.dtype == np.int32 else ids.astype(np.uint32)
+    return ids.astype(np.uint16)
 
 
 def run(

@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..inference import InferenceOptions
 from ..instances import InstanceOptions
 from ..io import ChannelChoiceError, ImageFile, Resolution, encode_png, encode_tiff
-from ..predict import Result, result_files, run, with_instance_options, zip_files
+from ..predict import Result, id_image, result_files, run, with_instance_options, zip_files
 from ..runtime import Predictor
 from . import keep
 from . import visualize as viz
@@ -138,8 +138,7 @@ def training_set_zip(outcomes: Iterable[Outcome]) -> bytes:
             n = 2
             while name in pairs:  # two uploads with one stem
                 name, n = f"{stem}_{n}" if z == 1 else f"{stem}_{n}_z{s + 1:03d}", n + 1
-            mask = consecutive_ids(result.instances[s : s + 1])[0]
-            mask = mask.astype(np.uint16) if mask.max(initial=0) <= np.iinfo(np.uint16).max else mask.view(np.uint32)
+            mask = id_image(consecutive_ids(result.instances[s : s + 1])[0])
             pairs[name] = (_image_bytes(result.image.data[s], result.image.resolution),
                            encode_tiff(mask, result.image.resolution))
     buf = io.BytesIO()
