@@ -13,7 +13,14 @@ from skimage.segmentation import expand_labels
 
 from unet_core.baseline import BaselineOptions, segment_baseline
 from unet_core.datasets import SplitRule, open_dataset
-from unet_core.inference import InferenceOptions, instance_ids, segment, segment_objects
+from unet_core.inference import (
+    InferenceOptions,
+    ScaleCandidate,
+    choose_scale,
+    instance_ids,
+    segment,
+    segment_objects,
+)
 from unet_core.instances import InstanceOptions, instances
 from unet_core.io import ImageFile
 from unet_core.metrics import evaluate_pair
@@ -98,6 +105,20 @@ def test_candidate_factors_are_a_sqrt2_grid_through_one_within_the_bounds() -> N
     assert any(f == pytest.approx(1.0) for f in grid)
     np.testing.assert_allclose(np.diff(np.log(grid)), math.log(SEARCH_STEP))
     assert max(candidate_factors(limit=1.5)) == pytest.approx(SEARCH_STEP)
+
+
+def test_the_search_settles_on_the_most_certain_scale_of_the_trained_size_else_the_most_certain() -> None:
+    canonical = 24.0
+    # In the band (16..36 px): the most certain of those, though an out-of-band scale is more certain.
+    tried = [ScaleCandidate(1.0, 24.0, 1.7), ScaleCandidate(0.7, 18.0, 1.5), ScaleCandidate(0.5, 14.0, 1.4)]
+    assert choose_scale(tried, canonical).factor == 0.7
+    # None in the band (a stained image with 3 nuclei: texture at every scale): the most certain,
+    # not the 4x blow-up whose specks happen to measure nearest 24 px.
+    tried = [ScaleCandidate(1.0, 14.9, 2.7), ScaleCandidate(1.41, 13.3, 3.6), ScaleCandidate(4.0, 15.7, 5.1)]
+    assert choose_scale(tried, canonical).factor == 1.0
+    # Nothing found anywhere: the input's own scale.
+    tried = [ScaleCandidate(0.5, None, math.inf), ScaleCandidate(1.0, None, math.inf), ScaleCandidate(2.0, None, math.inf)]
+    assert choose_scale(tried, canonical).factor == 1.0
 
 
 def test_search_window_finds_the_objects_in_a_large_empty_image() -> None:

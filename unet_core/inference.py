@@ -295,13 +295,25 @@ def search_scale(window: np.ndarray, canonical: float, predictor: Predictor, opt
             if nxt in tried:
                 break
             k = nxt
-    found = [c for c in tried.values() if c.work_diameter is not None]
+    return choose_scale(list(tried.values()), canonical), passes
+
+
+def choose_scale(tried: list[ScaleCandidate], canonical: float) -> ScaleCandidate:
+    """The scale the search settles on among the candidates it ``tried``.
+
+    The most certain of those whose objects measure about the ``canonical`` diameter. When none
+    does, the network recognises nuclei of its size at no scale (sparse nuclei in textured tissue,
+    say): then the most certain scale that found objects, since object sizes measured on what it
+    is unsure of mean little. (Taking the size nearest the canonical one instead blew a stained
+    image with 3 nuclei up 4x, where the network then drew its texture: foreground IoU 0.06 against
+    0.72 at the most certain scale; it was 2 of 176 validation images, and both gained.) When no
+    scale found any object, the input's own scale.
+    """
+    found = [c for c in tried if c.work_diameter is not None]
     if not found:
-        return tried[min(tried, key=lambda j: abs(np.log(grid[j])))], passes
-    in_band = [c for c in found if c.in_band(canonical)]
-    if in_band:
-        return min(in_band, key=lambda c: c.uncertainty), passes
-    return min(found, key=lambda c: abs(np.log(c.work_diameter / canonical))), passes
+        return min(tried, key=lambda c: abs(np.log(c.factor)))
+    in_band = [c for c in found if c.in_band(canonical)] or found
+    return min(in_band, key=lambda c: c.uncertainty)
 
 
 def _central(data: np.ndarray, edge: int) -> np.ndarray:
