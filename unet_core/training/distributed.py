@@ -118,10 +118,21 @@ def join(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def leave() -> None:
-    """End the process group, if this process started one."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def leave(finished: bool) -> None:
+    """End the process group, if this process started one.
+
+    Args:
+        finished: every process reached the end of the run. Then they first wait for each other,
+            so that none tears its connections down while another still uses them (the first
+            process exports alone; a gloo process that left early was seen to abort with
+            "terminate called without an active exception"). After an error they do not wait: the
+            others may never come.
+    """
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:

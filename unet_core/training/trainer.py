@@ -403,6 +403,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Set up, train the remaining steps, then export (or stop with a checkpoint)."""
+        finished = False
         try:
             self.setup()
             stop = _StopRequest(self.out, watch_file=self.main)
@@ -411,11 +412,11 @@ class Trainer:
             finally:
                 stop.restore()
                 self.bar.close()
-            if stop.requested and step < self.cfg.steps:
-                return self.stopped(step)
-            return self.export(step)
+            result = self.stopped(step) if stop.requested and step < self.cfg.steps else self.export(step)
+            finished = True
+            return result
         finally:
-            leave()
+            leave(finished)
 
     def loop(self, stop: _StopRequest) -> int:
         """The steps from the checkpoint to ``cfg.steps`` (or to a stop request); the last step."""
