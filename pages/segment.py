@@ -33,6 +33,7 @@ from unet_core.studio.segmenting import (
     Outcome,
     Source,
     edit_outcome,
+    lasso_outline,
     repost,
     result_state,
     results_zip,
@@ -410,9 +411,10 @@ def show_result(key: str, outcome: Outcome, class_names: str) -> None:
                     f"point at a marked object (one in {every}) for its measurements")
         st.caption(f"{len(objects):,} objects, one colour each. Scroll to zoom, drag to pan, double-click "
                    f"to see the whole image; {pointing}. Click an object's dot to pick it (Shift for more), "
-                   "or draw round several with Box or Lasso select in the chart's toolbar.")
+                   "or draw round several with Box or Lasso select in the chart's toolbar. A nucleus it "
+                   "missed: draw round it with Lasso select and press Add.")
         picked = [int(p["customdata"][0]) for p in event.selection.points if p.get("customdata")]
-        fix_objects(key, picked)
+        fix_objects(key, picked, lasso_outline(event.selection), s)
     left.image(viz.fit_for_screen(viz.probability_image(outcome.foreground[s])), width="stretch",
                caption=f"Probability of {class_names}: dark = 0, yellow = 1")
     physical = result.image.pixel_size_um is not None
@@ -423,9 +425,10 @@ def show_result(key: str, outcome: Outcome, class_names: str) -> None:
         right.caption(f"The first {TABLE_ROWS:,} of {len(result.objects[s]):,} objects; the CSV download has all.")
 
 
-def fix_objects(key: str, picked: list[int]) -> None:
-    """Remove, merge or split the objects picked in the viewer or typed by number; undo the last edit.
-    The files, the table and the counts follow (:func:`unet_core.studio.segmenting.edit_outcome`)."""
+def fix_objects(key: str, picked: list[int], outline: tuple[tuple[float, float], ...], plane: int) -> None:
+    """Remove, merge or split the objects picked in the viewer or typed by number, add the one
+    drawn round by the viewer's lasso (``outline`` on slice ``plane``); undo the last edit. The
+    files, the table and the counts follow (:func:`unet_core.studio.segmenting.edit_outcome`)."""
     state = st.session_state[STATE_KEY]
     edits = state.get("edits", {}).get(key, [])
     typed = st.text_input(
@@ -439,7 +442,8 @@ def fix_objects(key: str, picked: list[int]) -> None:
         chosen = sorted(set(picked))
     if chosen:
         st.caption(f"Picked: {', '.join(map(str, chosen[:30]))}{' …' if len(chosen) > 30 else ''}")
-    remove, merge, split, undo = st.columns(4)
+    # Two rows: five buttons side by side in the half-page column cut their labels short.
+    (remove, merge, split), (add, undo, _) = st.columns(3), st.columns(3)
     action = ("remove" if remove.button("Remove", disabled=not chosen, icon=":material/delete:", key=f"remove:{key}",
                                         help="Take the picked objects out: debris, or not a nucleus.", width="stretch")
               else "merge" if merge.button("Merge", disabled=len(chosen) < 2, icon=":material/join:",
@@ -449,6 +453,9 @@ def fix_objects(key: str, picked: list[int]) -> None:
                                            key=f"split:{key}", width="stretch",
                                            help="Cut each picked object where its outline has a waist: touching "
                                            "nuclei drawn as one.")
+              else "add" if add.button("Add", disabled=len(outline) < 3, icon=":material/draw:", key=f"add:{key}",
+                                       width="stretch", help="Make what you drew round with Lasso select a new "
+                                       "object: a nucleus the network missed (its background pixels only).")
               else None)
     if undo.button("Undo", disabled=not edits, icon=":material/undo:", key=f"undo:{key}", width="stretch",
                    help=f"Undo the last edit ({edits[-1].describe()})." if edits else "Nothing to undo."):
@@ -456,7 +463,9 @@ def fix_objects(key: str, picked: list[int]) -> None:
         st.rerun()
     if action:
         try:
-            st.session_state[STATE_KEY] = edit_outcome(state, key, ObjectEdit(action, tuple(chosen)))
+            edit = (ObjectEdit("add", outline=outline, plane=plane) if action == "add"
+                    else ObjectEdit(action, tuple(chosen)))
+            st.session_state[STATE_KEY] = edit_outcome(state, key, edit)
         except EditError as exc:
             st.error(str(exc), icon=":material/error:")
             return

@@ -11,6 +11,7 @@ both, and a silently skipped browser test would hide a broken app.
 from __future__ import annotations
 
 import io
+import math
 import os
 import socket
 import subprocess
@@ -202,6 +203,25 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
             page.get_by_role("button", name="Undo", exact=True).click()
             expect(page.get_by_text("Corrected by hand")).to_have_count(0, timeout=WAIT_MS)
             assert int(count.inner_text().replace(",", "")) == before
+            # A missed nucleus: drawn round with the lasso from the chart's toolbar, then Add.
+            viewer = page.locator(".js-plotly-plot").first
+            viewer.scroll_into_view_if_needed()
+            viewer.hover()
+            viewer.locator('.modebar-btn[data-val="lasso"]').click()
+            area = viewer.locator(".nsewdrag").first.bounding_box()
+            cx, cy, r = area["x"] + area["width"] / 2, area["y"] + area["height"] / 2, area["width"] / 5
+            page.mouse.move(cx + r, cy)
+            page.mouse.down()
+            for k in range(1, 25):
+                angle = 2 * math.pi * k / 24
+                page.mouse.move(cx + r * math.cos(angle), cy + r * math.sin(angle), steps=2)
+            page.mouse.up()
+            add = page.get_by_role("button", name="Add", exact=True)
+            expect(add).to_be_enabled(timeout=WAIT_MS)
+            add.click()
+            expect(page.get_by_text("Corrected by hand: drew a new object")).to_be_visible(timeout=WAIT_MS)
+            assert int(count.inner_text().replace(",", "")) == before + 1
+            shoot(page, "segment-drawn")
 
             # The training pages, each from its default (synthetic images, the tiny model): they
             # draw without an exception, and a screenshot of each is kept for a human look.

@@ -1,4 +1,4 @@
-"""A user's corrections of a result: removed and merged objects, and everything that follows them."""
+"""A user's corrections of a result: removed, merged, split and drawn objects, and everything that follows them."""
 
 from __future__ import annotations
 
@@ -96,6 +96,45 @@ def test_stack_ids_stay_numbered_on_across_slices() -> None:
         apply_edit(before, ObjectEdit("merge", (2, 3)))
 
 
+def test_a_drawn_object_takes_the_background_inside_its_outline_and_comes_last_in_its_slice() -> None:
+    before = _three_cells()
+    # A square from (x 10, y 18) to (x 24, y 26): overlaps object 3 (rows 20-27, columns 20-29).
+    square = ((10.0, 18.0), (24.0, 18.0), (24.0, 26.0), (10.0, 26.0))
+    after = apply_edit(before, ObjectEdit("add", outline=square))
+    assert after.n_objects == 4 and [r["id"] for r in after.objects[0]] == [1, 2, 3, 4]
+    drawn = after.instances[0] == 4
+    expected = np.zeros_like(drawn)
+    expected[18:27, 10:25] = True  # pixel centres inside the square, edges included
+    expected &= before.instances[0] == 0  # object 3 keeps its pixels
+    assert np.array_equal(drawn, expected) and after.objects[0][3]["area"] == expected.sum()
+    assert np.array_equal(after.instances[0] == 3, before.instances[0] == 3)
+    assert np.array_equal(after.segmentation.labels, (after.instances > 0).astype(np.uint8))
+    assert before.n_objects == 3  # the input is untouched
+    assert apply_edit(after, ObjectEdit("remove", (4,))).csv_text() == before.csv_text()
+
+
+def test_a_drawn_object_in_a_stack_is_numbered_after_its_slice() -> None:
+    a = np.zeros((20, 20), np.int32)
+    a[1:4, 1:4] = 1
+    b = np.zeros((20, 20), np.int32)
+    b[1:5, 1:5] = 1
+    before = _result([a, b])
+    after = apply_edit(before, ObjectEdit("add", outline=((10, 10), (15, 10), (15, 15)), plane=0))
+    assert [[r["id"] for r in rows] for rows in after.objects] == [[1, 2], [3]]
+    assert after.instances[0, 12, 14] == 2 and after.instances[1, 2, 2] == 3
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (ObjectEdit("add", outline=((1.0, 1.0), (5.0, 5.0))), "Lasso select"),
+    (ObjectEdit("add", outline=((2.0, 2.0), (7.0, 2.0), (7.0, 7.0)), plane=1), "no slice 2"),
+    (ObjectEdit("add", outline=((3.0, 3.0), (6.0, 3.0), (6.0, 6.0))), "no background pixel"),  # inside object 1
+    (ObjectEdit("add", outline=((50.0, 50.0), (60.0, 50.0), (60.0, 60.0))), "no background pixel"),  # outside
+])
+def test_drawn_objects_that_cannot_be_added_say_why(edit: ObjectEdit, message: str) -> None:
+    with pytest.raises(EditError, match=message):
+        apply_edit(_three_cells(), edit)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (ObjectEdit("remove", ()), "choose the objects"),
     (ObjectEdit("remove", (4,)), r"no object 4 .*numbered 1 to 3"),
@@ -112,6 +151,7 @@ def test_edits_describe_themselves() -> None:
     assert ObjectEdit("merge", (5, 2, 9)).describe() == "merged objects 2, 5 and 9"
     assert ObjectEdit("remove", (4,)).describe() == "removed object 4"
     assert ObjectEdit("split", (6,)).describe() == "split object 6"
+    assert ObjectEdit("add", outline=((0, 0), (4, 0), (4, 4))).describe() == "drew a new object"
 
 
 def test_typed_object_numbers() -> None:

@@ -22,6 +22,7 @@ from unet_core.studio.segmenting import (
     TRAINING_SET_FOLDER,
     Source,
     edit_outcome,
+    lasso_outline,
     repost,
     result_state,
     segment_one,
@@ -100,6 +101,14 @@ def test_edits_by_hand_apply_undo_and_give_way_to_new_clean_up(tiny_model) -> No
     assert again["outcomes"]["a"].result.n_objects == run(source.load(), predictor, OPTIONS,
                                                           InstanceOptions(min_size=40)).n_objects
     assert "edits" not in again and "unedited" not in again
+
+
+def test_the_viewers_last_lasso_is_the_outline_of_a_drawn_object() -> None:
+    assert lasso_outline({"points": [], "box": [], "lasso": []}) == ()
+    assert lasso_outline({"points": []}) == ()
+    selection = {"lasso": [{"xref": "x", "yref": "y", "x": [0, 9], "y": [0, 9]},
+                           {"xref": "x", "yref": "y", "x": [2, 12.5, 12], "y": [3, 3, 10.25]}]}
+    assert lasso_outline(selection) == ((2.0, 3.0), (12.5, 3.0), (12.0, 10.25))
 
 
 def test_a_file_that_cannot_be_read_becomes_a_message(tiny_model) -> None:

@@ -1,4 +1,4 @@
-"""A user's corrections of a result: objects removed, merged or split.
+"""A user's corrections of a result: objects removed, merged, split or drawn.
 
 No model is right everywhere: it draws a speck of debris as a nucleus, one nucleus as two, or two
 touching nuclei as one. A
@@ -12,7 +12,9 @@ separation line the network drew stays background); a split object is cut where 
 waist, by the rule of the automatic split (:func:`~unet_core.instances.merged_pieces`) for an
 object of two nuclei, and where it has none (two nuclei fused into one oval) in two equal halves
 across its long axis: its first piece keeps its place, the others come after every object of its
-slice.
+slice. A nucleus the network missed is drawn round (a polygon in the image's pixel coordinates,
+a lasso in the viewer): the background pixels inside it become a new object, after every object
+of its slice, of the objects' class (1) in the class labels; objects it overlaps keep their pixels.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+from skimage.draw import polygon as polygon_pixels
 
 from .errors import UserError
 from .instances import merged_pieces, number_pieces
 from .predict import Result, measured
 
 #: What an edit does to its objects.
-EDIT_ACTIONS = ("remove", "merge", "split")
+EDIT_ACTIONS = ("remove", "merge", "split", "add")
+#: The class an added object's pixels get in the class labels: the objects' class of every model
+#: here (0 is the background; an outline class, where a model has one, comes after it).
+OBJECT_CLASS = 1
 
 
 class EditError(UserError):
@@ -37,14 +43,19 @@ class EditError(UserError):
 @dataclass(frozen=True)
 class ObjectEdit:
     """One correction: ``remove`` the objects ``ids``, ``merge`` them into one (two or more, in
-    one slice of a stack; the merged object takes the smallest of their ids), or ``split`` each
-    of them (at its waist, else across its long axis)."""
+    one slice of a stack; the merged object takes the smallest of their ids), ``split`` each
+    of them (at its waist, else across its long axis), or ``add`` the object drawn round by
+    ``outline`` ((x, y) vertices in input pixels, x the column) on slice ``plane`` (from 0)."""
 
-    action: Literal["remove", "merge", "split"]
-    ids: tuple[int, ...]
+    action: Literal["remove", "merge", "split", "add"]
+    ids: tuple[int, ...] = ()
+    outline: tuple[tuple[float, float], ...] = ()
+    plane: int = 0
 
     def describe(self) -> str:
         """The edit in a user's words, e.g. "removed objects 3 and 7"."""
+        if self.action == "add":
+            return "drew a new object"
         numbers = [str(i) for i in sorted(self.ids)]
         listed = numbers[0] if len(numbers) == 1 else f"{', '.join(numbers[:-1])} and {numbers[-1]}"
         verb = {"remove": "removed", "merge": "merged", "split": "split"}[self.action]
@@ -74,6 +85,8 @@ def apply_edit(result: Result, edit: ObjectEdit) -> Result:
         EditError: an action other than :data:`EDIT_ACTIONS`, no ids, an id that is not an object
             of ``result``, or a merge of fewer than two objects or of objects in different slices.
     """
+    if edit.action == "add":
+        return _add(result, edit)
     slice_of = {int(row["id"]): s for s, rows in enumerate(result.objects) for row in rows}
     _check(edit, slice_of, result.n_objects)
     ids = np.unique(np.asarray(edit.ids, dtype=np.int64))
@@ -88,6 +101,33 @@ def apply_edit(result: Result, edit: ObjectEdit) -> Result:
         labels = seg.labels.copy()
         labels[np.isin(result.instances, ids)] = 0
         seg = replace(seg, labels=labels)
+    return measured(result.image, seg, consecutive_ids(instances), result.n_classes, result.border_class)
+
+
+def _add(result: Result, edit: ObjectEdit) -> Result:
+    """``result`` with the background pixels inside ``edit.outline`` made a new object.
+
+    Raises:
+        EditError: fewer than 3 vertices, a slice the result does not have, or an outline that
+            holds no background pixel (outside the image, or over objects only).
+    """
+    if len(edit.outline) < 3:
+        raise EditError("draw round the missed object with Lasso select in the viewer's toolbar first")
+    depth, height, width = result.instances.shape
+    if not 0 <= edit.plane < depth:
+        raise EditError(f"no slice {edit.plane + 1} in this result (it has {depth})")
+    xs, ys = np.asarray(edit.outline, dtype=np.float64).T
+    rows, cols = polygon_pixels(ys, xs, shape=(height, width))
+    keep = result.instances[edit.plane, rows, cols] == 0
+    if not keep.any():
+        raise EditError("the outline holds no background pixel (it lies over other objects or outside the "
+                        "image): draw round the part that has no object yet")
+    rows, cols = rows[keep], cols[keep]
+    instances = result.instances.copy()
+    instances[edit.plane, rows, cols] = result.n_objects + 1  # after every object: last of its slice
+    labels = result.segmentation.labels.copy()
+    labels[edit.plane, rows, cols] = OBJECT_CLASS
+    seg = replace(result.segmentation, labels=labels)
     return measured(result.image, seg, consecutive_ids(instances), result.n_classes, result.border_class)
 
 

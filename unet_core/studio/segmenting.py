@@ -17,9 +17,10 @@ import io
 import logging
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,6 +215,17 @@ def edit_outcome(state: dict, key: str, edit: ObjectEdit) -> dict:
     unedited = {key: outcome, **state.get("unedited", {})}
     edits = {**state.get("edits", {}), key: [*state.get("edits", {}).get(key, []), edit]}
     return _with_outcome(state, key, replace(outcome, result=edited, files=result_files(edited)), unedited, edits)
+
+
+def lasso_outline(selection: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
+    """The last lasso drawn in the viewer (a Streamlit plotly selection: ``lasso`` is a list of
+    ``{"x": [...], "y": [...]}`` in the figure's coordinates, the image's pixels), as the (x, y)
+    vertices an ``add`` :class:`~unet_core.edits.ObjectEdit` takes; ``()`` when none was drawn."""
+    lassos = selection.get("lasso") or []
+    if not lassos:
+        return ()
+    last = lassos[-1]
+    return tuple((float(x), float(y)) for x, y in zip(last.get("x", []), last.get("y", [])))
 
 
 def undo_edit(state: dict, key: str) -> dict:
