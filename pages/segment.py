@@ -516,7 +516,7 @@ def choose_pixel_size(outcomes: list[Outcome]) -> float:
     return float(typed)
 
 
-def show_results(outcomes: dict[str, Outcome], zip_bytes: bytes | None, class_names: str) -> None:
+def show_results(outcomes: dict[str, Outcome], class_names: str) -> None:
     """Errors first, then a summary of all images (several files), then the chosen image
     (``outcomes`` by the key of their image)."""
     for outcome in outcomes.values():
@@ -537,8 +537,7 @@ def show_results(outcomes: dict[str, Outcome], zip_bytes: bytes | None, class_na
             [{"Image": o.name, "Objects": o.result.n_objects, "Seconds": round(o.seconds, 1)} for o in done.values()],
             hide_index=True,
         )
-        zip_bytes = zip_bytes or results_zip(done.values())  # a stopped run's finished images
-        st.download_button("All results (ZIP)", zip_bytes, file_name="unet_studio_results.zip",
+        st.download_button("All results (ZIP)", lambda: results_zip(done.values()), file_name="unet_studio_results.zip",
                            mime="application/zip", icon=":material/folder_zip:", on_click="ignore",
                            type="primary")
         names = [o.name for o in done.values()]
@@ -610,8 +609,7 @@ if current:
         st.caption(f"Results of your last run ({', '.join(o.name for o in state['outcomes'].values())}). The upload box empties when you "
                    "open another page: drop the files again to segment them anew.")
     class_names = " or ".join(predictor.meta.class_names[k] for k in predictor.meta.foreground_classes)
-    outcomes, zip_bytes = typed_outcomes(state, choose_pixel_size(list(state["outcomes"].values())))
-    show_results(outcomes, zip_bytes, class_names)
+    show_results(typed_outcomes(state, choose_pixel_size(list(state["outcomes"].values()))), class_names)
 elif state and sources:
     st.info("The images or options changed: press **Segment** to update the results.",
             icon=":material/refresh:")

@@ -89,7 +89,7 @@ def test_micrometre_columns_from_the_file_or_a_typed_pixel_size(tiny_installed: 
     next(n for n in at.number_input if n.label == "Pixel size (µm)").set_value(0.5).run()
     assert not at.exception
     assert at.session_state["segment_pixel_size_um"] == 0.5
-    _, typed, _ = at.session_state["segment_results"]["typed"]
+    _, typed = at.session_state["segment_results"]["typed"]
     (shown,) = typed.values()
     rows = list(csv.DictReader(io.StringIO(shown.files["plain_objects.csv"].decode())))
     assert rows and float(rows[0]["area_um2"]) == pytest.approx(int(rows[0]["area"]) * 0.25)

@@ -25,6 +25,7 @@ from unet_core.studio.segmenting import (
     lasso_outline,
     repost,
     result_state,
+    results_zip,
     segment_one,
     training_set_zip,
     typed_outcomes,
@@ -55,7 +56,7 @@ def test_outcomes_state_budget_and_repost(tiny_model, monkeypatch) -> None:
     monkeypatch.setenv(RESULTS_BUDGET_ENV, str(1.5 * first.nbytes / (1 << 30)))
     state = result_state(("settings",), "post", ("a", "b"), outcomes)
     assert state["outcomes"]["a"].let_go and "let go" in state["outcomes"]["a"].error
-    assert not state["outcomes"]["b"].let_go and state["zip"] is None  # one result left: no zip
+    assert not state["outcomes"]["b"].let_go and results_zip(state["outcomes"].values()) is None  # one left: no zip
 
     # New post-processing: the objects of a fresh run with those options, without the network.
     monkeypatch.delenv(RESULTS_BUDGET_ENV)
@@ -67,12 +68,13 @@ def test_outcomes_state_budget_and_repost(tiny_model, monkeypatch) -> None:
     fresh = run(sources[1].load(), predictor, OPTIONS, stricter)
     assert again["post"] == "stricter" and again["outcomes"]["b"].result.n_objects == fresh.n_objects
     assert again["outcomes"]["b"].files == result_files(fresh)
-    assert again["zip"] is not None  # two results: the "All results" zip is made again
+    with zipfile.ZipFile(io.BytesIO(results_zip(again["outcomes"].values()))) as archive:  # two results
+        assert archive.read("b_objects.csv") == again["outcomes"]["b"].files["b_objects.csv"]
 
     # A typed pixel size is applied to the new objects, not to copies of the old ones.
-    typed, _ = typed_outcomes(state, 0.5)
+    typed = typed_outcomes(state, 0.5)
     assert typed["b"].result.n_objects == state["outcomes"]["b"].result.n_objects != fresh.n_objects
-    typed, _ = typed_outcomes(repost(state, predictor, stricter, "stricter"), 0.5)
+    typed = typed_outcomes(repost(state, predictor, stricter, "stricter"), 0.5)
     assert typed["b"].result.n_objects == fresh.n_objects
     assert "area_um2" in typed["b"].files["b_objects.csv"].decode().splitlines()[0]
 

@@ -111,8 +111,9 @@ def segment_one(source: Source, predictor: Predictor, options: InferenceOptions,
 
 
 def results_zip(outcomes: Iterable[Outcome]) -> bytes | None:
-    """One zip of the files of every outcome that has some (the "All results" download); None for
-    fewer than two images (each has its own buttons)."""
+    """One zip of the files of every outcome that has some (the "All results" download, made when
+    it is pressed: edits and new clean-up options change the files, often many times before a
+    download); None for fewer than two images (each has its own buttons)."""
     file_sets = [o.files for o in outcomes if o.files]
     return zip_files(file_sets) if len(file_sets) > 1 else None
 
@@ -175,9 +176,7 @@ def result_state(settings: tuple, post: str, keys: tuple[str, ...], outcomes: di
                  partial: bool = False) -> dict:
     """What the page keeps of a run: its settings, the images asked for and the outcomes so far
     (``partial``: a run that was stopped, or is still under way), within the memory budget."""
-    outcomes = within_budget(outcomes)
-    zipped = None if partial else results_zip(outcomes.values())  # a run under way is zipped when shown
-    return {"settings": settings, "post": post, "keys": keys, "outcomes": outcomes, "zip": zipped,
+    return {"settings": settings, "post": post, "keys": keys, "outcomes": within_budget(outcomes),
             "partial": partial}
 
 
@@ -193,7 +192,7 @@ def repost(state: dict, predictor: Predictor, instance_options: InstanceOptions,
             continue
         result = with_instance_options(outcome.result, meta, instance_options)
         outcomes[key] = replace(outcome, result=result, files=result_files(result))
-    return {**_without_derived(state), "post": post, "outcomes": outcomes, "zip": results_zip(outcomes.values())}
+    return {**_without_derived(state), "post": post, "outcomes": outcomes}
 
 
 def _without_derived(state: dict) -> dict:
@@ -245,7 +244,7 @@ def undo_edit(state: dict, key: str) -> dict:
 
 def _with_outcome(state: dict, key: str, outcome: Outcome, unedited: dict, edits: dict) -> dict:
     outcomes = {**state["outcomes"], key: outcome}
-    return {**_without_derived(state), "outcomes": outcomes, "zip": results_zip(outcomes.values()),
+    return {**_without_derived(state), "outcomes": outcomes,
             "unedited": unedited, "edits": edits}
 
 
@@ -261,14 +260,12 @@ def with_typed_pixel_size(outcome: Outcome, pixel_size: float) -> Outcome:
     return replace(outcome, result=result, files=files)
 
 
-def typed_outcomes(state: dict, pixel_size: float) -> tuple[dict[str, Outcome], bytes | None]:
-    """The outcomes (by image key) and the zip with a typed pixel size applied, computed once per size."""
+def typed_outcomes(state: dict, pixel_size: float) -> dict[str, Outcome]:
+    """The outcomes (by image key) with a typed pixel size applied, computed once per size."""
     outcomes = state["outcomes"]
     if pixel_size <= 0:
-        return outcomes, state["zip"]
+        return outcomes
     cached = state.get("typed")
     if cached is None or cached[0] != pixel_size:
-        typed = {key: with_typed_pixel_size(o, pixel_size) for key, o in outcomes.items()}
-        state["typed"] = cached = (pixel_size, typed,
-                                   results_zip(typed.values()) if state["zip"] is not None else None)
-    return cached[1], cached[2]
+        state["typed"] = cached = (pixel_size, {key: with_typed_pixel_size(o, pixel_size) for key, o in outcomes.items()})
+    return cached[1]
