@@ -591,6 +591,29 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- masks
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from .annotations import AnnotationError, make_dataset
+
+    try:
+        reports = make_dataset(args.images, args.annotations, args.out)
+    except AnnotationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in reports:
+        if r.problem:
+            print(f"{r.image}: left out: {r.problem}", file=sys.stderr)
+        else:
+            extra = f" ({r.skipped} points, lines or outlines outside the image left out)" if r.skipped else ""
+            print(f"{r.image}: {r.objects} objects from {r.annotation}{extra}")
+    done = [r for r in reports if not r.problem]
+    print(f"wrote {len(done)} image{'s' if len(done) != 1 else ''} and masks to {args.out} (images/, masks/): "
+          f"train on it with python -m unet_core train --data {args.out} --init MODEL.onnx ...")
+    return 0
+
+
 def _add_predict(sub) -> None:
     """The ``predict`` command and its options."""
     p = sub.add_parser("predict", help="segment images with an ONNX model (overlap-tile)",
@@ -710,6 +733,21 @@ def _add_synth(sub) -> None:
     s.set_defaults(func=cmd_synth)
 
 
+def _add_masks(sub) -> None:
+    """The ``masks`` command and its options."""
+    m = sub.add_parser("masks", help="make a data set of images and objects outlined in QuPath (GeoJSON) or Fiji "
+                       "(ROI sets), to train on",
+                       description="Turn annotation files into instance masks: for each image in IMAGES, the "
+                       "file in ANNOTATIONS named after it (cells.geojson, cells.tif.geojson, cells_outlines.geojson, "
+                       "cells_RoiSet.zip, cells.zip or cells.roi). A pixel belongs to an object when its centre is "
+                       "inside the outline; holes stay background; later objects are drawn over earlier ones; in "
+                       "a QuPath file with detections, the detections are the objects (annotations are regions).")
+    m.add_argument("images", help="folder of the images (PNG, JPEG, TIFF)")
+    m.add_argument("annotations", help="folder of their annotation files (QuPath GeoJSON, ImageJ ROI sets)")
+    m.add_argument("--out", required=True, help="new data set folder (images/ + masks/)")
+    m.set_defaults(func=cmd_masks)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unet_core", description="U-Net Studio engine")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -721,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_synth(sub)
+    _add_masks(sub)
     return parser
 
 

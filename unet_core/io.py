@@ -838,6 +838,19 @@ def write_image(path: str | Path, array: np.ndarray, resolution: Resolution | No
         write_png(path, array)
 
 
+def encode_slice(pixels: np.ndarray, resolution: Resolution | None = None) -> tuple[str, bytes]:
+    """(suffix, bytes) of one slice's pixels ``(H, W, C)`` as a file the data set reader takes:
+    PNG for 8-bit gray and RGB(A), else a TIFF keeping the dtype (channels as an ImageJ ``CYX``
+    axis) and the pixel size."""
+    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3, 4):
+        return ".png", encode_png(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    if pixels.shape[-1] == 1:
+        return ".tif", encode_tiff(pixels[..., 0], resolution)
+    if pixels.dtype not in (np.uint8, np.uint16, np.float32):  # a channel axis ImageJ TIFFs can say
+        pixels = pixels.astype(np.float32)
+    return ".tif", encode_tiff(np.moveaxis(pixels, -1, 0), resolution, "CYX")
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a 2-D uint8/uint16 array (for downloads)."""
     buf = _io.BytesIO()

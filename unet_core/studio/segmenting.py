@@ -28,7 +28,7 @@ from ..edits import ObjectEdit, apply_edit, consecutive_ids
 from ..errors import UserError
 from ..inference import InferenceOptions
 from ..instances import InstanceOptions
-from ..io import ChannelChoiceError, ImageFile, Resolution, encode_png, encode_tiff
+from ..io import ChannelChoiceError, ImageFile, encode_slice, encode_tiff
 from ..predict import Result, id_image, result_files, run, with_instance_options, zip_files
 from ..runtime import Predictor
 from . import keep
@@ -141,7 +141,7 @@ def training_set_zip(outcomes: Iterable[Outcome]) -> bytes:
             while name in pairs:  # two uploads with one stem
                 name, n = f"{stem}_{n}" if z == 1 else f"{stem}_{n}_z{s + 1:03d}", n + 1
             mask = id_image(consecutive_ids(result.instances[s : s + 1])[0])
-            pairs[name] = (_image_bytes(result.image.data[s], result.image.resolution),
+            pairs[name] = (encode_slice(result.image.data[s], result.image.resolution),
                            encode_tiff(mask, result.image.resolution))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -149,17 +149,6 @@ def training_set_zip(outcomes: Iterable[Outcome]) -> bytes:
             archive.writestr(f"{TRAINING_SET_FOLDER}/images/{name}{suffix}", image)
             archive.writestr(f"{TRAINING_SET_FOLDER}/masks/{name}.tif", mask)
     return buf.getvalue()
-
-
-def _image_bytes(pixels: np.ndarray, resolution: Resolution | None) -> tuple[str, bytes]:
-    """(suffix, bytes) of one slice's pixels ``(H, W, C)`` as a file the data set reader takes."""
-    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3, 4):
-        return ".png", encode_png(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    if pixels.shape[-1] == 1:
-        return ".tif", encode_tiff(pixels[..., 0], resolution)
-    if pixels.dtype not in (np.uint8, np.uint16, np.float32):  # a channel axis ImageJ TIFFs can say
-        pixels = pixels.astype(np.float32)
-    return ".tif", encode_tiff(np.moveaxis(pixels, -1, 0), resolution, "CYX")
 
 
 def within_budget(outcomes: dict[str, Outcome]) -> dict[str, Outcome]:
