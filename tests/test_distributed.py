@@ -160,7 +160,8 @@ def test_merged_objects_are_split_chunk_by_chunk_as_in_the_single_process(client
 def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_model, tmp_path: Path,
                                                                           client) -> None:
     """Enlarged (objects span more blocks), with the probability filter dropping most objects: the
-    blocks erase the same ones, from every chunk they reach, and leave them out of the table."""
+    blocks erase the same ones, from every chunk they reach, leave them out of the table and number
+    the others 1..n as the single process does."""
     net = random_net(seed=0)
     model = tmp_path / "tiny_d12.onnx"
     to_onnx(net, ModelMeta(name="tiny-d12", unet=net.config, diameter=12.0), model)
@@ -174,6 +175,8 @@ def test_uncertain_objects_are_dropped_in_blocks_as_in_the_single_process(tiny_m
     result = predict_blocks(path, model, store, client, options, inst, DaskOptions(block=300))
     _, ids = _stored(store)
     assert np.array_equal(ids, single.instances[0])
+    # the dropped objects' numbers are not left unused: the largest id is the count, in both
+    assert int(ids.max()) == single.n_objects == len(result.objects)
     # the look (which sets the automatic threshold) summed over the regions, as over the whole image
     assert result.look == single.segmentation.look and result.look in LOOKS
     _same_table(result.objects, single.objects[0])

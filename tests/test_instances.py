@@ -134,6 +134,20 @@ def test_outlines_grow_into_likely_foreground_and_leave_unlikely_pixels_without_
     assert np.array_equal(shrunk > 0, _discs(radius=4) > 0)
 
 
+def test_gaps_left_by_dropped_objects_are_closed_in_order_so_the_largest_id_is_the_count(monkeypatch) -> None:
+    ids = _discs()
+    ids[ids == 2] = 0
+    out = inst.close_gaps(ids.copy())
+    assert sorted(np.unique(out)) == [0, 1, 2] and np.array_equal(out == 2, ids == 3)  # 3 is the new 2
+    assert np.array_equal(out == 1, ids == 1)
+    same = _discs()
+    assert inst.close_gaps(same) is same and sorted(np.unique(same)) == [0, 1, 2, 3]  # nothing to close
+    # Band by band, as for a whole slide: the same numbers.
+    monkeypatch.setattr(inst, "BAND_PIXELS", 80)
+    assert np.array_equal(inst.close_gaps(ids.copy()), out)
+    assert not inst.close_gaps(np.zeros((3, 4), np.int32)).any()
+
+
 @pytest.mark.parametrize("work_shape", [(64, 80), (32, 40), (96, 120)])
 def test_outlines_redrawn_by_bands_or_windows_equal_the_whole_image(monkeypatch, work_shape) -> None:
     """What predict (bands of rows) and a Dask region (a window with a margin) compute equals one

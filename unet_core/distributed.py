@@ -34,7 +34,8 @@ chunk also sums the foreground probability over its objects' pixels (in whole 1/
 the sums add up exactly), and the sums that tell the image's look (:mod:`unet_core.look`, which sets
 the automatic threshold); objects whose mean is under ``min_object_probability`` are then erased
 from the chunks their bounding boxes reach and left out of the table, as
-:func:`~unet_core.instances.drop_uncertain` drops them in the single process.
+:func:`~unet_core.instances.drop_uncertain` drops them in the single process, and the numbers of
+the others closed up to 1..n in the same pass (:func:`~unet_core.instances.close_gaps`).
 
 Supported in blocks: 2-D images (gray, RGB or one channel of a multi-channel file), the automatic
 or a given diameter, the size filter, the outline threshold, the probability filter and leaving out
@@ -713,29 +714,40 @@ def predict_blocks(path: str | Path, model: str | Path, out_zarr: str | Path, cl
     sums = ObjectSums.merged([objects for objects, _ in parts])
     look = sum((part for _, part in parts), LookSums()).look() if meta.diameter else None
     certain = (instance_options or InstanceOptions()).resolved(meta.diameter, look).min_object_probability
-    if certain:
-        sums = _drop_uncertain_objects(client, sums, certain, regions, str(out_zarr))
+    sums = _final_numbers(client, sums, certain, regions, str(out_zarr))
     notes = [] if source.nan_fill is None else [f"NaN pixels were set to the image's minimum {source.nan_fill:g}"]
     return BlockResult(out_zarr, table_from_sums(sums, source.pixel_size), factor, diameter,
                        tile, len(jobs), source.resolution, notes, look)
 
 
-def _drop_uncertain_objects(client: Any, sums: ObjectSums, threshold: float,
-                            regions: list[tuple[int, int, int, int]], out: str) -> ObjectSums:
-    """The objects whose mean foreground probability is under ``threshold`` erased from the
-    ``instances`` chunks that their bounding boxes reach; the sums of the others."""
-    pale = uncertain(sums.area.astype(np.int64), sums.sum_p, threshold)
-    if pale.any():
-        gone = sums.subset(pale)
-        tasks = []
-        for region in regions:
-            top, bottom, left, right = region
-            here = (gone.min_y < bottom) & (gone.max_y > top) & (gone.min_x < right) & (gone.max_x > left)
-            if here.any():
-                tasks.append(client.submit(_erase_objects, out, region, gone.ids[here], pure=False))
-        _gather(client, tasks, None)
-        log.info("%d objects with a mean foreground probability under %g dropped", int(pale.sum()), threshold)
-    return sums.subset(~pale)
+def _final_numbers(client: Any, sums: ObjectSums, threshold: float,
+                   regions: list[tuple[int, int, int, int]], out: str) -> ObjectSums:
+    """The objects kept, numbered 1..n in the ``instances`` chunks as the single process numbers
+    them (:func:`~unet_core.instances.close_gaps`): those whose mean foreground probability is
+    under ``threshold`` (0: none) erased, the numbers of the others closed up (an outline redrawn
+    away leaves its number unused too); only the chunks that the bounding boxes of renumbered or
+    erased objects reach are rewritten. The sums of the kept objects, with their new ids."""
+    kept = np.ones(len(sums.ids), bool)
+    if threshold:
+        kept = ~uncertain(sums.area.astype(np.int64), sums.sum_p, threshold)
+        if not kept.all():
+            log.info("%d objects with a mean foreground probability under %g dropped", int((~kept).sum()), threshold)
+    n = int(kept.sum())
+    changed = ~kept | (sums.ids != np.cumsum(kept))  # erased, or given another number
+    if not changed.any():
+        return sums
+    lookup = np.zeros(int(sums.ids.max()) + 1, dtype=np.int32)
+    lookup[sums.ids[kept]] = np.arange(1, n + 1, dtype=np.int32)
+    moved = sums.subset(changed)
+    tasks = []
+    for region in regions:
+        top, bottom, left, right = region
+        if ((moved.min_y < bottom) & (moved.max_y > top) & (moved.min_x < right) & (moved.max_x > left)).any():
+            tasks.append(client.submit(_renumber_objects, out, region, lookup, pure=False))
+    _gather(client, tasks, None)
+    final = sums.subset(kept)
+    final.ids = np.arange(1, n + 1, dtype=sums.ids.dtype)
+    return final
 
 
 def _gather(client: Any, futures: list[Any], progress: Callable[[int, int], None] | None) -> list[Any]:
@@ -937,17 +949,17 @@ def _input_grid_region(source: LazySource, work_shape: tuple[int, int], out: str
     return object_sums(ids, pixels, (top, left), fg_sum), look_sums(pixels, np.isin(labels, foreground_classes))
 
 
-def _erase_objects(out: str, region: tuple[int, int, int, int], gone: np.ndarray) -> None:
-    """Task: the objects ``gone`` erased (set to 0) from one input-grid chunk of ``instances``."""
+def _renumber_objects(out: str, region: tuple[int, int, int, int], lookup: np.ndarray) -> None:
+    """Task: one input-grid chunk of ``instances`` renumbered by ``lookup`` (old id -> new id, 0:
+    erased)."""
     import zarr
 
     root = zarr.open_group(out, mode="r+")
     top, bottom, left, right = region
     ids = np.asarray(root["instances"][top:bottom, left:right])
-    hit = np.isin(ids, gone)
-    if hit.any():
-        ids[hit] = 0
-        root["instances"][top:bottom, left:right] = ids
+    new = lookup[ids]
+    if not np.array_equal(new, ids):
+        root["instances"][top:bottom, left:right] = new.astype(ids.dtype, copy=False)
 
 
 def _nearest_window(work: Any, work_shape: tuple[int, int], shape: tuple[int, int],

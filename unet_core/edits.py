@@ -26,7 +26,7 @@ import numpy as np
 from skimage.draw import polygon as polygon_pixels
 
 from .errors import UserError
-from .instances import merged_pieces, number_pieces
+from .instances import close_gaps, merged_pieces, number_pieces
 from .predict import Result, measured
 
 #: What an edit does to its objects.
@@ -192,10 +192,7 @@ def consecutive_ids(instances: np.ndarray) -> np.ndarray:
     """Each slice's ids renumbered 1..n in the order of the old ids (what
     :func:`~unet_core.predict.measured` numbers on across a stack; a training mask's ids): an
     object that was not edited keeps its place among the others."""
-    out = np.zeros(instances.shape, dtype=np.int32)
-    for s, plane in enumerate(instances):
-        present = np.flatnonzero(np.bincount(plane.ravel())[1:]) + 1
-        lookup = np.zeros(int(present[-1]) + 1 if present.size else 1, dtype=np.int32)
-        lookup[present] = np.arange(1, present.size + 1, dtype=np.int32)
-        out[s] = lookup[plane]
+    out = instances.astype(np.int32, copy=True)
+    for plane in out:
+        close_gaps(plane)
     return out

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
-from .instances import InstanceOptions, drop_uncertain, foreground_u8, instances, refine_outlines
+from .instances import InstanceOptions, close_gaps, drop_uncertain, foreground_u8, instances, refine_outlines
 from .io import ImageFile, Stretch, fit_stretch, to_channels
 from .look import LookSums, look_sums
 from .metadata import ModelMeta
@@ -375,8 +375,9 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
     """The instance ids (Z, H, W) int32 of a segmentation on the input grid ``shape``: derived at
     the working scale by the object rule of the model ``meta`` (foreground classes, border class,
     canonical diameter), mapped back by nearest neighbour, outlines redrawn and uncertain objects
-    dropped where the options ask for it. No network pass: changing only the post-processing (``instance_options``) of a result
-    calls this alone."""
+    dropped where the options ask for it, then numbered 1..n per slice
+    (:func:`~unet_core.instances.close_gaps`). No network pass: changing only the post-processing
+    (``instance_options``) of a result calls this alone."""
     options = (instance_options or InstanceOptions()).resolved(meta.diameter, seg.look)
 
     def one(s: int) -> np.ndarray:
@@ -388,7 +389,7 @@ def instance_ids(seg: Segmentation, meta: ModelMeta, instance_options: InstanceO
                 ids = refine_outlines(ids, seg.work_foreground[s], options.outline_threshold)
             if options.min_object_probability:
                 ids = drop_uncertain(ids, seg.work_foreground[s], options.min_object_probability)
-        return ids
+        return close_gaps(ids)
 
     if seg.work_labels.shape[0] == 1:
         return one(0)[None]  # a single image (a whole slide, say) is not copied into a stack

@@ -275,6 +275,26 @@ def object_areas(ids: np.ndarray, n: int) -> np.ndarray:
     return areas
 
 
+def close_gaps(ids: np.ndarray) -> np.ndarray:
+    """The objects of a 2-D id image renumbered 1..n in the order of their ids, in place.
+
+    Objects removed after numbering (an outline redrawn away, an uncertain object dropped) would
+    leave their numbers unused; users of Fiji, napari and CellProfiler read the largest id of a
+    label image as the object count, so no number is left unused.
+    """
+    n = int(ids.max(initial=0))
+    if n == 0:
+        return ids
+    present = object_areas(ids, n)[1:] > 0
+    if present.all():
+        return ids
+    lookup = np.zeros(n + 1, dtype=ids.dtype)
+    lookup[1:][present] = np.arange(1, int(present.sum()) + 1, dtype=ids.dtype)
+    for rows in row_bands(ids):
+        ids[rows] = lookup[ids[rows]]
+    return ids
+
+
 def row_bands(image: np.ndarray) -> Iterator[slice]:
     """Bands of rows of about :data:`BAND_PIXELS` pixels covering a 2-D ``image``: whole-image
     work on ids goes band by band so that its int64 temporaries stay small."""
@@ -391,7 +411,8 @@ def uncertain(area: np.ndarray, foreground_sum: np.ndarray, threshold: float) ->
 def drop_uncertain(ids: np.ndarray, work_foreground: np.ndarray, threshold: float) -> np.ndarray:
     """Objects whose mean foreground probability is under ``threshold`` removed, in place on
     ``ids`` (the whole input grid; ``work_foreground`` the whole working-scale map, as for
-    :func:`refine_outlines`). Their numbers are left unused, as :func:`refine_outlines` leaves them."""
+    :func:`refine_outlines`). Their numbers are left unused, as :func:`refine_outlines` leaves them,
+    until :func:`close_gaps`."""
     n = int(ids.max(initial=0))
     if n == 0:
         return ids
