@@ -92,13 +92,18 @@ def test_with_several_gpus_the_page_asks_how_many_to_train_on(studio_dirs, monke
     assert not any(n.label == "GPUs to train on" for n in at.number_input) and "GPUs**" not in texts(at.caption)
 
 
-def test_fine_tuning_keeps_the_models_width(tiny_installed: Path) -> None:
+def test_fine_tuning_keeps_the_models_width_and_gets_its_measured_settings(tiny_installed: Path) -> None:
     at = open_page("pages/train.py")
+    assert at.selectbox(key="train_tile").value == 100  # no GPU here: the quick preset
     at.radio(key="train_start_from").set_value("model").run()
     assert not at.exception and not at.error
     assert at.selectbox(key="train_init").value == str(tiny_installed)
     width = number(at, "Width (features in the first layer)")
     assert width.value == 4 and width.disabled
+    assert (at.selectbox(key="train_tile").value, number(at, "Steps").value, number(at, "Learning rate").value,
+            at.radio(key="train_optimizer").value) == (244, 300, 1e-4, "adam")
+    at.radio(key="train_start_from").set_value("scratch").run()
+    assert (at.selectbox(key="train_tile").value, number(at, "Learning rate").value) == (100, 0.001)
 
 
 def test_the_bright_field_look_needs_a_model_with_a_diameter_and_reaches_the_trainer(
