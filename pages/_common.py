@@ -315,9 +315,10 @@ def _folder_source(prefix: str, last: DataSource) -> DataSource | None:
 def _upload_source(prefix: str) -> DataSource | None:
     upload = st.file_uploader(
         "A zip of your data set", type=["zip"], key=f"{prefix}_zip",
-        help="Zip the data set's folder (with images/ and masks/ inside, or another known layout). "
-        "It is unpacked on this computer for this session only. Larger than the upload limit? Copy the "
-        "folder into the data folder instead.",
+        help="Zip the data set's folder (with images/ and masks/ inside, or another known layout; or images/ "
+        "and annotations/ with one QuPath GeoJSON export or Fiji ROI set per image, named after it, e.g. "
+        "cells.geojson or cells_RoiSet.zip). It is unpacked on this computer for this session only. Larger "
+        "than the upload limit? Copy the folder into the data folder instead.",
     )
     state = st.session_state.get(UPLOAD_KEY)
     if upload is not None and (state is None or state["file_id"] != upload.file_id):
@@ -332,8 +333,9 @@ def _upload_source(prefix: str) -> DataSource | None:
                               "upload it.")
         except DatasetError as exc:
             state["error"] = (f"**{upload.name}** holds no data set this program knows: {exc}.  \n"
-                              "Put the images in `images/` and their masks in `masks/` (same file names), "
-                              "zip that folder and upload it again.")
+                              "Put the images in `images/` and their masks in `masks/` (same file names), or "
+                              "their QuPath or Fiji outlines in `annotations/`, zip that folder and upload it "
+                              "again.")
         except BrowseError as exc:  # the uploads folder itself is not safe to use
             state["error"] = f"**{upload.name}** was not opened: {exc}."
         st.session_state[UPLOAD_KEY] = state

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from unet_core.datasets import DatasetError, SplitRule, open_dataset, split
 from unet_core.paths import DATA_ENV
@@ -193,6 +194,30 @@ def test_extract_upload_finds_the_data_set_and_replaces_the_sessions_last_upload
         extract_upload(zip_bytes({"notes.txt": b"no images here"}), "session1", root)
     with pytest.raises(ValueError, match="session"):
         extract_upload(data, "../escape", root)
+
+
+def test_an_upload_of_images_with_qupath_or_fiji_outlines_opens_as_a_data_set(tmp_path: Path) -> None:
+    from unet_core.instances import object_table
+    from unet_core.outlines import imagej_roiset, qupath_geojson, stack_outlines
+
+    ids = np.zeros((32, 40), np.int32)
+    ids[2:9, 3:10], ids[15:25, 20:30] = 1, 2
+    outlines = stack_outlines(ids[None], [object_table(ids, np.ones(ids.shape, np.float32))])
+    png = io.BytesIO()
+    Image.fromarray(np.full((32, 40), 7, np.uint8)).save(png, format="PNG")
+    members = {"project/images/a.png": png.getvalue(), "project/images/b.png": png.getvalue(),
+               "project/annotations/a.geojson": qupath_geojson(outlines).encode(),
+               "project/annotations/b_RoiSet.zip": imagej_roiset(outlines)}
+    root = tmp_path / "uploads"
+    folder = extract_upload(zip_bytes(members), "s1", root)
+    assert folder.name == "dataset-from-annotations" and folder.parent.name == "project"
+    dataset = open_dataset(folder)
+    assert [s.name for s in dataset.samples] == ["a", "b"]
+    assert all(np.array_equal(dataset.load_instances(i), ids) for i in range(2))
+    assert extract_upload(zip_bytes(members), "s1", root) == folder  # the same upload: made once
+    broken = {**members, "project/annotations/a.geojson": b"{broken", "project/annotations/b_RoiSet.zip": b"PK.."}
+    with pytest.raises(DatasetError, match="no image .* has a readable annotation file"):
+        extract_upload(zip_bytes(broken), "s1", root)
 
 
 def test_uploads_touch_only_their_own_folders_and_keep_to_a_quota(tmp_path: Path, monkeypatch) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
 import struct
 import zipfile
 from collections.abc import Iterable
@@ -299,12 +301,14 @@ def annotation_for(image: Path, folder: Path) -> Path | None:
     return None
 
 
-def make_dataset(images: str | Path, annotations: str | Path, out: str | Path) -> list[MaskReport]:
+def make_dataset(images: str | Path, annotations: str | Path, out: str | Path,
+                 link_images: bool = False) -> list[MaskReport]:
     """A data set ``out`` (``images/`` + ``masks/``, what ``train --data`` and the Train page
     open) of the images in folder ``images`` whose annotation file (:func:`annotation_for`) is
     in ``annotations``: each image copied as it is, its mask an instance TIFF (``<stem>.tif``,
     uint16, or uint32 past 65,535 objects). Images without an annotation file, or whose file
-    cannot be read, are left out and reported.
+    cannot be read, are left out and reported. ``link_images``: hard-link a 2-D image instead of
+    copying it (an unpacked upload, whose files nobody edits: no second copy on the disk).
 
     Raises:
         AnnotationError: a folder that does not exist, ``out`` already holding a data set, or no
@@ -332,7 +336,7 @@ def make_dataset(images: str | Path, annotations: str | Path, out: str | Path) -
         (out / "images").mkdir(parents=True, exist_ok=True)
         (out / "masks").mkdir(parents=True, exist_ok=True)
         if z == 1:
-            (out / "images" / image.name).write_bytes(image.read_bytes())
+            _place(image, out / "images" / image.name, link_images)
         else:  # the data set reader pairs 2-D images: one pair per slice, as the app's training set
             stack = read_image(image)
             for s in range(z):
@@ -348,3 +352,14 @@ def make_dataset(images: str | Path, annotations: str | Path, out: str | Path) -
                               + (f" (first: {reports[0].image}: {reports[0].problem})" if reports else
                                  ": the folder holds no PNG, JPEG or TIFF image"))
     return reports
+
+
+def _place(source: Path, target: Path, link: bool) -> None:
+    """``source`` at ``target``: a hard link when asked and the file system allows, else a copy."""
+    if link:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ..annotations import AnnotationError, make_dataset
 from ..datasets import DatasetError, open_dataset
 from ..errors import UserError
 from ..paths import UPLOADS_ENV, uploads_root
@@ -295,7 +296,45 @@ def extract_upload(data: bytes, session: str, root: str | Path | None = None) ->
             shutil.rmtree(partial, ignore_errors=True)
             raise
         partial.rename(folder)
-    return find_dataset_folder(folder)
+    try:
+        return find_dataset_folder(folder)
+    except DatasetError:
+        made = dataset_from_annotations(folder)
+        if made is None:
+            raise
+        return made
+
+
+#: The folder of an upload that holds outlines (QuPath GeoJSON, Fiji ROI sets) beside ``images/``.
+ANNOTATIONS_DIR = "annotations"
+#: The data set made from them, beside the two.
+FROM_ANNOTATIONS_DIR = "dataset-from-annotations"
+
+
+def dataset_from_annotations(root: Path, max_depth: int = 3) -> Path | None:
+    """The first folder at or below ``root`` (breadth first) with ``images/`` and
+    :data:`ANNOTATIONS_DIR` made into a data set beside them (:func:`unet_core.annotations.make_dataset`,
+    once: an upload of the same bytes reuses it); None when there is no such folder.
+
+    Raises:
+        DatasetError: the annotations cannot be made into a data set (the message says why).
+    """
+    level = [root]
+    for _ in range(max_depth + 1):
+        for folder in level:
+            if (folder / "images").is_dir() and (folder / ANNOTATIONS_DIR).is_dir():
+                out = folder / FROM_ANNOTATIONS_DIR
+                if not out.is_dir():
+                    try:
+                        make_dataset(folder / "images", folder / ANNOTATIONS_DIR, out, link_images=True)
+                    except AnnotationError as exc:
+                        shutil.rmtree(out, ignore_errors=True)
+                        raise DatasetError(str(exc)) from None
+                return open_dataset(out).root
+        level = sorted(p for f in level for p in f.iterdir()
+                       if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                       and p.name not in _ZIP_SKIP_DIRS)
+    return None
 
 
 def _is_upload(folder: Path) -> bool:
