@@ -174,6 +174,9 @@ def test_a_folder_of_annotations_becomes_a_data_set_train_opens(tmp_path: Path) 
     images, notes, a, b = _images_and_annotations(tmp_path)
     assert annotation_for(images / "a.png", notes).name == "a_outlines.geojson"
     assert annotation_for(images / "c.png", notes) is None
+    (notes / "c_annotations.geojson").write_text("{}")  # a common QuPath export script's name
+    assert annotation_for(images / "c.png", notes).name == "c_annotations.geojson"
+    (notes / "c_annotations.geojson").unlink()
     reports = make_dataset(images, notes, tmp_path / "data")
     assert [(r.image, r.annotation, r.objects, r.problem) for r in reports] == [
         ("a.png", "a_outlines.geojson", 2, None), ("b.tif", "b.tif_RoiSet.zip", 1, None),

@@ -290,11 +290,13 @@ class MaskReport:
 
 def annotation_for(image: Path, folder: Path) -> Path | None:
     """The annotation file of ``image`` in ``folder``: named by the image's stem or its whole name,
-    alone or with ``predict``'s ``_outlines`` / ``_RoiSet`` ending (``cells.geojson``,
-    ``cells.tif.geojson``, ``cells_outlines.geojson``, ``cells_RoiSet.zip``, ``cells.zip``), the
-    first that exists in that order."""
+    alone or with ``predict``'s ``_outlines`` / ``_RoiSet`` ending or ``_annotations`` (a common
+    QuPath export script's) (``cells.geojson``, ``cells.tif.geojson``, ``cells_outlines.geojson``,
+    ``cells_annotations.geojson``, ``cells_RoiSet.zip``, ``cells.zip``), the first that exists in
+    that order."""
     for base in (image.stem, image.name):
-        for ending in (".geojson", "_outlines.geojson", ".json", "_RoiSet.zip", ".zip", ".roi"):
+        for ending in (".geojson", "_outlines.geojson", "_annotations.geojson", ".json", "_RoiSet.zip", ".zip",
+                       ".roi"):
             candidate = folder / f"{base}{ending}"
             if candidate.is_file():
                 return candidate

@@ -739,7 +739,7 @@ def _add_masks(sub) -> None:
                        "(ROI sets), to train on",
                        description="Turn annotation files into instance masks: for each image in IMAGES, the "
                        "file in ANNOTATIONS named after it (cells.geojson, cells.tif.geojson, cells_outlines.geojson, "
-                       "cells_RoiSet.zip, cells.zip or cells.roi). A pixel belongs to an object when its centre is "
+                       "cells_annotations.geojson, cells_RoiSet.zip, cells.zip or cells.roi). A pixel belongs to an object when its centre is "
                        "inside the outline; holes stay background; later objects are drawn over earlier ones; in "
                        "a QuPath file with detections, the detections are the objects (annotations are regions).")
     m.add_argument("images", help="folder of the images (PNG, JPEG, TIFF)")
