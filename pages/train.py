@@ -518,7 +518,7 @@ def choose_processes() -> int:
 def data_summary(source: DataSource, ds: Dataset) -> int:
     """Say how the data set will be split; the number of training images."""
     n_train = len(ds.split_rule.indices(len(ds), "train"))
-    st.caption(f"**{len(ds)} images**, {browse.describe_split(ds.split_rule, len(ds), ds.groups)}.")
+    st.caption(f"**{len(ds)} image{'' if len(ds) == 1 else 's'}**, {browse.describe_split(ds.split_rule, len(ds), ds.groups)}.")
     if source.kind == "upload":
         st.caption("An uploaded zip is kept for a day: for a long run (or to resume it later) copy the data set "
                    "into the data folder and choose it there.")

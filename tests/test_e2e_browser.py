@@ -51,7 +51,8 @@ def studio_url(tmp_path: Path, tiny_model_dir: Path) -> Iterator[str]:
     """A Streamlit server for the app with the tiny model as its only model; its URL."""
     port = free_port()
     env = {**os.environ, "UNET_STUDIO_MODELS": str(tiny_model_dir),
-           "UNET_STUDIO_RUNS": str(tmp_path / "runs"), "UNET_STUDIO_CACHE": str(tmp_path / "cache")}
+           "UNET_STUDIO_RUNS": str(tmp_path / "runs"), "UNET_STUDIO_CACHE": str(tmp_path / "cache"),
+           "UNET_STUDIO_UPLOADS": str(tmp_path / "uploads")}
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
@@ -239,6 +240,19 @@ def test_segment_in_a_browser_matches_the_cli(studio_url: str, tiny_model_dir: P
                 page.wait_for_function(drawn, timeout=WAIT_MS)
                 expect(page.get_by_test_id("stException")).to_have_count(0)
                 shoot(page, name)
+            # Corrections made in QuPath or Fiji come back: a zip of the images and their exported
+            # outlines (here the app's own downloads) opens on the Train page as a data set.
+            annotated = tmp_path / "annotated.zip"
+            with zipfile.ZipFile(annotated, "w") as archive:
+                for name in ("cells", "cells2"):  # two: one of them is held out for validation
+                    archive.write(image_path, f"project/images/{name}.png")
+                    archive.write(rois_from_browser, f"project/annotations/{name}_RoiSet.zip")
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Train").click()
+            expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=WAIT_MS)
+            page.get_by_text("Zip upload", exact=True).first.click()
+            page.locator("input[type=file]").first.set_input_files(annotated)
+            expect(page.get_by_text("2 images", exact=True)).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_test_id("stAlert")).to_have_count(0)
             # Back on Segment, the result is still there (the upload box has emptied).
             page.get_by_test_id("stSidebarNav").get_by_role("link", name="Segment").click()
             expect(page.get_by_text("Results of your last run (cells.png)")).to_be_visible(timeout=WAIT_MS)
