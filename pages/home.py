@@ -11,7 +11,7 @@ st.markdown(
     "Finds cells and nuclei in microscope images with the U-Net of Ronneberger, Fischer and Brox (2015).  \n"
     "Drop images on **Segment**: every object is outlined, counted and measured; fix what it got wrong "
     "(remove, merge, split, draw a missed one), and take the masks, outlines and tables to Fiji, QuPath, napari or a "
-    "spreadsheet, or your corrected images to **Train** to teach the model.  \n"
+    "spreadsheet. Your corrected images, made here or in QuPath or Fiji, go to **Train** to teach the model.  \n"
     "Images of any size work, 8- or 16-bit, single images or stacks; it runs on this computer, on "
     "its GPU when it has one."
 )
