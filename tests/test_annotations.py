@@ -152,6 +152,10 @@ def test_too_many_objects_and_none_in_the_image_are_refused(monkeypatch) -> None
                                             "coordinates": [[[100, 100], [120, 100], [120, 120], [100, 100]]]}}]
     with pytest.raises(AnnotationError, match="no object outline covers a pixel of the 20 x 10 image"):
         _from_geojson(json.dumps(far), (1, 10, 20))
+    # A vertex far beyond any image (1e300) does not break the fill: the square covers the image.
+    huge = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+        [[-1e300, -1e300], [1e300, -1e300], [1e300, 1e300], [-1e300, 1e300], [-1e300, -1e300]]]}}]
+    assert (_from_geojson(json.dumps(huge), (1, 10, 20)) == 1).all()
 
 
 def _images_and_annotations(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:

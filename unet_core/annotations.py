@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 MAX_OBJECTS = 500_000
 #: A ROI set larger than this when unpacked is refused before it fills the memory (a zip bomb).
 MAX_UNPACKED_BYTES = 1 << 30
+#: Coordinates are clamped to +-this many pixels (a vertex at 1e300 would overflow the fill's arithmetic).
+COORDINATE_LIMIT = float(1 << 24)
 #: File endings :func:`read_annotations` reads, by format.
 GEOJSON_SUFFIXES = (".geojson", ".json")
 ROI_SUFFIXES = (".zip", ".roi")
@@ -132,7 +134,8 @@ def rasterize(shapes: Iterable[Shape], shape: tuple[int, int, int], skipped: int
             ids[z, rows, cols] = n
     if n == 0:
         raise AnnotationError(f"{name}: no object outline covers a pixel of the {shape[2]} x {shape[1]} image"
-                              + (f" ({skipped} points, lines or outlines outside it left out)" if skipped else ""))
+                              + (f" ({skipped} points, lines, empty outlines or outlines outside it or its slices left out)"
+                                  if skipped else ""))
     return Annotations(ids, skipped)
 
 
@@ -225,7 +228,8 @@ def _ring(points: object, name: str) -> np.ndarray:
         raise AnnotationError(f"{name}: coordinates that are not numbers") from None
     if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring).all():
         raise AnnotationError(f"{name}: a ring that is not a list of finite (x, y) points")
-    return ring[:, :2]
+    # Far beyond any image, but where the pixel-centre test's arithmetic stays exact.
+    return np.clip(ring[:, :2], -COORDINATE_LIMIT, COORDINATE_LIMIT)
 
 
 # --------------------------------------------------------------------------- ImageJ ROIs
@@ -263,7 +267,8 @@ def _rois(entries: list[tuple[str, bytes]], name: str) -> tuple[list[Shape], int
         if roi.roitype not in _AREA_ROIS:
             skipped += 1
             continue
-        paths = [np.asarray(p, dtype=np.float64) for p in roi.coordinates(multi=True)]
+        paths = [np.clip(np.asarray(p, dtype=np.float64), -COORDINATE_LIMIT, COORDINATE_LIMIT)
+                 for p in roi.coordinates(multi=True)]
         paths = [p for p in paths if p.ndim == 2 and len(p) >= 3 and np.isfinite(p).all()]
         if not paths:
             skipped += 1
