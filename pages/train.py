@@ -70,6 +70,8 @@ def apply_preset(name: str) -> None:
 def start_from_changed() -> None:
     """Fine-tuning gets the settings measured for it; from scratch, the computer's preset again."""
     fine_tuning = st.session_state["train_start_from"] == "model"
+    if fine_tuning and not list_models():  # nothing to fine-tune: the page trains from scratch
+        return
     preset = FINE_TUNING if fine_tuning else PRESETS["paper" if cuda_driver_available() else "quick"]
     for key, value in preset.items():
         st.session_state[f"train_{key}"] = value

@@ -136,6 +136,12 @@ def test_rectangles_and_ovals_drawn_in_fiji() -> None:
      geojson_shapes, "not numbers"),
     (b"PK\x03\x04 not really a zip", roi_shapes, "not a ROI set"),
     (b"Iout" + b"\x00" * 10, roi_shapes, "not an ImageJ ROI"),
+    (ImagejRoi.frompoints([[1, 1], [9, 1], [9, 9], [1, 9]]).tobytes()[:66], roi_shapes, "not an ImageJ ROI"),
+    (b"[" * 100_000, geojson_shapes, "not a GeoJSON file"),
+    (b'[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[1' + b"0" * 400 + b', 0], [1, 1], [2, 2]]]}}]',
+     geojson_shapes, "not numbers"),
+    (b'[{"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [5]}}]', geojson_shapes,
+     "without a list of coordinates"),
 ])
 def test_hostile_annotation_files_are_refused_with_a_reason(data: bytes, reader, message: str) -> None:
     with pytest.raises(AnnotationError, match=message):
@@ -156,6 +162,26 @@ def test_too_many_objects_and_none_in_the_image_are_refused(monkeypatch) -> None
     huge = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
         [[-1e300, -1e300], [1e300, -1e300], [1e300, 1e300], [-1e300, 1e300], [-1e300, -1e300]]]}}]
     assert (_from_geojson(json.dumps(huge), (1, 10, 20)) == 1).all()
+
+
+def test_qupath_tiles_are_no_objects_and_a_cell_gives_its_nucleus() -> None:
+    square = [[[2, 2], [6, 2], [6, 6], [2, 6], [2, 2]]]
+    cell = {"type": "Feature", "properties": {"objectType": "cell"},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [12, 0], [12, 12], [0, 12], [0, 0]]]},
+            "nucleusGeometry": {"type": "Polygon", "coordinates": square}}
+    tile = {"type": "Feature", "properties": {"objectType": "tile"},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [20, 0], [20, 20], [0, 20], [0, 0]]]}}
+    shapes, skipped = geojson_shapes(json.dumps([tile, cell]).encode(), "cells.geojson")
+    ids = rasterize(shapes, (1, 20, 20), skipped).ids[0]
+    assert skipped == 1 and np.array_equal(np.argwhere(ids == 1), [[r, c] for r in range(2, 6) for c in range(2, 6)])
+
+
+def test_outlines_too_costly_to_fill_are_refused(monkeypatch) -> None:
+    monkeypatch.setattr(annotations, "MAX_RING_WORK", 1000.0)
+    ring = [[[0, 0], [40, 0], [40, 40], [0, 40], [0, 0]]]  # 5 points x 41 x 41 pixels of box
+    with pytest.raises(AnnotationError, match="too many points"):
+        _from_geojson(json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ring}}]),
+                      (1, 50, 50))
 
 
 def _images_and_annotations(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
@@ -192,6 +218,22 @@ def test_a_folder_of_annotations_becomes_a_data_set_train_opens(tmp_path: Path) 
     assert [s.name for s in dataset.samples] == ["a", "b"]
     with pytest.raises(AnnotationError, match="already holds a data set"):
         make_dataset(images, notes, tmp_path / "data")
+
+
+def test_a_data_set_that_fails_half_way_is_not_left_behind(tmp_path: Path, monkeypatch) -> None:
+    images, notes, _, _ = _images_and_annotations(tmp_path)
+    calls = []
+
+    def failing_write(path, array, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return tifffile.imwrite(path, array)
+
+    monkeypatch.setattr(annotations, "write_tiff", failing_write)
+    with pytest.raises(OSError, match="No space"):
+        make_dataset(images, notes, tmp_path / "data")
+    assert not (tmp_path / "data").exists() and not list(tmp_path.glob(".data*"))
 
 
 def test_the_masks_command(tmp_path: Path, capsys) -> None:

@@ -33,6 +33,7 @@ import os
 import shutil
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from skimage.draw import polygon as polygon_pixels
 
 from .edits import consecutive_ids
 from .errors import UserError
+from .instances import object_areas
 from .io import IMAGE_SUFFIXES, ImageReadError, encode_slice, read_image, read_image_shape, write_tiff
 from .predict import id_image
 
@@ -52,6 +54,14 @@ log = logging.getLogger(__name__)
 MAX_OBJECTS = 500_000
 #: A ROI set larger than this when unpacked is refused before it fills the memory (a zip bomb).
 MAX_UNPACKED_BYTES = 1 << 30
+#: An annotation file larger than this is refused before it is read (GeoJSON is parsed whole).
+MAX_FILE_BYTES = 1 << 30
+#: Filling an outline costs about its vertices times the pixels of its box: a ring over this, or a
+#: file over :data:`MAX_FILL_WORK` in all, is refused (a crafted ROI could otherwise take hours).
+MAX_RING_WORK = 2e9
+MAX_FILL_WORK = 1e11
+#: The most pixels (all slices) :func:`make_dataset` makes a mask for.
+MAX_MASK_PIXELS = 1 << 31
 #: Coordinates are clamped to +-this many pixels (a vertex at 1e300 would overflow the fill's arithmetic).
 COORDINATE_LIMIT = float(1 << 24)
 #: File endings :func:`read_annotations` reads, by format.
@@ -95,6 +105,9 @@ def read_annotations(path: str | Path, shape: tuple[int, int, int]) -> Annotatio
     path = Path(path)
     suffix = path.suffix.lower()
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise AnnotationError(f"{path.name}: larger than {MAX_FILE_BYTES >> 30} GiB; export the objects of "
+                                  "one image per file")
         data = path.read_bytes()
     except OSError as exc:
         raise AnnotationError(f"{path.name}: cannot be read ({exc.strerror or exc})") from None
@@ -119,12 +132,13 @@ def rasterize(shapes: Iterable[Shape], shape: tuple[int, int, int], skipped: int
     """
     ids = np.zeros(shape, dtype=np.int32)
     n = 0
+    budget = [MAX_FILL_WORK]
     for item in shapes:
         planes = range(shape[0]) if item.plane is None else [item.plane]
         if not all(0 <= z < shape[0] for z in planes):
             skipped += 1
             continue
-        mask = _fill(item.pieces, shape[1:])
+        mask = _fill(item.pieces, shape[1:], budget, name)
         if mask is None:
             skipped += 1
             continue
@@ -139,12 +153,15 @@ def rasterize(shapes: Iterable[Shape], shape: tuple[int, int, int], skipped: int
     return Annotations(ids, skipped)
 
 
-def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows, cols) of the pixels whose centres lie inside the pieces (rings even-odd), or None."""
+def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int], budget: list[float],
+          name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, cols) of the pixels whose centres lie inside the pieces (rings even-odd), or None;
+    the work of each fill is taken from ``budget`` (one number, in a list)."""
     pixels: list[np.ndarray] = []
     for rings in pieces:
         inside: np.ndarray | None = None
         for ring in rings:
+            _charge(ring, shape, budget, name)
             # Pixel (r, c) has its centre at (c + 0.5, r + 0.5): shift the ring, test integer points.
             rows, cols = polygon_pixels(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=shape)
             flat = rows.astype(np.int64) * shape[1] + cols
@@ -155,6 +172,21 @@ def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int]) ->
         return None
     flat = np.unique(np.concatenate(pixels))
     return flat // shape[1], flat % shape[1]
+
+
+def _charge(ring: np.ndarray, shape: tuple[int, int], budget: list[float], name: str) -> None:
+    """Take a ring's fill work (vertices x pixels of its box inside the image) from ``budget``.
+
+    Raises:
+        AnnotationError: the ring, or the file so far, is over its limit.
+    """
+    x0, y0 = np.clip(ring.min(axis=0), 0, (shape[1], shape[0]))
+    x1, y1 = np.clip(ring.max(axis=0), 0, (shape[1], shape[0]))
+    work = len(ring) * (x1 - x0 + 1) * (y1 - y0 + 1)
+    budget[0] -= work
+    if work > MAX_RING_WORK or budget[0] < 0:
+        raise AnnotationError(f"{name}: outlines with too many points over too large an area to fill (an outline "
+                              f"of {len(ring):,} points); simplify them in QuPath or Fiji, or export fewer")
 
 
 # --------------------------------------------------------------------------- QuPath GeoJSON
@@ -169,8 +201,8 @@ def geojson_shapes(data: bytes, name: str) -> tuple[list[Shape], int]:
     """
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationError(f"{name}: not a GeoJSON file ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON errors, huge integers
+        raise AnnotationError(f"{name}: not a GeoJSON file ({type(exc).__name__}: {str(exc)[:200]})") from None
     features = (doc.get("features") if isinstance(doc, dict) and doc.get("type") == "FeatureCollection"
                 else [doc] if isinstance(doc, dict) and doc.get("type") == "Feature" else doc)
     if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
@@ -179,10 +211,10 @@ def geojson_shapes(data: bytes, name: str) -> tuple[list[Shape], int]:
     if len(features) > MAX_OBJECTS:
         raise AnnotationError(f"{name}: {len(features):,} objects, more than {MAX_OBJECTS:,} for one image")
     kinds = [_object_type(f) for f in features]
-    wanted = "detection" if "detection" in kinds else None
+    wanted = "detection" if "detection" in kinds else "annotation"
     shapes, skipped = [], 0
     for feature, kind in zip(features, kinds):
-        if wanted and kind != wanted:
+        if kind != wanted:
             skipped += 1
             continue
         item = _feature_shape(feature, name)
@@ -194,14 +226,17 @@ def geojson_shapes(data: bytes, name: str) -> tuple[list[Shape], int]:
 
 
 def _object_type(feature: dict) -> str:
+    """``detection`` (QuPath's detections and cells), ``annotation``, or another type (tiles: the
+    squares of a grid, never objects)."""
     props = feature.get("properties")
     kind = props.get("objectType", "annotation") if isinstance(props, dict) else "annotation"
-    return "detection" if kind in ("detection", "cell", "tile") else str(kind)
+    return "detection" if kind in ("detection", "cell") else str(kind)
 
 
 def _feature_shape(feature: dict, name: str) -> Shape | None:
-    """The shape of one feature; None for a point, line, or missing geometry."""
-    geometry = feature.get("geometry")
+    """The shape of one feature; None for a point, line, or missing geometry. A QuPath cell gives
+    its nucleus (``nucleusGeometry``): the models here find nuclei."""
+    geometry = feature.get("nucleusGeometry") or feature.get("geometry")
     if not isinstance(geometry, dict):
         return None
     kind, coords = geometry.get("type"), geometry.get("coordinates")
@@ -211,7 +246,7 @@ def _feature_shape(feature: dict, name: str) -> Shape | None:
         polygons = coords
     else:
         return None
-    if not isinstance(polygons, list):
+    if not isinstance(polygons, list) or not all(isinstance(p, list) for p in polygons):
         raise AnnotationError(f"{name}: a {kind} without a list of coordinates")
     pieces = tuple(tuple(_ring(ring, name) for ring in polygon) for polygon in polygons)
     plane = geometry.get("plane")
@@ -224,7 +259,7 @@ def _feature_shape(feature: dict, name: str) -> Shape | None:
 def _ring(points: object, name: str) -> np.ndarray:
     try:
         ring = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AnnotationError(f"{name}: coordinates that are not numbers") from None
     if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring).all():
         raise AnnotationError(f"{name}: a ring that is not a list of finite (x, y) points")
@@ -252,7 +287,8 @@ def roi_shapes(data: bytes, name: str) -> tuple[list[Shape], int]:
             if sum(e.file_size for e in entries) > MAX_UNPACKED_BYTES:
                 raise AnnotationError(f"{name}: the ROIs unpack to more than {MAX_UNPACKED_BYTES >> 30} GiB")
             return _rois([(e.filename, archive.read(e)) for e in entries], name)
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, zlib.error) as exc:
+        # RuntimeError: an encrypted entry; NotImplementedError: an unknown compression
         raise AnnotationError(f"{name}: not a ROI set ({exc}); save one in Fiji with ROI Manager > More > "
                               "Save") from None
 
@@ -262,13 +298,15 @@ def _rois(entries: list[tuple[str, bytes]], name: str) -> tuple[list[Shape], int
     for entry, raw in entries:
         try:
             roi = ImagejRoi.frombytes(raw)
-        except (ValueError, struct.error) as exc:  # what roifile raises on foreign bytes
-            raise AnnotationError(f"{name}: {entry} is not an ImageJ ROI ({exc})") from None
-        if roi.roitype not in _AREA_ROIS:
+            area = roi.roitype in _AREA_ROIS
+            coordinates = roi.coordinates(multi=True) if area else []
+        # what roifile raises on foreign or truncated bytes and on unknown path operations
+        except (ValueError, TypeError, IndexError, struct.error, RuntimeError, NotImplementedError) as exc:
+            raise AnnotationError(f"{name}: {entry} is not an ImageJ ROI ({type(exc).__name__}: {exc})") from None
+        if not area:
             skipped += 1
             continue
-        paths = [np.clip(np.asarray(p, dtype=np.float64), -COORDINATE_LIMIT, COORDINATE_LIMIT)
-                 for p in roi.coordinates(multi=True)]
+        paths = [np.clip(np.asarray(p, dtype=np.float64), -COORDINATE_LIMIT, COORDINATE_LIMIT) for p in coordinates]
         paths = [p for p in paths if p.ndim == 2 and len(p) >= 3 and np.isfinite(p).all()]
         if not paths:
             skipped += 1
@@ -327,7 +365,26 @@ def make_dataset(images: str | Path, annotations: str | Path, out: str | Path,
             raise AnnotationError(f"{folder}: no such folder")
     if (out / "images").exists() or (out / "masks").exists():
         raise AnnotationError(f"{out} already holds a data set (images/ or masks/): choose a new folder")
-    reports = []
+    reports: list[MaskReport] = []
+    # Built aside and moved into place whole: a failure leaves no half data set to be opened later.
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write_pairs(images, annotations, partial, link_images, reports)
+        if not any(r.problem is None for r in reports):
+            raise AnnotationError(f"no image in {images} has a readable annotation file in {annotations}"
+                                  + (f" (first: {reports[0].image}: {reports[0].problem})" if reports else
+                                     ": the folder holds no PNG, JPEG or TIFF image"))
+        out.mkdir(parents=True, exist_ok=True)
+        for part in ("images", "masks"):
+            (partial / part).rename(out / part)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return reports
+
+
+def _write_pairs(images: Path, annotations: Path, out: Path, link_images: bool, reports: list[MaskReport]) -> None:
+    """The pairs of :func:`make_dataset` written into ``out``, a report per image appended."""
     files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     for image in files:
         found = annotation_for(image, annotations)
@@ -336,29 +393,26 @@ def make_dataset(images: str | Path, annotations: str | Path, out: str | Path,
             continue
         try:
             z, h, w, _ = read_image_shape(image)
+            if z * h * w > MAX_MASK_PIXELS:
+                raise AnnotationError(f"{z * h * w:,} pixels, more than the {MAX_MASK_PIXELS:,} a mask is made for")
             result = read_annotations(found, (z, h, w))
+            stack = read_image(image) if z > 1 else None  # the data set reader pairs 2-D images
         except (AnnotationError, ImageReadError) as exc:
             reports.append(MaskReport(image.name, found.name, problem=str(exc)))
             continue
         (out / "images").mkdir(parents=True, exist_ok=True)
         (out / "masks").mkdir(parents=True, exist_ok=True)
-        if z == 1:
+        if stack is None:
             _place(image, out / "images" / image.name, link_images)
-        else:  # the data set reader pairs 2-D images: one pair per slice, as the app's training set
-            stack = read_image(image)
+        else:  # one pair per slice, as the app's training set
             for s in range(z):
                 suffix, data = encode_slice(stack.data[s], stack.resolution)
                 (out / "images" / f"{image.stem}_z{s + 1:03d}{suffix}").write_bytes(data)
         for s in range(z):
             name = image.stem if z == 1 else f"{image.stem}_z{s + 1:03d}"
             write_tiff(out / "masks" / f"{name}.tif", id_image(consecutive_ids(result.ids[s : s + 1])[0]))
-        reports.append(MaskReport(image.name, found.name, int(np.count_nonzero(np.bincount(result.ids.ravel())[1:])),
-                                  result.skipped))
-    if not any(r.problem is None for r in reports):
-        raise AnnotationError(f"no image in {images} has a readable annotation file in {annotations}"
-                              + (f" (first: {reports[0].image}: {reports[0].problem})" if reports else
-                                 ": the folder holds no PNG, JPEG or TIFF image"))
-    return reports
+        objects = sum(int(np.count_nonzero(object_areas(plane, int(plane.max()))[1:])) for plane in result.ids)
+        reports.append(MaskReport(image.name, found.name, objects, result.skipped))
 
 
 def _place(source: Path, target: Path, link: bool) -> None:

@@ -324,11 +324,10 @@ def dataset_from_annotations(root: Path, max_depth: int = 3) -> Path | None:
         for folder in level:
             if (folder / "images").is_dir() and (folder / ANNOTATIONS_DIR).is_dir():
                 out = folder / FROM_ANNOTATIONS_DIR
-                if not out.is_dir():
+                if not out.is_dir():  # made whole or not at all (make_dataset builds it aside)
                     try:
                         make_dataset(folder / "images", folder / ANNOTATIONS_DIR, out, link_images=True)
                     except AnnotationError as exc:
-                        shutil.rmtree(out, ignore_errors=True)
                         raise DatasetError(str(exc)) from None
                 return open_dataset(out).root
         level = sorted(p for f in level for p in f.iterdir()
