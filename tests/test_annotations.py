@@ -182,6 +182,13 @@ def test_outlines_too_costly_to_fill_are_refused(monkeypatch) -> None:
     with pytest.raises(AnnotationError, match="too many points"):
         _from_geojson(json.dumps([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ring}}]),
                       (1, 50, 50))
+    # Each outline within its limit, the file over its own: refused as well.
+    monkeypatch.setattr(annotations, "MAX_RING_WORK", 1e4)
+    monkeypatch.setattr(annotations, "MAX_FILL_WORK", 1.5e4)
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ring}}
+    assert _from_geojson(json.dumps([feature]), (1, 50, 50)).max() == 1
+    with pytest.raises(AnnotationError, match="too many outline points"):
+        _from_geojson(json.dumps([feature, feature]), (1, 50, 50))
 
 
 def _images_and_annotations(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:

@@ -77,9 +77,8 @@ class AnnotationError(UserError):
 
 @dataclass(frozen=True)
 class Shape:
-    """One object's outline: ``rings`` of (x, y) vertices, filled even-odd (a ring inside another
-    is a hole), on slice ``plane`` (None: every slice), as one of the pieces listed in ``pieces``
-    (each piece its own even-odd set of rings)."""
+    """One object's outline on slice ``plane`` (None: every slice): its ``pieces``, each a set of
+    rings of (x, y) vertices filled even-odd (a ring inside another is a hole)."""
 
     pieces: tuple[tuple[np.ndarray, ...], ...]
     plane: int | None = 0
@@ -131,14 +130,17 @@ def rasterize(shapes: Iterable[Shape], shape: tuple[int, int, int], skipped: int
         AnnotationError: no shape covers a pixel centre of the image.
     """
     ids = np.zeros(shape, dtype=np.int32)
-    n = 0
-    budget = [MAX_FILL_WORK]
+    n, work = 0, 0.0
     for item in shapes:
         planes = range(shape[0]) if item.plane is None else [item.plane]
         if not all(0 <= z < shape[0] for z in planes):
             skipped += 1
             continue
-        mask = _fill(item.pieces, shape[1:], budget, name)
+        work += _fill_work(item, shape[1:], name)
+        if work > MAX_FILL_WORK:
+            raise AnnotationError(f"{name}: too many outline points over too large an area to fill; simplify the "
+                                  "outlines in QuPath or Fiji, or export fewer per file")
+        mask = _fill(item.pieces, shape[1:])
         if mask is None:
             skipped += 1
             continue
@@ -153,15 +155,12 @@ def rasterize(shapes: Iterable[Shape], shape: tuple[int, int, int], skipped: int
     return Annotations(ids, skipped)
 
 
-def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int], budget: list[float],
-          name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows, cols) of the pixels whose centres lie inside the pieces (rings even-odd), or None;
-    the work of each fill is taken from ``budget`` (one number, in a list)."""
+def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, cols) of the pixels whose centres lie inside the pieces (rings even-odd), or None."""
     pixels: list[np.ndarray] = []
     for rings in pieces:
         inside: np.ndarray | None = None
         for ring in rings:
-            _charge(ring, shape, budget, name)
             # Pixel (r, c) has its centre at (c + 0.5, r + 0.5): shift the ring, test integer points.
             rows, cols = polygon_pixels(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=shape)
             flat = rows.astype(np.int64) * shape[1] + cols
@@ -174,19 +173,22 @@ def _fill(pieces: tuple[tuple[np.ndarray, ...], ...], shape: tuple[int, int], bu
     return flat // shape[1], flat % shape[1]
 
 
-def _charge(ring: np.ndarray, shape: tuple[int, int], budget: list[float], name: str) -> None:
-    """Take a ring's fill work (vertices x pixels of its box inside the image) from ``budget``.
+def _fill_work(item: Shape, shape: tuple[int, int], name: str) -> float:
+    """What filling ``item`` costs: over its rings, vertices x pixels of the ring's box inside the image.
 
     Raises:
-        AnnotationError: the ring, or the file so far, is over its limit.
+        AnnotationError: a ring over :data:`MAX_RING_WORK`.
     """
-    x0, y0 = np.clip(ring.min(axis=0), 0, (shape[1], shape[0]))
-    x1, y1 = np.clip(ring.max(axis=0), 0, (shape[1], shape[0]))
-    work = len(ring) * (x1 - x0 + 1) * (y1 - y0 + 1)
-    budget[0] -= work
-    if work > MAX_RING_WORK or budget[0] < 0:
-        raise AnnotationError(f"{name}: outlines with too many points over too large an area to fill (an outline "
-                              f"of {len(ring):,} points); simplify them in QuPath or Fiji, or export fewer")
+    total = 0.0
+    for ring in (ring for rings in item.pieces for ring in rings):
+        x0, y0 = np.clip(ring.min(axis=0), 0, (shape[1], shape[0]))
+        x1, y1 = np.clip(ring.max(axis=0), 0, (shape[1], shape[0]))
+        work = len(ring) * (x1 - x0 + 1) * (y1 - y0 + 1)
+        if work > MAX_RING_WORK:
+            raise AnnotationError(f"{name}: an outline with too many points ({len(ring):,}) over too large an area "
+                                  "to fill; simplify it in QuPath or Fiji")
+        total += work
+    return total
 
 
 # --------------------------------------------------------------------------- QuPath GeoJSON
@@ -263,8 +265,13 @@ def _ring(points: object, name: str) -> np.ndarray:
         raise AnnotationError(f"{name}: coordinates that are not numbers") from None
     if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring).all():
         raise AnnotationError(f"{name}: a ring that is not a list of finite (x, y) points")
-    # Far beyond any image, but where the pixel-centre test's arithmetic stays exact.
-    return np.clip(ring[:, :2], -COORDINATE_LIMIT, COORDINATE_LIMIT)
+    return _clamped(ring[:, :2])
+
+
+def _clamped(ring: np.ndarray) -> np.ndarray:
+    """``ring`` with its coordinates within +-:data:`COORDINATE_LIMIT`: far beyond any image, but
+    where the pixel-centre test's arithmetic stays exact."""
+    return np.clip(ring, -COORDINATE_LIMIT, COORDINATE_LIMIT)
 
 
 # --------------------------------------------------------------------------- ImageJ ROIs
@@ -306,7 +313,7 @@ def _rois(entries: list[tuple[str, bytes]], name: str) -> tuple[list[Shape], int
         if not area:
             skipped += 1
             continue
-        paths = [np.clip(np.asarray(p, dtype=np.float64), -COORDINATE_LIMIT, COORDINATE_LIMIT) for p in coordinates]
+        paths = [_clamped(np.asarray(p, dtype=np.float64)) for p in coordinates]
         paths = [p for p in paths if p.ndim == 2 and len(p) >= 3 and np.isfinite(p).all()]
         if not paths:
             skipped += 1
