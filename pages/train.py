@@ -63,8 +63,7 @@ STATE_TEXT = {
 
 
 def apply_preset(name: str) -> None:
-    for key, value in PRESETS[name].items():
-        st.session_state[f"train_{key}"] = value
+    _set_settings(PRESETS[name])
 
 
 def start_from_changed() -> None:
@@ -72,8 +71,16 @@ def start_from_changed() -> None:
     fine_tuning = st.session_state["train_start_from"] == "model"
     if fine_tuning and not list_models():  # nothing to fine-tune: the page trains from scratch
         return
-    preset = FINE_TUNING if fine_tuning else PRESETS["paper" if cuda_driver_available() else "quick"]
-    for key, value in preset.items():
+    _set_settings(FINE_TUNING if fine_tuning else PRESETS[computer_preset()])
+
+
+def computer_preset() -> str:
+    """The preset that suits this computer: the paper's with a GPU, else the quick try."""
+    return "paper" if cuda_driver_available() else "quick"
+
+
+def _set_settings(settings: dict) -> None:
+    for key, value in settings.items():
         st.session_state[f"train_{key}"] = value
 
 
@@ -410,8 +417,8 @@ def choose_start() -> tuple[str | None, int | None, float | None]:
 def settings_form(init_width: int | None, init_diameter: float | None = None) -> dict:
     """The training settings (paper's defaults first); the options for unet_core.studio.jobs."""
     # Without a GPU the paper's settings take hours: the quick preset comes first there.
-    gpu = cuda_driver_available()
-    for key, value in PRESETS["paper" if gpu else "quick"].items():
+    preset = computer_preset()
+    for key, value in PRESETS[preset].items():
         st.session_state.setdefault(f"train_{key}", value)
     st.session_state.setdefault("train_threads", 0)
     st.session_state.setdefault("train_border", False)
@@ -424,7 +431,7 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
     b2.button("Quick try (CPU)", on_click=apply_preset, args=("quick",), icon=":material/bolt:",
               help="A small network and short run, finished in minutes on a laptop: to check that everything "
               "works before a long run.", width="stretch")
-    if not gpu and (init_width or st.session_state["train_width"]) >= 32:
+    if preset == "quick" and (init_width or st.session_state["train_width"]) >= 32:
         st.caption(":material/info: This computer has no GPU: at width 32 or more a training step takes seconds, "
                    "so a long run takes hours. **Quick try** finishes in minutes; width 16 is a good compromise.")
 

@@ -24,6 +24,7 @@ import shutil
 import stat
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -216,18 +217,12 @@ def find_dataset_folder(root: str | Path, max_depth: int = 3) -> Path:
         DatasetError: no folder down to ``max_depth`` levels matches a layout.
     """
     root = Path(root)
-    level = [root]
     first_error: DatasetError | None = None
-    for _ in range(max_depth + 1):
-        below: list[Path] = []
-        for folder in level:
-            try:
-                return open_dataset(folder).root
-            except DatasetError as exc:
-                first_error = first_error or exc
-            below += sorted(p for p in folder.iterdir()
-                            if p.is_dir() and not p.name.startswith(".") and p.name not in _ZIP_SKIP_DIRS)
-        level = below
+    for folder in _folders_breadth_first(root, max_depth):
+        try:
+            return open_dataset(folder).root
+        except DatasetError as exc:
+            first_error = first_error or exc
     message = str(first_error).replace(f"{root}: ", "", 1) if first_error else "no data set layout found"
     raise DatasetError(message)
 
@@ -319,21 +314,27 @@ def dataset_from_annotations(root: Path, max_depth: int = 3) -> Path | None:
     Raises:
         DatasetError: the annotations cannot be made into a data set (the message says why).
     """
+    for folder in _folders_breadth_first(root, max_depth):
+        if (folder / "images").is_dir() and (folder / ANNOTATIONS_DIR).is_dir():
+            out = folder / FROM_ANNOTATIONS_DIR
+            if not out.is_dir():  # made whole or not at all (make_dataset builds it aside)
+                try:
+                    make_dataset(folder / "images", folder / ANNOTATIONS_DIR, out, link_images=True)
+                except AnnotationError as exc:
+                    raise DatasetError(str(exc)) from None
+            return open_dataset(out).root
+    return None
+
+
+def _folders_breadth_first(root: Path, max_depth: int) -> Iterator[Path]:
+    """``root`` and the folders below it down to ``max_depth`` levels, level by level, each
+    folder's own in name order (dot folders, OS litter and links left out), listed lazily: a
+    caller that stops at the first match reads no further."""
     level = [root]
     for _ in range(max_depth + 1):
-        for folder in level:
-            if (folder / "images").is_dir() and (folder / ANNOTATIONS_DIR).is_dir():
-                out = folder / FROM_ANNOTATIONS_DIR
-                if not out.is_dir():  # made whole or not at all (make_dataset builds it aside)
-                    try:
-                        make_dataset(folder / "images", folder / ANNOTATIONS_DIR, out, link_images=True)
-                    except AnnotationError as exc:
-                        raise DatasetError(str(exc)) from None
-                return open_dataset(out).root
-        level = sorted(p for f in level for p in f.iterdir()
-                       if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                       and p.name not in _ZIP_SKIP_DIRS)
-    return None
+        yield from level
+        level = [p for folder in level for p in sorted(folder.iterdir())
+                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and p.name not in _ZIP_SKIP_DIRS]
 
 
 def _is_upload(folder: Path) -> bool:
