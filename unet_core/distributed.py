@@ -739,11 +739,13 @@ def _final_numbers(client: Any, sums: ObjectSums, threshold: float,
     lookup = np.zeros(int(sums.ids.max()) + 1, dtype=np.int32)
     lookup[sums.ids[kept]] = np.arange(1, n + 1, dtype=np.int32)
     moved = sums.subset(changed)
+    # Sent to the workers once (a slide's table of a million objects is 4 MB), not with each task.
+    shared = client.scatter(lookup, broadcast=True)
     tasks = []
     for region in regions:
         top, bottom, left, right = region
         if ((moved.min_y < bottom) & (moved.max_y > top) & (moved.min_x < right) & (moved.max_x > left)).any():
-            tasks.append(client.submit(_renumber_objects, out, region, lookup, pure=False))
+            tasks.append(client.submit(_renumber_objects, out, region, shared, pure=False))
     _gather(client, tasks, None)
     final = sums.subset(kept)
     final.ids = np.arange(1, n + 1, dtype=sums.ids.dtype)
