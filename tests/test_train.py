@@ -170,6 +170,22 @@ def test_augmented_tiles_keep_image_labels_and_weights_aligned() -> None:
         np.testing.assert_allclose(w[inside], 1.0 + y[inside], atol=0.05)  # misaligned: off by 1
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_automatic_precision_is_bf16_channels_last_only_where_the_cpu_computes_in_bf16(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    # The two capability checks of torch this machine answers either way: both answers are run.
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: native, raising=False)
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY, out=str(out), steps=3, val_every=0, export=False, device="cpu"), progress=False)
+    start = next(r for r in read_log(out / "log.jsonl") if r.get("event") == "start")
+    assert start["precision"] == ("bf16" if native else "none")
+    assert read_checkpoint(out / "last.pt")["config"]["amp"] == "auto"  # resolved again where it resumes
+    weight = read_checkpoint(out / "last.pt")["model"]["down.1.0.weight"]  # 4 -> 8 channels, 3x3
+    assert weight.is_contiguous(memory_format=torch.channels_last) is native
+    assert weight.is_contiguous() is not native
+
+
 # --------------------------------------------------------------------------- a finished run
 
 

@@ -31,7 +31,7 @@ def test_forward_flops_refuse_what_they_cannot_count() -> None:
         forward_flops(UNetConfig(), 387)
 
 
-def _run(width: int, tile: int, step_s: float | None, device: str = "cpu", amp: str = "none") -> RunInfo:
+def _run(width: int, tile: int, step_s: float | None, device: str = "cpu", amp: str = "auto") -> RunInfo:
     return RunInfo(f"w{width}", Path("."), "finished", seconds_per_step=step_s, device=device,
                    config={"width": width, "tile": tile, "amp": amp, "class_names": ["bg", "fg"]})
 
@@ -40,8 +40,13 @@ def test_a_new_runs_time_comes_from_the_speed_of_earlier_runs_on_the_same_device
     small = UNetConfig(width=8)
     earlier = [_run(8, 100, 0.05), _run(16, 196, 0.4), _run(8, 100, 0.01, device="cuda"),
                _run(8, 100, 0.02, amp="bf16"), _run(8, 100, None)]
-    speeds = train_speeds(earlier, "cpu")
+    speeds = train_speeds(earlier, "cpu")  # runs with the default precision setting, auto
     assert speeds == [train_speed(small, 100, 1, 0.05), train_speed(UNetConfig(width=16), 196, 1, 0.4)]
+    assert train_speeds(earlier, "cpu", "bf16") == [train_speed(small, 100, 1, 0.02)]
+    older = RunInfo("old", Path("."), "finished", seconds_per_step=0.03, device="cpu",
+                    config={"width": 8, "tile": 100, "class_names": ["bg", "fg"]})  # before --amp: fp32
+    assert train_speeds([older], "cpu", "none") == [train_speed(small, 100, 1, 0.03)]
+    assert train_speeds([older], "cpu") == []
     est = estimate_run(small, 100, 1000, 1, speeds[:1])
     assert est.step_seconds == pytest.approx(0.05) and est.seconds == pytest.approx(50.0)
     assert est.basis == "1 earlier run on this computer"

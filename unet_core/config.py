@@ -31,7 +31,7 @@ from .tiling import Geometry
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 #: An automatic switch by name (CLI ``--tta`` and ``--split-merged``, the pages' menus) -> its
 #: option's value (``InferenceOptions.tta``, ``InstanceOptions.split_merged``; None: automatic).
@@ -144,8 +144,10 @@ class TrainConfig:
         export: at the end, export the best checkpoint to ``model.onnx`` and write ``model.md``.
 
     Hardware:
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; amp: ``"none"``,
-        ``"bf16"`` or ``"fp16"`` (CUDA only) autocast; workers: DataLoader worker processes (0 =
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; amp: autocast
+        precision, ``"auto"`` (the default: bf16 where the device computes in it natively, else
+        none; :func:`~unet_core.training.trainer.resolve_precision`), ``"none"``, ``"bf16"`` or
+        ``"fp16"`` (CUDA only); workers: DataLoader worker processes (0 =
         prepare tiles in the training process; None = automatic); threads: torch CPU threads
         (None = torch's default).
 
@@ -210,7 +212,8 @@ class TrainConfig:
     checkpoint_every: int = _setting(50, "write last.pt every N steps", (0, 10**8), resume=True)
     export: bool = _setting(True, "do not export model.onnx at the end", resume=True)
     device: str = _setting("auto", "where to train", choices=DEVICES, resume=True)
-    amp: str = _setting("none", "autocast precision (fp16: CUDA only)", choices=AMP_MODES)
+    amp: str = _setting("auto", "autocast precision (auto: bf16 where the device computes in it natively, "
+                        "else none; fp16: CUDA only)", choices=AMP_MODES)
     workers: int | None = _setting(None, "DataLoader worker processes (default: automatic)", (0, 64), resume=True)
     threads: int | None = _setting(None, "torch CPU threads (default: torch's)", (1, 1024), resume=True)
     init: str | None = _setting(None, "start from this model (.pt checkpoint or .onnx): fine-tuning")

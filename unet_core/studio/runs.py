@@ -372,10 +372,11 @@ def list_runs(root: str | Path | None = None) -> list[RunInfo]:
     return runs
 
 
-def train_speeds(runs: Iterable[RunInfo], device: str, amp: str = "none") -> list[float]:
-    """The training FLOP/s that earlier runs on ``device`` (``"cpu"`` or ``"cuda"``) with autocast
-    ``amp`` reached, one per run with a measured step time: what a new run's time is estimated from
-    (:func:`unet_core.workload.estimate_run`)."""
+def train_speeds(runs: Iterable[RunInfo], device: str, amp: str = "auto") -> list[float]:
+    """The training FLOP/s that earlier runs on ``device`` (``"cpu"`` or ``"cuda"``) with the
+    autocast setting ``amp`` reached (default: the trainer's, ``auto``, which the Train page's runs
+    use; a config from before that setting existed trained in fp32, ``none``), one per run with a
+    measured step time: what a new run's time is estimated from (:func:`unet_core.workload.estimate_run`)."""
     speeds = []
     for run in runs:
         cfg = run.config

@@ -130,6 +130,27 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AMX
+    or AVX512_BF16 (oneDNN's bf16 kernels; without them it converts to fp32 and back)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # Private but stable since torch 2.2; a torch without them is treated as a CPU without bf16.
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
+                                                                       "_is_avx512_bf16_supported"))
+
+
+def resolve_precision(amp: str, device: torch.device) -> str:
+    """The autocast precision a run uses: ``amp`` as given, or for ``"auto"`` bf16 where
+    :func:`native_bf16`, else ``"none"`` (fp32). Measured on a 2-core Xeon with AMX (``python
+    bench/train.py --precision --width 24 --tile 244``): bf16 2.05x the fp32 step, 2.75x with
+    channels_last (which the trainer then uses), the loss after 11 steps alike (0.6088 vs 0.6100);
+    the shipped nuclei model was trained in bf16."""
+    if amp != "auto":
+        return amp
+    return "bf16" if native_bf16(device) else "none"
+
+
 class Trainer:
     """One run of the paper's recipe in the run folder ``cfg.out`` (see :mod:`unet_core.training`).
 
@@ -173,6 +194,10 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.device = join(self.world, resolve_device(self.cfg))
+        self.precision = resolve_precision(self.cfg.amp, self.device)
+        # oneDNN's bf16 convolutions run fastest on channels-last tensors (x1.34 over bf16 alone).
+        self.memory_format = (torch.channels_last if self.precision == "bf16" and self.device.type == "cpu"
+                              else torch.contiguous_format)
         self.data = self.open_data()
         self.write_records()
         self.pools, self.probs, prep_s = self.prepare_images()
@@ -184,7 +209,7 @@ class Trainer:
         self.val_metric = PRIMARY_METRIC[data.kind] if cfg.val_metric == "auto" else cfg.val_metric
         self.val_indices = data.val_indices[: cfg.val_max_images] if cfg.val_max_images else data.val_indices
         event = {"event": "resume" if self.ckpt is not None else "start", "step": self.start,
-                 "device": str(self.device), "world_size": self.world.size, "prepare_s": round(prep_s, 2),
+                 "device": str(self.device), "precision": self.precision, "world_size": self.world.size, "prepare_s": round(prep_s, 2),
                  "n_train": len(data.train_indices), "n_val": len(self.val_indices)}
         before = int(self.ckpt.get("world_size", 1)) if self.ckpt is not None else self.world.size
         if before != self.world.size:
@@ -277,13 +302,13 @@ class Trainer:
                 model.load_state_dict(add_border_class(widen_input(state, cfg.in_channels), cfg.n_classes))
             except RuntimeError as exc:
                 raise TrainError(f"{cfg.init}: weights do not fit the network ({exc})") from exc
-        model.to(self.device)
+        model.to(self.device, memory_format=self.memory_format)
         if cfg.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                                          weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return model, opt, torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        return model, opt, torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
     def restore(self) -> None:
         """A resumed run's weights, optimiser state, step and best value; its log cut back to the
@@ -340,7 +365,8 @@ class Trainer:
             group["lr"] = lr
         torch.manual_seed(dropout_seed(cfg.seed, step))
         x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "w"))
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        x = x.contiguous(memory_format=self.memory_format)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         # Normalised by the pixels of the whole batch, this share's loss is its part of the batch's;
         # times the number of processes, since DistributedDataParallel averages the gradients, the
         # update is the one-process update of the batch (in one process: unchanged).
