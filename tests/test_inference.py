@@ -273,6 +273,17 @@ def test_torch_and_onnx_predictors_agree(tiny_model) -> None:
     assert onnx_p.device == "cpu" and "CPU" in onnx_p.device_name
 
 
+def test_a_torch_predictor_in_bf16_computes_in_bf16_close_to_fp32(tiny_model) -> None:
+    net, path = tiny_model
+    meta = load_predictor(path, "cpu").meta
+    image = _image((1, 120, 130, 1), seed=5)
+    fp32 = segment(image, TorchPredictor(net, meta, "cpu"), InferenceOptions(tile=100, keep_probs=True)).probs
+    bf16 = segment(image, TorchPredictor(net, meta, "cpu", "bf16"), InferenceOptions(tile=100, keep_probs=True)).probs
+    error = np.abs(fp32 - bf16).max()
+    assert 0 < error < 0.02  # bf16 keeps 8 bits of mantissa: different, but by little
+    np.testing.assert_allclose(bf16.sum(axis=1), 1.0, atol=1e-5)  # softmax in fp32
+
+
 def test_model_load_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not found"):
         load_predictor(tmp_path / "missing.onnx")

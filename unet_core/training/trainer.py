@@ -397,7 +397,7 @@ class Trainer:
         from ..runtime import TorchPredictor
 
         cfg, data = self.cfg, self.data
-        predictor = TorchPredictor(self.model, make_meta(cfg, data, {}), self.device.type)
+        predictor = TorchPredictor(self.model, make_meta(cfg, data, {}), self.device.type, self.precision)
         report = evaluate(predictor, data.dataset, self.val_indices,
                           EvalOptions(tile=cfg.val_tile or cfg.tile, kind=data.kind))
         self.model.train()
