@@ -423,6 +423,20 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
     st.session_state.setdefault("train_threads", 0)
     st.session_state.setdefault("train_border", False)
     st.session_state.setdefault("train_brightfield", False)
+    preset_buttons(preset, init_width)
+    net, opt, loss = st.columns(3, gap="large")
+    with net:
+        network_settings(init_width)
+    with opt:
+        optimizer = optimiser_settings()
+    with loss:
+        loss_settings(init_diameter)
+    run_settings()
+    return options_from_state(optimizer, init_width, init_diameter)
+
+
+def preset_buttons(preset: str, init_width: int | None) -> None:
+    """The paper's and the quick settings, one button each; a word on width without a GPU."""
     head, b1, b2 = st.columns([2, 1, 1], vertical_alignment="center")
     head.markdown("**Training settings**")
     b1.button("Paper's settings", on_click=apply_preset, args=("paper",), icon=":material/menu_book:",
@@ -435,56 +449,67 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
         st.caption(":material/info: This computer has no GPU: at width 32 or more a training step takes seconds, "
                    "so a long run takes hours. **Quick try** finishes in minutes; width 16 is a good compromise.")
 
-    net, opt, loss = st.columns(3, gap="large")
-    with net:
-        st.markdown("**Network and tiles**")
-        if init_width is not None:
-            # Set, not value=: a keyed widget keeps its first value, which was another model's width
-            # after the user chose a second model to start from.
-            st.session_state["train_width_init"] = init_width
-            st.number_input("Width (features in the first layer)", disabled=True,
-                            key="train_width_init", help="Fine-tuning keeps the model's own size.")
-        else:
-            st.number_input("Width (features in the first layer)", **config.bounds("width"), step=1,
-                            key="train_width", help="64 in the paper. Half the width trains about 4× faster; "
-                            "16 works well for nuclei on a CPU.")
-        st.selectbox("Tile (output pixels)", TILES, key="train_tile",
-                     format_func=lambda t: f"{t} × {t} (input {GEOMETRY.input_size(t)})"
-                     + (" · paper" if t == 388 else ""),
-                     help="Training shows the network one tile per step; the input is larger by the context "
-                     "margin (92 px each side). Larger tiles: more context, slower steps.")
-        st.number_input("Steps", **config.bounds("steps"), step=100, key="train_steps",
-                        help="Each step trains on one tile. Thousands for a good model; see the curves.")
-    with opt:
-        st.markdown("**Optimiser**")
-        optimizer = st.radio("Optimiser", list(OPTIMIZERS), format_func=OPTIMIZERS.__getitem__,
-                             key="train_optimizer", on_change=optimizer_changed, label_visibility="collapsed")
-        st.number_input("Learning rate", **config.bounds("lr"), step=None, format="%g", key="train_lr",
-                        help="0.01 with SGD (paper), 0.001 with Adam. Lower it if the loss jumps up.")
-        if optimizer == "sgd":
-            st.number_input("Momentum", **config.bounds("momentum"), step=0.01, format="%.4f",
-                            key="train_momentum", help="0.99 in the paper: many earlier steps steer each update.")
-    with loss:
-        st.markdown("**Weight map and augmentation**")
-        st.number_input("Border weight w0", **config.bounds("w0"), step=1.0, key="train_w0",
-                        help="Extra weight on the thin background between touching cells (paper: 10), so the "
-                        "network learns to separate them. See the Weight maps page.")
-        st.number_input("Border width σ (pixels)", **config.bounds("sigma"), step=0.5, key="train_sigma",
-                        help="How far from the cells the extra weight reaches (paper: 5 px).")
-        st.toggle("Outline class", key="train_border",
-                  help="Not in the paper: a third class on each object's rim (2 px), so touching objects are split "
-                  "where the network sees their rims meet, even without a gap between them. Objects are the "
-                  "interiors grown back over the rims. A model that has one keeps it when fine-tuned.")
-        st.toggle("Augmentation", key="train_augment",
-                  help="Shows the network deformed copies of your images (elastic deformations, rotations, flips, "
-                  "gray values): the paper's key to learning from few images. Leave it on.")
-        st.toggle("Bright-field look", key="train_brightfield", disabled=not init_diameter,
-                  help="Not in the paper: 30 % of the tiles are shown with their gray values inverted (dark nuclei "
-                  "on a light background) and half of those get a synthetic cell body painted around their "
-                  "nuclei, so that a model trained on fluorescence also finds the nuclei, not the whole cells, in "
-                  "bright-field and stained images. The cell bodies are sized by the nuclei: available when "
-                  "fine-tuning a model with an object diameter (the nuclei model).")
 
+def network_settings(init_width: int | None) -> None:
+    """Width (fixed when fine-tuning), tile and steps."""
+    st.markdown("**Network and tiles**")
+    if init_width is not None:
+        # Set, not value=: a keyed widget keeps its first value, which was another model's width
+        # after the user chose a second model to start from.
+        st.session_state["train_width_init"] = init_width
+        st.number_input("Width (features in the first layer)", disabled=True,
+                        key="train_width_init", help="Fine-tuning keeps the model's own size.")
+    else:
+        st.number_input("Width (features in the first layer)", **config.bounds("width"), step=1,
+                        key="train_width", help="64 in the paper. Half the width trains about 4× faster; "
+                        "16 works well for nuclei on a CPU.")
+    st.selectbox("Tile (output pixels)", TILES, key="train_tile",
+                 format_func=lambda t: f"{t} × {t} (input {GEOMETRY.input_size(t)})"
+                 + (" · paper" if t == 388 else ""),
+                 help="Training shows the network one tile per step; the input is larger by the context "
+                 "margin (92 px each side). Larger tiles: more context, slower steps.")
+    st.number_input("Steps", **config.bounds("steps"), step=100, key="train_steps",
+                    help="Each step trains on one tile. Thousands for a good model; see the curves.")
+
+
+def optimiser_settings() -> str:
+    """Optimiser, learning rate and (SGD) momentum; the optimiser chosen."""
+    st.markdown("**Optimiser**")
+    optimizer = st.radio("Optimiser", list(OPTIMIZERS), format_func=OPTIMIZERS.__getitem__,
+                         key="train_optimizer", on_change=optimizer_changed, label_visibility="collapsed")
+    st.number_input("Learning rate", **config.bounds("lr"), step=None, format="%g", key="train_lr",
+                    help="0.01 with SGD (paper), 0.001 with Adam. Lower it if the loss jumps up.")
+    if optimizer == "sgd":
+        st.number_input("Momentum", **config.bounds("momentum"), step=0.01, format="%.4f",
+                        key="train_momentum", help="0.99 in the paper: many earlier steps steer each update.")
+    return optimizer
+
+
+def loss_settings(init_diameter: float | None) -> None:
+    """The weight map's w0 and σ, the outline class, augmentation and the bright-field look."""
+    st.markdown("**Weight map and augmentation**")
+    st.number_input("Border weight w0", **config.bounds("w0"), step=1.0, key="train_w0",
+                    help="Extra weight on the thin background between touching cells (paper: 10), so the "
+                    "network learns to separate them. See the Weight maps page.")
+    st.number_input("Border width σ (pixels)", **config.bounds("sigma"), step=0.5, key="train_sigma",
+                    help="How far from the cells the extra weight reaches (paper: 5 px).")
+    st.toggle("Outline class", key="train_border",
+              help="Not in the paper: a third class on each object's rim (2 px), so touching objects are split "
+              "where the network sees their rims meet, even without a gap between them. Objects are the "
+              "interiors grown back over the rims. A model that has one keeps it when fine-tuned.")
+    st.toggle("Augmentation", key="train_augment",
+              help="Shows the network deformed copies of your images (elastic deformations, rotations, flips, "
+              "gray values): the paper's key to learning from few images. Leave it on.")
+    st.toggle("Bright-field look", key="train_brightfield", disabled=not init_diameter,
+              help="Not in the paper: 30 % of the tiles are shown with their gray values inverted (dark nuclei "
+              "on a light background) and half of those get a synthetic cell body painted around their "
+              "nuclei, so that a model trained on fluorescence also finds the nuclei, not the whole cells, in "
+              "bright-field and stained images. The cell bodies are sized by the nuclei: available when "
+              "fine-tuning a model with an object diameter (the nuclei model).")
+
+
+def run_settings() -> None:
+    """Validation and checkpoint intervals, seed and CPU threads."""
     v1, v2, v3, v4 = st.columns(4)
     v1.number_input("Validate every (steps)", **config.bounds("val_every"), step=50, key="train_val_every",
                     help="Scores the held-out images every this many steps and keeps the best model. 0 = never "
@@ -496,8 +521,11 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
     v4.number_input("CPU threads (0 = automatic)", min_value=0, max_value=256, step=1, key="train_threads",
                     help="Fewer threads leave the computer usable for other work while training.")
 
+
+def options_from_state(optimizer: str, init_width: int | None, init_diameter: float | None) -> dict:
+    """The run's options (:func:`unet_core.studio.jobs.start_run`) from the form's widgets."""
     state = st.session_state
-    options = {
+    return {
         "width": None if init_width is not None else int(state["train_width"]),
         "tile": int(state["train_tile"]), "steps": int(state["train_steps"]), "optimizer": optimizer,
         "lr": float(state["train_lr"]),
@@ -508,7 +536,6 @@ def settings_form(init_width: int | None, init_diameter: float | None = None) ->
         "border_width": OUTLINE_WIDTH if state["train_border"] else None,
         **(BRIGHTFIELD if init_diameter and state["train_brightfield"] else {}),
     }
-    return options
 
 
 def choose_processes() -> int:
