@@ -247,10 +247,13 @@ def test_exported_model_loads_and_carries_the_split_rule(finished_run: Path) -> 
     assert meta.training["split_rule"] == {"kind": "every_kth", "k": 5}
     assert meta.training["data"] == "synthetic" and meta.training["steps"] == 40
     assert meta.training["config"]["optimizer"] == "sgd"
+    start = next(r for r in read_log(finished_run / "log.jsonl") if r.get("event") == "start")
+    assert meta.training["precision"] == start["precision"] in ("none", "bf16")  # what it trained in
     x = np.random.default_rng(0).random((1, 1, 220, 220), dtype=np.float32)
     assert predictor.predict_batch(x).shape == (1, 2, 36, 36)
     card = (finished_run / "model.md").read_text()
     assert "split" in card and "argmax" in card and "dsb_ap" in card
+    assert ("bf16 autocast" if start["precision"] == "bf16" else "; fp32") in card
 
 
 def test_init_from_onnx_reproduces_the_weights(finished_run: Path, tmp_path: Path) -> None:

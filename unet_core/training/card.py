@@ -24,8 +24,9 @@ def duration(seconds: float) -> str:
 
 
 def export_run(cfg: TrainConfig, data: TrainData, step: int, elapsed: float,
-               best: dict[str, Any] | None) -> tuple[Path, Path]:
-    """Export the best checkpoint (else the last) to ``model.onnx`` and write the card ``model.md``."""
+               best: dict[str, Any] | None, precision: str = "none") -> tuple[Path, Path]:
+    """Export the best checkpoint (else the last) to ``model.onnx`` and write the card ``model.md``;
+    ``precision``: the autocast the run trained in (``cfg.amp`` resolved on its device)."""
     from ..export import to_onnx
 
     out = Path(cfg.out)
@@ -34,6 +35,7 @@ def export_run(cfg: TrainConfig, data: TrainData, step: int, elapsed: float,
     training = training_record(cfg, data, step, elapsed, best)
     training["exported_from"] = source.name
     training["exported_step"] = int(ckpt.get("step", step))
+    training["precision"] = precision
     meta = make_meta(cfg, data, training)
     model = UNet.from_config(meta.unet)
     model.load_state_dict(ckpt["model"])
@@ -92,7 +94,8 @@ def model_card(cfg: TrainConfig, data: TrainData, meta: ModelMeta, step: int, el
          + (f", synthetic cell bodies on p={cfg.cytoplasm_prob} of inverted tiles" if cfg.cytoplasm_prob else "")),
         f"- normalisation: percentiles {cfg.normalisation.low_percentile} / {cfg.normalisation.high_percentile}",
         f"- seed {cfg.seed}" + (f"; fine-tuned from `{cfg.init}`" if cfg.init else ""),
-        f"- hardware: {hw}; torch {v['torch']}",
+        f"- hardware: {hw}; torch {v['torch']}; "
+        + ("fp32" if meta.training.get("precision", "none") == "none" else f"{meta.training['precision']} autocast"),
         f"- date: {meta.training['date']}",
         "",
         "## Validation metrics",

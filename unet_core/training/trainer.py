@@ -503,7 +503,7 @@ class Trainer:
         if self.cfg.export and self.main:
             self.bar.message("exporting the " + ("best" if self.best_path.exists() else "last")
                              + " checkpoint to ONNX ...")
-            onnx_path, card_path = export_run(self.cfg, self.data, step, elapsed, self.best)
+            onnx_path, card_path = export_run(self.cfg, self.data, step, elapsed, self.best, self.precision)
         self.log_line({"event": "done", "step": step, "elapsed": round(elapsed, 2), "best": self.best,
                        "onnx": str(onnx_path) if onnx_path else None,
                        "data_wait": round(self.wait_total / self.step_total, 4) if self.step_total else None})
