@@ -44,7 +44,6 @@ from skimage.draw import polygon as polygon_pixels
 
 from .edits import consecutive_ids
 from .errors import UserError
-from .instances import object_areas
 from .io import IMAGE_SUFFIXES, ImageReadError, encode_slice, read_image, read_image_shape, write_tiff
 from .predict import id_image
 
@@ -415,11 +414,11 @@ def _write_pairs(images: Path, annotations: Path, out: Path, link_images: bool, 
             for s in range(z):
                 suffix, data = encode_slice(stack.data[s], stack.resolution)
                 (out / "images" / f"{image.stem}_z{s + 1:03d}{suffix}").write_bytes(data)
-        for s in range(z):
+        masks = consecutive_ids(result.ids)  # each slice 1..n: its largest id is its count
+        for s, mask in enumerate(masks):
             name = image.stem if z == 1 else f"{image.stem}_z{s + 1:03d}"
-            write_tiff(out / "masks" / f"{name}.tif", id_image(consecutive_ids(result.ids[s : s + 1])[0]))
-        objects = sum(int(np.count_nonzero(object_areas(plane, int(plane.max()))[1:])) for plane in result.ids)
-        reports.append(MaskReport(image.name, found.name, objects, result.skipped))
+            write_tiff(out / "masks" / f"{name}.tif", id_image(mask))
+        reports.append(MaskReport(image.name, found.name, sum(int(m.max()) for m in masks), result.skipped))
 
 
 def _place(source: Path, target: Path, link: bool) -> None:
