@@ -324,6 +324,13 @@ def cuda_free_memory() -> int | None:
         return None
 
 
+def autocast_dtype(precision: str):
+    """The torch dtype of an autocast ``precision`` (``"bf16"``, ``"fp16"``); None for ``"none"`` (fp32)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 class TorchPredictor(Predictor):
     """The same interface over a PyTorch :class:`~unet_core.model.UNet` (eval mode, no grad).
 
@@ -346,7 +353,7 @@ class TorchPredictor(Predictor):
         except (RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory
             raise ModelLoadError(f"the network cannot be moved to {self.device} ({one_line(exc)})") from exc
         self.meta = meta
-        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast = autocast_dtype(precision)
         digest = hashlib.sha256()
         for tensor in self.model.state_dict().values():
             digest.update(tensor.detach().cpu().numpy().tobytes())

@@ -30,6 +30,7 @@ from ..evaluate import EvalOptions, evaluate
 from ..metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from ..model import UNet
 from ..runlog import LOG_NAME, STOP_FILE
+from ..runtime import TorchPredictor, autocast_dtype
 from .card import export_run
 from .data import (
     StepTiles,
@@ -195,6 +196,7 @@ class Trainer:
             torch.set_num_threads(self.cfg.threads)
         self.device = join(self.world, resolve_device(self.cfg))
         self.precision = resolve_precision(self.cfg.amp, self.device)
+        self.autocast = autocast_dtype(self.precision)
         # oneDNN's bf16 convolutions run fastest on channels-last tensors (x1.34 over bf16 alone).
         self.memory_format = (torch.channels_last if self.precision == "bf16" and self.device.type == "cpu"
                               else torch.contiguous_format)
@@ -209,8 +211,8 @@ class Trainer:
         self.val_metric = PRIMARY_METRIC[data.kind] if cfg.val_metric == "auto" else cfg.val_metric
         self.val_indices = data.val_indices[: cfg.val_max_images] if cfg.val_max_images else data.val_indices
         event = {"event": "resume" if self.ckpt is not None else "start", "step": self.start,
-                 "device": str(self.device), "precision": self.precision, "world_size": self.world.size, "prepare_s": round(prep_s, 2),
-                 "n_train": len(data.train_indices), "n_val": len(self.val_indices)}
+                 "device": str(self.device), "precision": self.precision, "world_size": self.world.size,
+                 "prepare_s": round(prep_s, 2), "n_train": len(data.train_indices), "n_val": len(self.val_indices)}
         before = int(self.ckpt.get("world_size", 1)) if self.ckpt is not None else self.world.size
         if before != self.world.size:
             # Allowed: every step trains on the same tiles with the same dropout masks (only the
@@ -366,12 +368,11 @@ class Trainer:
         torch.manual_seed(dropout_seed(cfg.seed, step))
         x, y, w = (batch[k].to(device, non_blocking=True) for k in ("x", "y", "w"))
         x = x.contiguous(memory_format=self.memory_format)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         # Normalised by the pixels of the whole batch, this share's loss is its part of the batch's;
         # times the number of processes, since DistributedDataParallel averages the gradients, the
         # update is the one-process update of the batch (in one process: unchanged).
         pixels = sum_over_ranks((w > 0).sum())
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None):
             logits = self.net(x)
         loss = weighted_cross_entropy(logits, y, w, pixels)
         self.opt.zero_grad(set_to_none=True)
@@ -394,8 +395,6 @@ class Trainer:
     def validate(self, step: int) -> tuple[dict[str, Any], str]:
         """Score the validation images with the real inference path; keep ``best.pt``. The log
         fields and the progress note."""
-        from ..runtime import TorchPredictor
-
         cfg, data = self.cfg, self.data
         predictor = TorchPredictor(self.model, make_meta(cfg, data, {}), self.device.type, self.precision)
         report = evaluate(predictor, data.dataset, self.val_indices,
