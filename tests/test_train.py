@@ -119,6 +119,50 @@ def test_tiles_are_a_function_of_seed_and_step_and_ignore_outside_pixels() -> No
     assert found and len(rows) == crop.size
 
 
+def test_category_power_weighs_each_category_by_its_image_count_to_that_power() -> None:
+    from unet_core.training.data import TrainImage, category_pools, step_rng
+
+    plane = np.zeros((4, 4), np.float32)
+    images = [TrainImage(f"i{k}", plane[..., None], plane.astype(np.uint8), plane) for k in range(10)]
+    categories = ["gray"] * 8 + ["color", None]
+    pools, probs = category_pools(images, categories, 1.0)
+    assert pools == [images] and probs == [1.0]  # every image equally often: one pool, as before
+    pools, probs = category_pools(images, categories, 0.0, share=0.9)
+    assert [len(p) for p in pools] == [8, 1, 1] and probs == pytest.approx([0.3, 0.3, 0.3])
+    pools, probs = category_pools(images, categories, 0.5)
+    assert probs == pytest.approx(np.array([8**0.5, 1, 1]) / (8**0.5 + 2))
+    assert {id(i) for p in pools for i in p} == {id(i) for i in images}  # nothing lost or doubled
+    assert category_pools(images, [None] * 10, 0.0) == ([images], [1.0])  # no categories: unaffected
+    with pytest.raises(ValueError, match="categories"):
+        category_pools(images, categories[:3], 0.5)
+    # Tiles follow the probabilities: the one colour image (all foreground) gives a third of them.
+    ones = np.ones((40, 40), np.float32)
+    marked = [TrainImage("c", ones[..., None], ones.astype(np.uint8), ones) if c == "color" else
+              TrainImage(f"g{k}", 0 * ones[..., None], (0 * ones).astype(np.uint8), ones)
+              for k, c in enumerate(categories)]
+    pools, probs = category_pools(marked, categories, 0.0)
+    plain = TrainConfig(data="x", tile=36, augment=AugmentConfig(enabled=False))
+    from_colour = [make_tile(pools, probs, plain, step_rng(0, step))[1].max() == 1 for step in range(300)]
+    assert np.mean(from_colour) == pytest.approx(1 / 3, abs=0.07)
+
+
+def test_a_run_with_category_power_draws_each_category_as_told(tmp_path: Path) -> None:
+    """The run says what share of tiles each category of ``index.csv`` gets, and records the setting."""
+    from unet_core.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "data", 6, SynthConfig(**EASY_SYNTH), seed=1)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    rows = [f"{n},{'gray' if k < 5 else 'color'}" for k, n in enumerate(names)]
+    (data / "index.csv").write_text("id,category\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--split", "none", "--width", "4", "--tile", "36", "--steps", "1",
+            "--val-every", "0", "--workers", "0", "--threads", "1", "--category-power", "0", "--out", str(out)]
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "tiles per image category: gray 50 % (5 images), color 50 % (1 image)" in result.stdout + result.stderr
+    assert json.loads((out / "config.json").read_text())["category_power"] == 0.0
+
+
 def test_cytoplasm_probability_paints_inverted_tiles_only_keeps_their_labels_and_is_checked() -> None:
     """``cytoplasm_prob`` darkens the image of an inverted tile round its nucleus and leaves
     labels and weights alone (a cell body is background); tiles in fluorescence polarity never

@@ -94,6 +94,11 @@ class TrainConfig:
             overrides of the synthetic set (used for ``data="synthetic"`` and for ``synth_mix``).
         synth_mix: fraction of training tiles drawn from synthetic images when ``data`` is a
             folder (0 = none), for generalisation to the generator's look.
+        category_power: how often each image category of the data set (``index.csv``, e.g.
+            fluorescence, bright-field, stained) gives a tile: in proportion to its number of
+            images to this power. 1 (default): every image equally often, so a rare kind of image is
+            rarely seen; 0: every category equally often; 0.5 between. A data set without
+            categories is unaffected.
         normalisation: the percentile stretch (travels with the model).
         diameter: the canonical object diameter in pixels (:mod:`unet_core.scale`): every image
             with instances is rescaled (image linear, labels nearest, weight maps computed after
@@ -166,6 +171,9 @@ class TrainConfig:
     synth_seed: int = _setting(0, "seed of the synthetic images")
     synth: dict[str, Any] = field(default_factory=dict)
     synth_mix: float = _setting(0.0, "fraction of tiles from synthetic images (with a data folder)", (0.0, 1.0))
+    category_power: float = _setting(
+        1.0, "tiles per image category (index.csv) in proportion to its number of images to this power: "
+        "1 = every image equally often, 0 = every category equally often", (0.0, 1.0), metavar="P")
     normalisation: Normalisation = field(default_factory=Normalisation)
     diameter: float | None = _setting(
         None, "canonical object diameter in px: every image is rescaled so that its median object diameter is "

@@ -79,6 +79,31 @@ def prepare_pool(dataset: Dataset, indices: list[int], cfg: TrainConfig) -> tupl
     return pool, problems
 
 
+def category_pools(pool: list[TrainImage], categories: list[str | None], power: float,
+                   share: float = 1.0) -> tuple[list[list[TrainImage]], list[float]]:
+    """``pool`` split by image category, each drawn with probability proportional to its number of
+    images to ``power`` (the pools' probabilities sum to ``share``).
+
+    ``power`` 1 keeps every image equally likely (one pool, as without categories); 0 draws every
+    category equally often. Images without a category form a category of their own.
+
+    Args:
+        pool: the prepared training images; ``categories``: the category of each, same order.
+        power: :attr:`TrainConfig.category_power`, in [0, 1].
+        share: the probability of drawing from these images at all (the rest goes to synthetic images).
+    """
+    if len(categories) != len(pool):
+        raise ValueError(f"{len(categories)} categories for {len(pool)} images")
+    groups: dict[str | None, list[TrainImage]] = {}
+    for item, category in zip(pool, categories, strict=True):
+        groups.setdefault(category, []).append(item)
+    if power == 1.0 or len(groups) < 2:
+        return [pool], [share]
+    mass = {c: len(items) ** power for c, items in groups.items()}
+    total = sum(mass.values())
+    return list(groups.values()), [share * mass[c] / total for c in groups]
+
+
 def _to_canonical_scale(image: np.ndarray, classes: np.ndarray, instances: np.ndarray,
                         diameter: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image (linear), classes and instances (nearest) rescaled so that the median object

@@ -35,6 +35,7 @@ from .card import export_run
 from .data import (
     StepTiles,
     TrainData,
+    category_pools,
     default_class_names,
     dropout_seed,
     open_training_data,
@@ -287,10 +288,16 @@ class Trainer:
         self.skipped = problems
         for problem in problems:  # each unusable image is named (and in the run's log, by setup)
             self.bar.message(f"left out: {problem}")
-        pools, probs = [pool], [1.0]
+        category = {data.dataset.samples[i].name: data.dataset.samples[i].category for i in data.train_indices}
+        share = 1.0 - cfg.synth_mix if data.synthetic is not None else 1.0
+        pools, probs = category_pools(pool, [category[item.name] for item in pool], cfg.category_power, share)
+        if len(pools) > 1:
+            self.bar.message("tiles per image category: " + ", ".join(
+                f"{category[p[0].name] or 'none'} {100 * q:.0f} % ({len(p)} image{'s' * (len(p) != 1)})"
+                for p, q in zip(pools, probs, strict=True)))
         if data.synthetic is not None:
             pools.append([prepare_image(data.synthetic, i, cfg) for i in range(len(data.synthetic))])
-            probs = [1.0 - cfg.synth_mix, cfg.synth_mix]
+            probs.append(cfg.synth_mix)
         return pools, probs, time.perf_counter() - t0
 
     def build_model(self) -> tuple[UNet, torch.optim.Optimizer, torch.amp.GradScaler]:
