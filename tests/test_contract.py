@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
-from unet_core.export import state_dict_from_onnx, to_onnx
+from unet_core.export import probability_nodes, state_dict_from_onnx, to_onnx
 from unet_core.inference import InferenceOptions, segment
 from unet_core.io import ImageFile
 from unet_core.metadata import ModelMeta, UNetConfig
@@ -105,6 +106,16 @@ def test_the_weights_read_back_from_the_onnx_file(built: Built) -> None:
         assert torch.equal(back[name], tensor), name
     again = UNet.from_config(built.meta.unet)
     again.load_state_dict(back)  # the read-back weights build the same network
+
+
+def test_the_probabilities_come_from_the_logits_by_a_float_head(built: Built) -> None:
+    proto = onnx.load_model(str(built.onnx))
+    head = set(probability_nodes(proto))
+    ops = {n.op_type for n in proto.graph.node if n.name in head}
+    # two classes: the sigmoid of the logit difference (elementwise, exactly the softmax); else softmax
+    assert ops == ({"Slice", "Sub", "Neg", "Concat", "Sigmoid"} if built.meta.unet.n_classes == 2 else {"Softmax"})
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    assert producers["probabilities"].name in head and producers["logits"].name not in head
 
 
 @pytest.mark.gpu

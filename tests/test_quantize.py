@@ -25,6 +25,7 @@ from unet_core.cli import main
 from unet_core.datasets import SplitRule, open_dataset
 from unet_core.export import (
     DepthToSpaceUpConv,
+    depth_to_space,
     state_dict_from_onnx,
     to_onnx,
     upconv_from_1x1,
@@ -40,6 +41,7 @@ from unet_core.quantize import (
     calibration_set,
     describe,
     float_convolutions,
+    optimised_graph,
     quantize_model,
     sha256_of,
     training_indices,
@@ -74,6 +76,15 @@ def test_upconv_equals_1x1_conv_and_pixel_shuffle(c_in: int, c_out: int) -> None
     assert torch.equal(weight, up.weight.detach()) and torch.equal(bias, up.bias.detach())
 
 
+def test_depth_to_space_is_onnx_dcr_order() -> None:
+    x = torch.randn(2, 12, 3, 5)
+    ours = depth_to_space(x)
+    # ONNX DepthToSpace, mode DCR, blocksize 2 (its definition): reshape, transpose, reshape
+    reference = x.reshape(2, 2, 2, 3, 3, 5).permute(0, 3, 4, 1, 5, 2).reshape(2, 3, 6, 10)
+    assert torch.equal(ours, reference)
+    assert torch.equal(ours[:, :, 1::2, 0::2], x[:, 6:9])  # sub-pixel (a, b) = (1, 0) is channel group 2
+
+
 def test_only_plain_up_convolutions_are_rewritten(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2x2 stride-2"):
         DepthToSpaceUpConv.from_conv_transpose(nn.ConvTranspose2d(4, 2, 3, stride=2))
@@ -96,11 +107,11 @@ def test_depth_to_space_export_gives_the_same_probabilities(tiny_model, d2s_mode
     net, plain = tiny_model
     assert "ConvTranspose" in _ops(plain)
     graph = onnx.load_model(str(d2s_model)).graph
-    d2s = [n for n in graph.node if n.op_type == "DepthToSpace"]
-    assert "ConvTranspose" not in _ops(d2s_model) and len(d2s) == net.config.depth
-    # PixelShuffle's channel order is DepthToSpace's CRD mode, not its default DCR.
-    assert all(onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "mode")) == b"CRD"
-               for n in d2s)
+    # written channels-last: one swap of the two sub-pixel axes per up-convolution, no DepthToSpace
+    swaps = [n for n in graph.node if n.op_type == "Transpose"
+             and list(onnx.helper.get_attribute_value(n.attribute[0])) == [0, 1, 3, 2, 4, 5]]
+    assert "ConvTranspose" not in _ops(d2s_model) and "DepthToSpace" not in _ops(d2s_model)
+    assert len(swaps) == net.config.depth
     assert isinstance(net.up[0].up, nn.ConvTranspose2d)  # the caller's network is left as it was
     x = np.random.default_rng(0).random((2, 1, 252, 284), dtype=np.float32)
     a = OnnxPredictor(plain, device="cpu").predict_batch(x)
@@ -220,11 +231,22 @@ def test_full_and_no_graph_optimisation_agree(quantized: Quantized) -> None:
     assert float(np.abs(full - none).max()) < 0.1
 
 
-def test_onnx_runtime_runs_every_convolution_in_int8_but_the_ends(quantized: Quantized) -> None:
+def test_onnx_runtime_runs_every_convolution_in_int8_but_the_head(quantized: Quantized) -> None:
     assert "ConvTranspose" not in _ops(quantized.int8)
     floats = float_convolutions(quantized.int8)
-    assert len(floats) == 2, floats  # the first convolution and the final 1x1 head
+    assert len(floats) == 1, floats  # the final 1x1 head (the default --float-convs head)
     assert len(float_convolutions(quantized.fp32)) == 23  # the paper's 23 layers, all float
+
+
+def test_onnx_runtime_runs_the_int8_graph_channels_last_end_to_end(quantized: Quantized) -> None:
+    nodes = optimised_graph(quantized.int8).node
+    perms = sorted(tuple(onnx.helper.get_attribute_value(n.attribute[0])) for n in nodes if n.op_type == "Transpose")
+    # into channels-last after the image, back before the fp32 head, and the sub-pixel swap of each
+    # up-convolution's depth-to-space: no layout transposes around the up-convolutions and concatenations
+    depth = quantized.net.config.depth
+    assert perms == sorted([(0, 2, 3, 1), (0, 3, 1, 2), *[(0, 1, 3, 2, 4, 5)] * depth]), perms
+    assert {onnx.helper.get_attribute_value(n.attribute[0]) for n in nodes if n.op_type == "QLinearConcat"} == {3}
+    assert not {"DepthToSpace", "Softmax"} & {n.op_type for n in nodes}
 
 
 def test_int8_model_carries_its_parent_metadata_and_a_quantization_record(quantized: Quantized) -> None:
@@ -288,6 +310,20 @@ def test_options_are_checked() -> None:
         QuantizeOptions(calibration="kl")
     with pytest.raises(QuantizeError, match="at least 1"):
         QuantizeOptions(tiles=0)
+    with pytest.raises(QuantizeError, match="float_convs must be one of"):
+        QuantizeOptions(float_convs="ends")
+
+
+def test_the_command_offers_what_the_options_take() -> None:
+    from unet_core.cli import build_parser
+    from unet_core.quantize import DEFAULT_FLOAT_CONVS, FLOAT_CONVS
+
+    parser = build_parser()
+    assert parser.parse_args(["quantize", "m.onnx"]).float_convs == DEFAULT_FLOAT_CONVS
+    for choice in FLOAT_CONVS:
+        assert parser.parse_args(["quantize", "m.onnx", "--float-convs", choice]).float_convs == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["quantize", "m.onnx", "--float-convs", "ends"])
 
 
 # --------------------------------------------------------------------------- the command line
@@ -302,12 +338,12 @@ def test_quantize_command_runs_end_to_end(tiny_model, tmp_path: Path) -> None:
                           check=False)
     assert made.returncode == 0, made.stderr
     result = subprocess.run([*run, "quantize", str(model), "--data", str(data), "--out", str(out), "--tiles", "3",
-                             "--tile", "100", "--calibration", "minmax", "--all-int8"],
+                             "--tile", "100", "--calibration", "minmax", "--float-convs", "none"],
                             cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and "convolutions left in fp32: 0" in result.stdout
     meta = inspect_onnx(out)
-    assert meta.quantization["calibration"] == "minmax" and meta.quantization["fp32_nodes"] == []
+    assert meta.quantization["calibration"] == "minmax" and meta.quantization["fp32_nodes"] == ["probabilities"]
     # The first convolution is quantized too; the width check still finds it behind its QDQ pair.
     proto = onnx.load_model(str(out))
     prop = next(p for p in proto.metadata_props if p.key == METADATA_KEY)

@@ -387,7 +387,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     try:
         options = QuantizeOptions(calibration=args.calibration, tiles=args.tiles, tile=args.tile,
-                                  percentile=args.percentile, fp32_ends=not args.all_int8, seed=args.seed)
+                                  percentile=args.percentile, float_convs=args.float_convs, seed=args.seed)
         result = quantize_model(args.model, args.out, args.data, options)
     except QuantizeError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -676,8 +676,9 @@ def _add_quantize(sub) -> None:
                    "a valid size (default 244, i.e. 428 px input tiles for the paper's net)")
     q.add_argument("--percentile", type=float, default=99.999, help="percentile of --calibration percentile "
                    "(default 99.999)")
-    q.add_argument("--all-int8", action="store_true", help="quantize the first and the final convolution too "
-                   "(default: they stay fp32, under 1 %% of the work)")
+    q.add_argument("--float-convs", choices=("first-and-head", "head", "none"), default="head",
+                   help="convolutions that stay fp32: the first and the final 1x1 one, the final one only (default), "
+                   "or none; the probabilities are always computed in fp32")
     q.add_argument("--seed", type=int, default=0, help="which images and tile positions are drawn (default 0)")
     q.add_argument("--fp16", action="store_true", help="instead, an fp16 copy for CUDA GPUs (tensor cores; float32 "
                    "inputs and outputs; default --out MODEL-fp16.onnx); needs no data")

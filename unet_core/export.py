@@ -6,9 +6,17 @@ the sizes the network accepts (for the paper's net ``16k + 188``), so ONNX Runti
 invalid tile with a clear shape error instead of silently mis-pooling.
 
 The 2x2 stride-2 up-convolutions can be exported as they are (``ConvTranspose``) or as the exactly
-equal 1x1 convolution to ``4 * c_out`` channels followed by ``DepthToSpace`` (mode CRD, what
-``nn.PixelShuffle`` exports to): ONNX Runtime has int8 CPU kernels for ``Conv`` but none for
-``ConvTranspose``, so the second form is the one :mod:`unet_core.quantize` starts from.
+equal 1x1 convolution to ``4 * c_out`` channels followed by a depth-to-space rearrangement: ONNX
+Runtime has int8 CPU kernels for ``Conv`` but none for ``ConvTranspose``, so the second form is the
+one :mod:`unet_core.quantize` starts from. The rearrangement is written channels-last (transpose to
+NHWC, reshape, swap two axes, reshape, transpose back) rather than as ONNX ``DepthToSpace``: ONNX
+Runtime runs its int8 convolutions channels-last and cancels the written transposes against its
+own, whereas ``DepthToSpace`` only runs channels-first and cost two layout transposes per
+up-convolution (with ``DepthToSpace`` itself, a sixth of the int8 model's time).
+
+With two classes the probabilities are written as the sigmoid of the logit difference, which is
+exactly the softmax of two classes: ONNX Runtime's ``Softmax`` over the channel axis of an NCHW
+tensor transposes internally and took 7 % of the int8 model's time; the sigmoid is elementwise.
 """
 
 from __future__ import annotations
@@ -44,12 +52,12 @@ DEPTH_TO_SPACE_CONV = "conv1x1"
 
 
 def upconv_to_1x1(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1x1 convolution equal to a 2x2 stride-2 ``ConvTranspose2d`` followed by PixelShuffle(2).
+    """The 1x1 convolution equal to a 2x2 stride-2 ``ConvTranspose2d`` followed by :func:`depth_to_space`.
 
     The transposed convolution writes ``y[o, 2i+a, 2j+b] = bias[o] + sum_c x[c, i, j] W[c, o, a, b]``
-    (``weight`` is ``(c_in, c_out, 2, 2)``). PixelShuffle (ONNX DepthToSpace, mode CRD) reads output
-    ``(o, 2i+a, 2j+b)`` from input channel ``4o + 2a + b``, so that channel's filter is
-    ``W[:, o, a, b]`` and its bias ``bias[o]``.
+    (``weight`` is ``(c_in, c_out, 2, 2)``). :func:`depth_to_space` reads output ``(o, 2i+a, 2j+b)``
+    from input channel ``(2a + b) * c_out + o`` (ONNX ``DepthToSpace``'s DCR order), so that
+    channel's filter is ``W[:, o, a, b]`` and its bias ``bias[o]``.
 
     Returns:
         ``(4 * c_out, c_in, 1, 1)`` weights and ``(4 * c_out,)`` biases.
@@ -57,8 +65,8 @@ def upconv_to_1x1(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tenso
     c_in, c_out, kh, kw = weight.shape
     if (kh, kw) != (2, 2):
         raise ValueError(f"expected a 2x2 up-convolution kernel, not {kh}x{kw}")
-    w1 = weight.permute(1, 2, 3, 0).reshape(4 * c_out, c_in, 1, 1)
-    return w1.contiguous(), bias.repeat_interleave(4)
+    w1 = weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in, 1, 1)
+    return w1.contiguous(), bias.repeat(4)
 
 
 def upconv_from_1x1(w1: torch.Tensor, b1: torch.Tensor,
@@ -73,16 +81,29 @@ def upconv_from_1x1(w1: torch.Tensor, b1: torch.Tensor,
         raise ValueError(f"{name}: weights {tuple(w1.shape)} / bias {tuple(b1.shape)} are no depth-to-space "
                          "up-convolution (expected (4*c_out, c_in, 1, 1) and (4*c_out,))")
     c_out, c_in = w1.shape[0] // 4, w1.shape[1]
-    weight = w1.reshape(c_out, 2, 2, c_in).permute(3, 0, 1, 2).contiguous()
-    bias = b1.reshape(c_out, 4)
+    weight = w1.reshape(2, 2, c_out, c_in).permute(3, 2, 0, 1).contiguous()
+    bias = b1.reshape(4, c_out).T
     if not torch.equal(bias, bias[:, :1].expand(-1, 4)):
         raise ValueError(f"{name}: the four biases of an output channel differ; this 1x1 convolution has no "
                          "equal 2x2 up-convolution")
     return weight, bias[:, 0].contiguous()
 
 
+def depth_to_space(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 4C, H, W)`` -> ``(N, C, 2H, 2W)``: output ``(o, 2i+a, 2j+b)`` is input ``((2a+b)C + o, i, j)``.
+
+    ONNX ``DepthToSpace`` in DCR mode with block size 2, written channels-last (see the module
+    docstring for why): in NHWC each output pixel's ``C`` values are one contiguous run of the input,
+    so the swap of the two middle axes moves whole runs.
+    """
+    n, c4, h, w = x.shape
+    c = c4 // 4
+    nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c)  # (n, i, j, a, b, o)
+    return nhwc.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
 class DepthToSpaceUpConv(nn.Module):
-    """A 2x2 stride-2 up-convolution as a 1x1 convolution to ``4 * c_out`` channels + PixelShuffle(2).
+    """A 2x2 stride-2 up-convolution as a 1x1 convolution to ``4 * c_out`` channels + :func:`depth_to_space`.
 
     Exactly equal to the ``nn.ConvTranspose2d(c_in, c_out, 2, stride=2)`` it is made from (same
     multiply-adds, only their order in the sum differs).
@@ -91,7 +112,6 @@ class DepthToSpaceUpConv(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.conv1x1 = nn.Conv2d(c_in, 4 * c_out, kernel_size=1)
-        self.shuffle = nn.PixelShuffle(2)
 
     @classmethod
     def from_conv_transpose(cls, up: nn.ConvTranspose2d) -> DepthToSpaceUpConv:
@@ -109,7 +129,7 @@ class DepthToSpaceUpConv(nn.Module):
         return module.to(up.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv1x1(x))
+        return depth_to_space(self.conv1x1(x))
 
 
 def with_depth_to_space(model: nn.Module) -> nn.Module:
@@ -127,8 +147,17 @@ def with_depth_to_space(model: nn.Module) -> nn.Module:
     return rewritten
 
 
-class _WithSoftmax(torch.nn.Module):
-    """Adds the softmax output to the exported graph (the network itself returns logits)."""
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The softmax over the class axis; with two classes written as the sigmoid of the logit
+    difference (``softmax(l)_1 = 1 / (1 + exp(l_0 - l_1))``), which exports to elementwise ops."""
+    if logits.shape[1] != 2:
+        return torch.softmax(logits, dim=1)
+    difference = logits[:, 1:2] - logits[:, 0:1]
+    return torch.sigmoid(torch.cat((-difference, difference), dim=1))
+
+
+class _WithProbabilities(torch.nn.Module):
+    """Adds the probabilities output to the exported graph (the network itself returns logits)."""
 
     def __init__(self, net: UNet) -> None:
         super().__init__()
@@ -136,7 +165,7 @@ class _WithSoftmax(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, class_probabilities(logits)
 
 
 @contextlib.contextmanager
@@ -161,8 +190,8 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
         meta: the metadata embedded in the file.
         path: the ``.onnx`` file to write.
         upconv: ``"convtranspose"`` (default: the up-convolutions as ``ConvTranspose``) or
-            ``"depth_to_space"`` (each as a 1x1 ``Conv`` + ``DepthToSpace``, exactly equal; the form
-            int8 quantization needs, see the module docstring).
+            ``"depth_to_space"`` (each as a 1x1 ``Conv`` + a channels-last depth-to-space, exactly
+            equal; the form int8 quantization needs, see the module docstring).
     """
     path = Path(path)
     if upconv not in UPCONV_MODES:
@@ -179,7 +208,7 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
     dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: step * kh + base, 3: step * kw + base}}
     was_training = model.training
     net = with_depth_to_space(model) if upconv == "depth_to_space" else model
-    wrapper = _WithSoftmax(net).eval()
+    wrapper = _WithProbabilities(net).eval()
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -215,6 +244,29 @@ def add_metadata(proto: onnx.ModelProto, meta: ModelMeta) -> None:
     proto.metadata_props.extend(kept)
     proto.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
     proto.doc_string = f"U-Net Studio model '{meta.name}' ({', '.join(meta.class_names)})"
+
+
+def probability_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that turn ``logits`` into ``probabilities`` (everything fed by the logits).
+
+    They stay float32 in reduced-precision copies: int8 probabilities would come in steps of 1/256.
+    Raises ValueError for a node without a name (it could not be excluded by name).
+    """
+    consumers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: list[Any] = []
+    tensors = [OUTPUT_NAMES[0]]
+    while tensors:
+        for node in consumers.get(tensors.pop(), []):
+            if all(node is not seen for seen in found):
+                found.append(node)
+                tensors.extend(node.output)
+    unnamed = [n.op_type for n in found if not n.name]
+    if unnamed:
+        raise ValueError(f"the probability head has unnamed nodes ({', '.join(unnamed)})")
+    return [n.name for n in found]
 
 
 def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """An fp16 copy of a model, for GPUs: weights and activations in half precision (tensor cores, half
 the memory traffic), inputs and outputs still float32, so every caller feeds and reads the model
-as before (ONNX Runtime's float16 converter, ``keep_io_types``). The softmax head stays fp32: the
-probabilities keep their full precision where classes are close.
+as before (ONNX Runtime's float16 converter, ``keep_io_types``). The last step of the probability
+head (the softmax, or the sigmoid of the logit difference) stays fp32: the probabilities keep their
+full precision where classes are close.
 
 On a CPU an fp16 model brings nothing (ONNX Runtime casts it back to fp32 there); make one for a
 CUDA machine: ``python -m unet_core quantize MODEL.onnx --fp16``. Its metadata says what it is and
@@ -58,7 +59,7 @@ def half_model(model_path: str | Path, out: str | Path | None = None) -> HalfRes
     import onnxruntime as ort
     from onnxruntime.transformers import float16
 
-    from .export import add_metadata, save_atomically
+    from .export import OUTPUT_NAMES, add_metadata, save_atomically
     from .metadata import metadata_from_proto
     from .quantize import sha256_of
 
@@ -71,9 +72,11 @@ def half_model(model_path: str | Path, out: str | Path | None = None) -> HalfRes
     if meta.quantization:
         raise HalfError(f"{model_path} is already a reduced-precision copy ({meta.quantization.get('format')}); "
                         "make the fp16 copy from its fp32 parent")
-    softmax = [n.name for n in proto.graph.node if n.op_type == "Softmax"]
-    half = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=softmax)
-    record = {"format": "fp16", "weights": "float16", "activations": "float16 (softmax float32)",
+    # Only the node that writes the probabilities stays fp32 (the converter casts around every
+    # blocked node, and names two casts alike where blocked nodes share an input).
+    last = [n.name for n in proto.graph.node if OUTPUT_NAMES[1] in n.output]
+    half = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=last)
+    record = {"format": "fp16", "weights": "float16", "activations": "float16 (the final softmax or sigmoid float32)",
               "io": "float32", "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
               "parent": model_path.name, "parent_sha256": sha256_of(model_path), "onnxruntime": ort.__version__}
     half_meta = dataclasses.replace(meta, name=f"{meta.name}{FP16_SUFFIX}", quantization=record)
