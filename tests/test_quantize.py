@@ -231,17 +231,17 @@ def test_full_and_no_graph_optimisation_agree(quantized: Quantized) -> None:
     assert float(np.abs(full - none).max()) < 0.1
 
 
-def test_onnx_runtime_runs_every_convolution_in_int8_but_the_head(quantized: Quantized) -> None:
+def test_onnx_runtime_runs_every_convolution_in_int8_but_the_ends(quantized: Quantized) -> None:
     assert "ConvTranspose" not in _ops(quantized.int8)
     floats = float_convolutions(quantized.int8)
-    assert len(floats) == 1, floats  # the final 1x1 head (the default --float-convs head)
+    assert len(floats) == 2, floats  # the first convolution and the final 1x1 head (the default)
     assert len(float_convolutions(quantized.fp32)) == 23  # the paper's 23 layers, all float
 
 
 def test_onnx_runtime_runs_the_int8_graph_channels_last_end_to_end(quantized: Quantized) -> None:
     nodes = optimised_graph(quantized.int8).node
     perms = sorted(tuple(onnx.helper.get_attribute_value(n.attribute[0])) for n in nodes if n.op_type == "Transpose")
-    # into channels-last after the image, back before the fp32 head, and the sub-pixel swap of each
+    # into channels-last after the first convolution, back before the fp32 head, and the sub-pixel swap of each
     # up-convolution's depth-to-space: no layout transposes around the up-convolutions and concatenations
     depth = quantized.net.config.depth
     assert perms == sorted([(0, 2, 3, 1), (0, 3, 1, 2), *[(0, 1, 3, 2, 4, 5)] * depth]), perms
