@@ -24,6 +24,7 @@ from torch import nn
 from unet_core.cli import main
 from unet_core.datasets import SplitRule, open_dataset
 from unet_core.export import (
+    ChannelsLastHead,
     DepthToSpaceUpConv,
     depth_to_space,
     state_dict_from_onnx,
@@ -74,6 +75,16 @@ def test_upconv_equals_1x1_conv_and_pixel_shuffle(c_in: int, c_out: int) -> None
         assert torch.allclose(rewritten(x), up(x), atol=1e-6)
     weight, bias = upconv_from_1x1(*upconv_to_1x1(up.weight.detach(), up.bias.detach()))
     assert torch.equal(weight, up.weight.detach()) and torch.equal(bias, up.bias.detach())
+
+
+def test_channels_last_head_equals_the_1x1_convolution() -> None:
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 3, 1)
+    head = ChannelsLastHead.from_conv(conv)
+    x = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(head(x), conv(x), atol=1e-6)
+    assert tuple(head.weight.shape) == (8, 3)
 
 
 def test_depth_to_space_is_onnx_dcr_order() -> None:
@@ -231,17 +242,19 @@ def test_full_and_no_graph_optimisation_agree(quantized: Quantized) -> None:
     assert float(np.abs(full - none).max()) < 0.1
 
 
-def test_onnx_runtime_runs_every_convolution_in_int8_but_the_ends(quantized: Quantized) -> None:
+def test_onnx_runtime_runs_every_convolution_in_int8_but_the_first(quantized: Quantized) -> None:
     assert "ConvTranspose" not in _ops(quantized.int8)
     floats = float_convolutions(quantized.int8)
-    assert len(floats) == 2, floats  # the first convolution and the final 1x1 head (the default)
+    assert len(floats) == 1, floats  # the first convolution (the default); the head is a product
     assert len(float_convolutions(quantized.fp32)) == 23  # the paper's 23 layers, all float
+    # the head: int8 weights read from the last layer's bytes, float logits out
+    assert [n.op_type for n in optimised_graph(quantized.int8).node].count("MatMulIntegerToFloat") == 1
 
 
 def test_onnx_runtime_runs_the_int8_graph_channels_last_end_to_end(quantized: Quantized) -> None:
     nodes = optimised_graph(quantized.int8).node
     perms = sorted(tuple(onnx.helper.get_attribute_value(n.attribute[0])) for n in nodes if n.op_type == "Transpose")
-    # into channels-last after the first convolution, back before the fp32 head, and the sub-pixel swap of each
+    # into channels-last after the first convolution, back after the head, and the sub-pixel swap of each
     # up-convolution's depth-to-space: no layout transposes around the up-convolutions and concatenations
     depth = quantized.net.config.depth
     assert perms == sorted([(0, 2, 3, 1), (0, 3, 1, 2), *[(0, 1, 3, 2, 4, 5)] * depth]), perms

@@ -132,11 +132,39 @@ class DepthToSpaceUpConv(nn.Module):
         return depth_to_space(self.conv1x1(x))
 
 
+class ChannelsLastHead(nn.Module):
+    """The 1x1 head as a matrix product over channels-last pixels: ``weight`` is ``(c_in, k)``.
+
+    Exactly the ``nn.Conv2d(c_in, k, 1)`` it is made from. Written this way, int8 quantization
+    turns it into ONNX Runtime's ``MatMulIntegerToFloat``: it reads the last integer layer's
+    channels-last bytes and writes float logits, with no dequantization, layout reorders or float
+    convolution in between (see :mod:`unet_core.quantize`).
+    """
+
+    def __init__(self, c_in: int, k: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(c_in, k))
+        self.bias = nn.Parameter(torch.zeros(k))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ChannelsLastHead:
+        """The equivalent of a 1x1 ``conv`` with a bias (weights copied)."""
+        module = cls(conv.in_channels, conv.out_channels)
+        with torch.no_grad():
+            module.weight.copy_(conv.weight.detach()[:, :, 0, 0].T)
+            module.bias.copy_(conv.bias.detach())
+        return module.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.permute(0, 2, 3, 1) @ self.weight + self.bias).permute(0, 3, 1, 2)
+
+
 def with_depth_to_space(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``ConvTranspose2d`` replaced by its :class:`DepthToSpaceUpConv`.
+    """A copy of ``model`` in the form int8 quantization starts from: every ``ConvTranspose2d``
+    replaced by its :class:`DepthToSpaceUpConv` and the 1x1 ``head`` by its :class:`ChannelsLastHead`.
 
     The copy keeps the parameter names except for the up-convolutions (``up.0.up.weight`` becomes
-    ``up.0.up.conv1x1.weight``); ``model`` itself is not changed.
+    ``up.0.up.conv1x1.weight``; the head's weight becomes ``(c_in, k)``); ``model`` is not changed.
     """
     rewritten = copy.deepcopy(model)
     targets = [(name, m) for name, m in rewritten.named_modules() if isinstance(m, nn.ConvTranspose2d)]
@@ -144,6 +172,9 @@ def with_depth_to_space(model: nn.Module) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = rewritten.get_submodule(parent_name) if parent_name else rewritten
         setattr(parent, attr, DepthToSpaceUpConv.from_conv_transpose(module))
+    head = getattr(rewritten, "head", None)
+    if isinstance(head, nn.Conv2d) and tuple(head.kernel_size) == (1, 1) and head.bias is not None:
+        rewritten.head = ChannelsLastHead.from_conv(head)
     return rewritten
 
 
@@ -275,7 +306,8 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
     The exporter names each initializer after its parameter (``net.<name>``); anything else in
     the graph (constants folded by the exporter) is ignored. Up-convolutions exported as 1x1
     convolution + depth-to-space (``upconv="depth_to_space"``) are turned back into the
-    ``ConvTranspose2d`` weights of :class:`~unet_core.model.UNet`.
+    ``ConvTranspose2d`` weights of :class:`~unet_core.model.UNet`, and that form's channels-last
+    head into the 1x1 convolution's.
 
     Raises:
         ValueError: an int8 (quantized) model, whose weights are no longer the trained ones (use
@@ -294,6 +326,9 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
         for init in proto.graph.initializer
         if init.name.startswith(prefix)
     }
+    head = weights.get("head.weight")
+    if head is not None and head.ndim == 2:  # a ChannelsLastHead: (c_in, k) -> (k, c_in, 1, 1)
+        weights["head.weight"] = head.T[:, :, None, None].contiguous()
     marker = f".{DEPTH_TO_SPACE_CONV}.weight"
     for key in [k for k in weights if k.endswith(marker)]:
         module = key[: -len(marker)]

@@ -6,8 +6,10 @@ ONNX Runtime runs with int8 convolutions on the CPU (the field notes measured 2.
 class, with the up-convolutions still in fp32). The steps:
 
 1. the fp32 weights are read back from ``MODEL.onnx`` and exported again with every up-convolution
-   as a 1x1 convolution + DepthToSpace (:func:`unet_core.export.to_onnx`, ``upconv="depth_to_space"``):
-   ONNX Runtime has no int8 CPU kernel for ``ConvTranspose``, and the rewrite is exact;
+   as a 1x1 convolution + a channels-last depth-to-space and the head as a channels-last matrix
+   product (:func:`unet_core.export.to_onnx`, ``upconv="depth_to_space"``): ONNX Runtime has no
+   int8 CPU kernel for ``ConvTranspose``, runs its int8 convolutions channels-last, and the
+   rewrite is exact;
 2. ``quant_pre_process`` (ONNX shape inference and ONNX Runtime's basic graph optimisation) with
    ``skip_symbolic_shape=True``, as in the field notes' measurement;
 3. ``quantize_static`` in QDQ format: int8 weights per output channel (QInt8, symmetric), uint8
@@ -22,9 +24,9 @@ class, with the up-convolutions still in fp32). The steps:
    when, from which file), so that :func:`unet_core.runtime.load_predictor` serves it like any model.
 
 Only training images are used (the model's recorded split rule): validation images stay unseen,
-so evaluating the int8 model on them is as fair as evaluating its parent. The first convolution
-(whose input is the raw normalised image) and the final 1x1 convolution (whose output are the
-logits the classes are read from) stay fp32 by default: together they are under 1 % of the work.
+so evaluating the int8 model on them is as fair as evaluating its parent. By default the first
+convolution (whose input is the raw normalised image) stays fp32, the head computes float logits
+from int8 weights, and the probabilities are computed in fp32 (:data:`FLOAT_CONVS`).
 """
 
 from __future__ import annotations
@@ -75,21 +77,26 @@ FLOAT_CONV_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose")
 # the transposes and reshapes of the up-convolutions' depth-to-space; ReLUs are folded into their
 # convolution's output range). Never the probability head (:func:`unet_core.export.probability_nodes`):
 # int8 probabilities would come in steps of 1/256.
-QUANTIZED_OPS = ["Conv", "Relu", "MaxPool", "Slice", "Concat", "Transpose", "Reshape"]
-#: Which convolutions stay fp32 (``QuantizeOptions.float_convs``, ``quantize --float-convs``), by what
-#: the record calls them. The first convolution sees the image itself (256 levels once quantized); in
+QUANTIZED_OPS = ["Conv", "Relu", "MaxPool", "Slice", "Concat", "Transpose", "Reshape", "MatMul"]
+#: Which layers stay fp32 (``QuantizeOptions.float_convs``, ``quantize --float-convs``), by what the
+#: record calls them. The first convolution sees the image itself (256 levels once quantized); in
 #: fp32 it also costs its output's reorder, quantization and transpose to channels-last, 10 % of the
 #: int8 model's time. Measured with unet-nuclei (part 6) against its fp32 parent, test-time
-#: augmentation off: DSB mean AP on the random split 0.5537 (head) / 0.5560 (first-and-head) / 0.5538
-#: (fp32), on the held-out groups 0.4535 / 0.4566 / 0.4583; on 10 synthetic images, unlike the
-#: calibration tiles, 0.5457 / 0.5521 / 0.5516 (on 3 of them 0.020 under fp32). The image's own
-#: 8-bit steps cost more than the 7 % they save, so the default keeps the first convolution fp32.
+#: augmentation off, both with an fp32 head: DSB mean AP on the random split 0.5537 (first int8) /
+#: 0.5560 (first fp32) / 0.5538 (fp32 model), on the held-out groups 0.4535 / 0.4566 / 0.4583; on 10
+#: synthetic images, unlike the calibration tiles, 0.5457 / 0.5521 / 0.5516 (on 3 of them 0.020 under
+#: fp32). The image's own 8-bit steps cost more than the 7 % they save, so the default keeps the
+#: first convolution fp32. The head (a channels-last matrix product in the int8 source graph,
+#: :class:`unet_core.export.ChannelsLastHead`) always writes float logits; quantized, its weights are
+#: int8 and ONNX Runtime runs it as ``MatMulIntegerToFloat`` on the last layer's bytes, 9 % of the
+#: time less than an fp32 head with its dequantization and reorders.
 FLOAT_CONVS: dict[str, tuple[str, ...]] = {
-    "first-and-head": ("first convolution", "final 1x1 convolution"),
-    "head": ("final 1x1 convolution",),
+    "first-and-head": ("first convolution", "final 1x1 layer"),
+    "first": ("first convolution",),
+    "head": ("final 1x1 layer",),
     "none": (),
 }
-DEFAULT_FLOAT_CONVS = "first-and-head"
+DEFAULT_FLOAT_CONVS = "first"
 
 
 class QuantizeError(UserError):
@@ -106,8 +113,8 @@ class QuantizeOptions:
         tiles: number of calibration tiles (default 24), spread over the training images.
         tile: output edge of a calibration tile (default 244, rounded down to a valid size).
         percentile: the percentile of ``"percentile"`` calibration (default 99.999).
-        float_convs: which convolutions stay fp32, a key of :data:`FLOAT_CONVS`: ``"first-and-head"``
-            (default), ``"head"`` or ``"none"``.
+        float_convs: which layers stay fp32, a key of :data:`FLOAT_CONVS`: ``"first-and-head"``,
+            ``"first"`` (default), ``"head"`` or ``"none"``.
         seed: which images and tile positions are drawn (default 0).
     """
 
@@ -384,21 +391,23 @@ def _group_size(n_tiles: int, tile_side: int, width: int) -> int:
 
 
 def float_nodes(proto: Any, float_convs: str) -> list[str]:
-    """Names of the nodes left in fp32: the probability head and the convolutions ``float_convs``
-    (a key of :data:`FLOAT_CONVS`) names."""
+    """Names of the nodes left in fp32: the probability head, what lies between the head's
+    product and the logits (bias, layout), and the layers ``float_convs`` (a key of
+    :data:`FLOAT_CONVS`) names."""
     from .export import probability_nodes
 
-    first, head = end_convolutions(proto)
-    convs = {"first convolution": first, "final 1x1 convolution": head}
+    first, head, tail = end_layers(proto)
+    layers = {"first convolution": first, "final 1x1 layer": head}
     try:
         names = probability_nodes(proto)
     except ValueError as exc:
         raise QuantizeError(f"cannot keep the probabilities in fp32: {exc}") from exc
-    return [convs[label] for label in FLOAT_CONVS[float_convs] if convs[label]] + names
+    return [layers[label] for label in FLOAT_CONVS[float_convs] if layers[label]] + tail + names
 
 
-def end_convolutions(proto: Any) -> tuple[str | None, str | None]:
-    """Names of the first convolution (fed by the image) and the head (producing the logits).
+def end_layers(proto: Any) -> tuple[str | None, str | None, list[str]]:
+    """Names of the first convolution (fed by the image), the head (the 1x1 convolution or matrix
+    product computing the logits) and the nodes between the head and the logits output.
 
     Found by structure, not by name: the pre-processing pass may rename nodes.
     """
@@ -407,21 +416,22 @@ def end_convolutions(proto: Any) -> tuple[str | None, str | None]:
     graph = proto.graph
     producer = {out: node for node in graph.node for out in node.output}
     names = [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] == INPUT_NAME][:1]
-    tensor, head = OUTPUT_NAMES[0], None
-    for _ in range(8):  # walk back through pass-through nodes from the logits output
+    tensor, head, tail = OUTPUT_NAMES[0], None, []
+    for _ in range(8):  # walk back through bias, layout and pass-through nodes from the logits output
         node = producer.get(tensor)
         if node is None:
             break
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "MatMul"):
             head = node
             break
-        if node.op_type not in ("Identity", "Cast") or not node.input:
+        if node.op_type not in ("Identity", "Cast", "Transpose", "Add") or not node.input:
             break
+        tail.append(node.name)
         tensor = node.input[0]
-    unnamed = [n for n in graph.node if n.op_type == "Conv" and not n.name]
+    unnamed = [n for n in graph.node if n.op_type in ("Conv", "MatMul") and not n.name]
     if unnamed:
         raise QuantizeError(f"the graph has {len(unnamed)} unnamed convolutions; they cannot be excluded by name")
-    return (names[0] if names else None), (head.name if head is not None else None)
+    return (names[0] if names else None), (head.name if head is not None else None), tail
 
 
 def read_shapes_after_relu(proto: Any) -> int:
@@ -594,7 +604,7 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
     except ModelLoadError as exc:
         raise QuantizeError(f"the int8 model does not pass the model checks ({exc}); please report this") from exc
     floats = float_convolutions(out)
-    kept = len(FLOAT_CONVS[options.float_convs])
+    kept = int("first convolution" in FLOAT_CONVS[options.float_convs])  # the head is no Conv
     if len(floats) > kept:
         log.warning("%s: ONNX Runtime runs %d convolutions in float (%d kept fp32 on purpose): %s", out, len(floats),
                     kept, ", ".join(floats))
@@ -647,7 +657,9 @@ def quantize_graph(fp32: Path, out: Path, tiles: np.ndarray, options: QuantizeOp
     if read_shapes_after_relu(pre_proto):
         onnx.save_model(pre_proto, str(pre))
     excluded = float_nodes(pre_proto, options.float_convs)
-    extra: dict[str, Any] = {"CalibStridedMinMax": _group_size(len(tiles), int(tiles.shape[-1]), width)}
+    # The head's matrix product writes float logits even with int8 weights (MatMulIntegerToFloat).
+    extra: dict[str, Any] = {"CalibStridedMinMax": _group_size(len(tiles), int(tiles.shape[-1]), width),
+                             "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     if method == CalibrationMethod.Percentile:
         extra["CalibPercentile"] = options.percentile
     # The histogram collector prints progress lines on stdout: keep the command's output clean.
