@@ -288,10 +288,12 @@ def probability_nodes(proto: onnx.ModelProto) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     found: list[Any] = []
+    seen: set[int] = set()  # protobuf nodes are not hashable: their ids
     tensors = [OUTPUT_NAMES[0]]
     while tensors:
         for node in consumers.get(tensors.pop(), []):
-            if all(node is not seen for seen in found):
+            if id(node) not in seen:
+                seen.add(id(node))
                 found.append(node)
                 tensors.extend(node.output)
     unnamed = [n.op_type for n in found if not n.name]

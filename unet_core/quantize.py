@@ -430,7 +430,8 @@ def end_layers(proto: Any) -> tuple[str | None, str | None, list[str]]:
         tensor = node.input[0]
     unnamed = [n for n in graph.node if n.op_type in ("Conv", "MatMul") and not n.name]
     if unnamed:
-        raise QuantizeError(f"the graph has {len(unnamed)} unnamed convolutions; they cannot be excluded by name")
+        raise QuantizeError(f"the graph has {len(unnamed)} unnamed convolutions or matrix products; they cannot be "
+                            "excluded by name")
     return (names[0] if names else None), (head.name if head is not None else None), tail
 
 
@@ -592,7 +593,7 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
     with tempfile.TemporaryDirectory(prefix="unet_quantize_") as tmp:
         work = Path(tmp)
         fp32 = to_onnx(net, meta, work / "fp32-depth-to-space.onnx", upconv="depth_to_space")
-        quantized, _ = quantize_graph(fp32, work / "int8.onnx", calib.tiles, options, meta.unet.width)
+        quantized = quantize_graph(fp32, work / "int8.onnx", calib.tiles, options, meta.unet.width)
         agreement = _argmax_agreement(fp32, quantized, calib.tiles[:AGREEMENT_TILES])
         record = quantization_record(model_path, options, calib, agreement, ort.__version__)
         int8_meta = dataclasses.replace(meta, name=f"{meta.name}{SUFFIX}", quantization=record)
@@ -630,18 +631,17 @@ def _check_output(model_path: Path, out: Path) -> Path:
     return out
 
 
-def quantize_graph(fp32: Path, out: Path, tiles: np.ndarray, options: QuantizeOptions,
-                   width: int) -> tuple[Path, list[str]]:
+def quantize_graph(fp32: Path, out: Path, tiles: np.ndarray, options: QuantizeOptions, width: int) -> Path:
     """Pre-process and statically quantize the depth-to-space export ``fp32`` into ``out``.
 
     Args:
         fp32: a float model without ``ConvTranspose`` (``upconv="depth_to_space"``).
         out: where the QDQ model goes (no U-Net Studio metadata is added here).
-        tiles: ``(N, C, s, s)`` calibration tiles; ``options``: method, percentile, kept ends.
+        tiles: ``(N, C, s, s)`` calibration tiles; ``options``: method, percentile, fp32 layers.
         width: the network's first-level channels (sizes the calibration groups).
 
     Returns:
-        ``out`` and the names of the convolutions left in fp32.
+        ``out``.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -676,7 +676,7 @@ def quantize_graph(fp32: Path, out: Path, tiles: np.ndarray, options: QuantizeOp
     proto = onnx.load_model(str(out))
     if shapes_before_dequantize(proto):
         onnx.save_model(proto, str(out))
-    return out, excluded
+    return out
 
 
 def quantization_record(parent: Path, options: QuantizeOptions, calib: CalibrationSet, agreement: float,
