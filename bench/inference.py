@@ -15,9 +15,9 @@ in a child process (8192 for the issue's figure).
 
 ``--int8 MODEL-int8.onnx`` (from ``python -m unet_core quantize``) also times that int8 model
 against its fp32 parent (named in its quantization record, beside it; or ``--int8-parent``) on the
-same image and tiles, best of ``--repeats`` after a warm-up each, and prints the ratio int8 / fp32
-and the int8 rate against the fp32 limit above (for the int8 model's own width). It can exceed
-100 %: the limit is the CPU's fp32 peak.
+same image and tiles (the int8 model's own automatic tile), in ``--repeats`` pairs (a GEMM, an int8
+run, an fp32 run), and prints the medians of the pairs' ratios int8 / fp32 and int8 / fp32 limit
+(for the int8 model's own width). The second can exceed 100 %: the limit is the CPU's fp32 peak.
 """
 
 from __future__ import annotations
@@ -92,12 +92,6 @@ def rss_child(size: int, width: int, tile: str) -> float:
     return peak_kb / 1e6
 
 
-def best_seconds(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call."""
-    fn()
-    return min(_timed(fn) for _ in range(max(1, repeats)))
-
-
 def int8_parent(int8_path: Path, given: str | None) -> Path:
     """The fp32 model an int8 model is compared with: ``given``, else its recorded parent beside it."""
     if given:
@@ -114,33 +108,49 @@ def int8_parent(int8_path: Path, given: str | None) -> Path:
 
 
 def compare_int8(int8_path: Path, parent_path: Path, img: ImageFile, options: InferenceOptions,
-                 peak_gflops: float, repeats: int) -> None:
-    """Time the int8 model and its fp32 parent on the same image and tiles; print the ratios."""
+                 best_conv: float, repeats: int) -> None:
+    """Time the int8 model and its fp32 parent on the same image and tiles; print the ratios.
+
+    Both run at the tile the int8 model's own tuner picks on this CPU (what ``predict`` would use
+    for it). The CPU's speed drifts by 10-15 % within minutes (turbo, neighbours), so every timed
+    int8 run is paired with a GEMM measured just before it and an fp32 run just after it: each
+    pair gives one ratio to the limit and one to fp32, and the median of the pairs is reported.
+    """
     int8_pred = OnnxPredictor(int8_path, device="cpu")
     fp32_pred = OnnxPredictor(parent_path, device="cpu")
     if int8_pred.meta.unet != fp32_pred.meta.unet:
         print(f"note: {int8_path.name} and {parent_path.name} describe different networks; the ratio compares unlike work")
+    tile, batch, timings = measure_tiles(int8_pred)
+    print(f"int8 tile tuner (ms per output Mpx): {timings} -> tile {tile}")
+    options = replace(options, tile=tile, batch=batch)
     # The scale search could settle on different scales for the two models (8-bit probabilities can
     # tip it), and then they would do unlike work: both run at the scale the fp32 model chose.
     seg_fp32 = segment(img, fp32_pred, options)
     if seg_fp32.diameter is not None:
         options = replace(options, diameter=seg_fp32.diameter)
     work_mpx = img.data[0, ..., 0].size * seg_fp32.factor**2 / 1e6
-    seg_fp32 = segment(img, fp32_pred, options)
-    t_fp32 = best_seconds(lambda: segment(img, fp32_pred, options), repeats)
+    seg_fp32 = segment(img, fp32_pred, options)  # warm-ups at the final options
     seg_int8 = segment(img, int8_pred, options)
-    t_int8 = best_seconds(lambda: segment(img, int8_pred, options), repeats)
-    rate_int8, rate_fp32 = work_mpx / t_int8, work_mpx / t_fp32
-    limit = peak_gflops * 1e9 / flops_per_pixel_limit(int8_pred.meta.unet) / 1e6
+    flops = flops_per_pixel_limit(int8_pred.meta.unet)
+    to_limit, to_fp32, rates = [], [], []
+    for _ in range(max(1, repeats)):
+        limit = max(gemm_gflops(repeats=2), best_conv) * 1e9 / flops / 1e6
+        rate_int8 = work_mpx / _timed(lambda: segment(img, int8_pred, options))
+        rate_fp32 = work_mpx / _timed(lambda: segment(img, fp32_pred, options))
+        rates.append((rate_int8, rate_fp32, limit))
+        to_limit.append(rate_int8 / limit)
+        to_fp32.append(rate_int8 / rate_fp32)
     agree = float((seg_int8.labels == seg_fp32.labels).mean())
     print(f"int8: {int8_path.name} vs fp32 parent {parent_path.name} (width {int8_pred.meta.unet.width}), "
           f"tile {seg_int8.tile[0]} x {seg_int8.tile[1]}, both at {seg_fp32.factor:.2f}x the image's size "
-          f"({work_mpx:.1f} Mpx of work), best of {max(1, repeats)}")
-    print(f"(i) int8 ONNX Runtime:   {rate_int8:.4f} Mpx/s  ({t_int8:.2f} s)")
-    print(f"(f) fp32 parent:         {rate_fp32:.4f} Mpx/s  ({t_fp32:.2f} s)")
-    print(f"i/f = {rate_int8 / rate_fp32:.2f}; argmax agreement {100 * agree:.2f} % of the pixels")
-    print(f"i = {100 * rate_int8 / limit:.1f} % of the fp32 limit ({limit:.3f} Mpx/s at width "
-          f"{int8_pred.meta.unet.width})")
+          f"({work_mpx:.1f} Mpx of work), {len(rates)} pairs")
+    for k, (rate_int8, rate_fp32, limit) in enumerate(rates, 1):
+        print(f"  pair {k}: (i) int8 {rate_int8:.4f} Mpx/s, (f) fp32 {rate_fp32:.4f} Mpx/s, "
+              f"fp32 limit {limit:.3f} Mpx/s -> i/f {rate_int8 / rate_fp32:.2f}, i {100 * rate_int8 / limit:.1f} %")
+    print(f"i/f = {np.median(to_fp32):.2f} (median; {min(to_fp32):.2f}-{max(to_fp32):.2f}); "
+          f"argmax agreement {100 * agree:.2f} % of the pixels")
+    print(f"i = {100 * np.median(to_limit):.1f} % of the fp32 limit (median; {100 * min(to_limit):.1f}-"
+          f"{100 * max(to_limit):.1f} %; width {int8_pred.meta.unet.width})")
 
 
 def main() -> None:
@@ -157,8 +167,8 @@ def main() -> None:
                         "parent on the same image and tiles (see the module docstring)")
     parser.add_argument("--int8-parent", metavar="MODEL.onnx",
                         help="the fp32 model for --int8 (default: the parent its quantization record names, beside it)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per model for --int8, the best counts "
-                        "(default 3, after a warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed pairs for --int8 (GEMM, int8, fp32), the "
+                        "median counts (default 3, after a warm-up)")
     args = parser.parse_args()
     int8_path = Path(args.int8) if args.int8 else None
     parent_path = int8_parent(int8_path, args.int8_parent) if int8_path else None  # fail before the long part
@@ -215,7 +225,7 @@ def main() -> None:
         print(f"a/c = {a / c:.2f}")
     print(f"a = {100 * a / limit:.1f} % of the limit")
     if int8_path is not None:
-        compare_int8(int8_path, parent_path, img, options, peak, args.repeats)
+        compare_int8(int8_path, parent_path, img, options, best_conv, args.repeats)
     if args.rss:
         width = args.rss_width or args.width
         print(f"peak RSS of `predict` on {args.rss} x {args.rss} (width {width}, tile {args.rss_tile}): "

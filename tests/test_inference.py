@@ -11,7 +11,7 @@ import torch
 
 from unet_core import inference
 from unet_core.export import parity, read_metadata, state_dict_from_onnx
-from unet_core.inference import InferenceOptions, auto_tile, resolve_tile, segment
+from unet_core.inference import InferenceOptions, auto_tile, class_map, resolve_tile, segment
 from unet_core.io import ImageFile, ImageReadError
 from unet_core.model import UNet
 from unet_core.runtime import ModelLoadError, OnnxPredictor, TorchPredictor, load_predictor
@@ -141,6 +141,17 @@ def test_large_probability_arrays_are_memory_mapped(predictor, monkeypatch) -> N
     assert isinstance(seg.probs, np.memmap)
     ref = segment(_image((1, 50, 50, 1)), predictor, InferenceOptions(tile=52, keep_probs=True)).probs
     assert np.abs(np.asarray(seg.probs) - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_class_map_is_argmax_ties_included(k: int) -> None:
+    rng = np.random.default_rng(k)
+    probs = rng.random((k, 30, 40), dtype=np.float32)
+    probs[1, :4] = probs[0, :4]  # ties: the lower class, as argmax
+    probs[:, 4:8] = 0.5
+    got = class_map(probs)
+    assert got.dtype == np.uint8 and np.array_equal(got, probs.argmax(axis=0))
+    assert not got[4:8].any()  # all classes equal: class 0
 
 
 def test_auto_tile_is_measured_once_and_then_deterministic(predictor, tmp_path, monkeypatch) -> None:

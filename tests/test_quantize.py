@@ -24,6 +24,7 @@ from torch import nn
 from unet_core.cli import main
 from unet_core.datasets import SplitRule, open_dataset
 from unet_core.export import (
+    ChannelsLastFirstConv,
     ChannelsLastHead,
     DepthToSpaceUpConv,
     depth_to_space,
@@ -87,6 +88,18 @@ def test_channels_last_head_equals_the_1x1_convolution() -> None:
     assert tuple(head.weight.shape) == (8, 3)
 
 
+def test_channels_last_first_layer_equals_the_convolution_and_its_relu() -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 5, 3)
+    first = ChannelsLastFirstConv.from_conv(conv)
+    x = torch.randn(2, 3, 9, 12)
+    with torch.no_grad():
+        assert torch.allclose(first(x), F.relu(conv(x)), atol=1e-6)
+    assert tuple(first.weight.shape) == (27, 5)
+    with pytest.raises(ValueError, match="unpadded 3x3"):
+        ChannelsLastFirstConv.from_conv(nn.Conv2d(3, 5, 3, padding=1))
+
+
 def test_depth_to_space_is_onnx_dcr_order() -> None:
     x = torch.randn(2, 12, 3, 5)
     ours = depth_to_space(x)
@@ -100,17 +113,17 @@ def test_only_plain_up_convolutions_are_rewritten(tiny_model, tmp_path: Path) ->
     with pytest.raises(ValueError, match="2x2 stride-2"):
         DepthToSpaceUpConv.from_conv_transpose(nn.ConvTranspose2d(4, 2, 3, stride=2))
     net, _ = tiny_model
-    with pytest.raises(ValueError, match="upconv must be one of"):
-        to_onnx(net, ModelMeta(name="tiny", unet=net.config), tmp_path / "x.onnx", upconv="pixelshuffle")
+    with pytest.raises(ValueError, match="form must be one of"):
+        to_onnx(net, ModelMeta(name="tiny", unet=net.config), tmp_path / "x.onnx", form="pixelshuffle")
     assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.fixture(scope="module")
 def d2s_model(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny fixture network exported with ``upconv="depth_to_space"``."""
+    """The tiny fixture network exported in the int8 source form with an fp32 first layer."""
     net, _ = tiny_model
     return to_onnx(net, ModelMeta(name="tiny", unet=net.config), tmp_path_factory.mktemp("d2s") / "tiny-d2s.onnx",
-                   upconv="depth_to_space")
+                   form="int8-float-first")
 
 
 @pytest.mark.slow
@@ -123,7 +136,10 @@ def test_depth_to_space_export_gives_the_same_probabilities(tiny_model, d2s_mode
              and list(onnx.helper.get_attribute_value(n.attribute[0])) == [0, 1, 3, 2, 4, 5]]
     assert "ConvTranspose" not in _ops(d2s_model) and "DepthToSpace" not in _ops(d2s_model)
     assert len(swaps) == net.config.depth
+    # the first layer and the head are matrix products: 23 - 2 convolutions left
+    assert _ops(d2s_model).count("Conv") == 21 and _ops(d2s_model).count("MatMul") == 2
     assert isinstance(net.up[0].up, nn.ConvTranspose2d)  # the caller's network is left as it was
+    assert isinstance(net.down[0][0], nn.Conv2d)
     x = np.random.default_rng(0).random((2, 1, 252, 284), dtype=np.float32)
     a = OnnxPredictor(plain, device="cpu").predict_batch(x)
     b = OnnxPredictor(d2s_model, device="cpu").predict_batch(x)
@@ -242,13 +258,19 @@ def test_full_and_no_graph_optimisation_agree(quantized: Quantized) -> None:
     assert float(np.abs(full - none).max()) < 0.1
 
 
-def test_onnx_runtime_runs_every_convolution_in_int8_but_the_first(quantized: Quantized) -> None:
+def test_onnx_runtime_runs_every_convolution_in_int8_and_the_first_layer_as_a_float_product(
+        quantized: Quantized) -> None:
     assert "ConvTranspose" not in _ops(quantized.int8)
-    floats = float_convolutions(quantized.int8)
-    assert len(floats) == 1, floats  # the first convolution (the default); the head is a product
+    assert float_convolutions(quantized.int8) == []
     assert len(float_convolutions(quantized.fp32)) == 23  # the paper's 23 layers, all float
+    nodes = optimised_graph(quantized.int8).node
+    ops = [n.op_type for n in nodes]
+    # the first layer (fp32, the default): one float product whose output is quantized directly
+    gemm = next(n for n in nodes if n.op_type == "Gemm")
+    assert ops.count("Gemm") == 1 and "QGemm" not in ops
+    assert [n.op_type for n in nodes if gemm.output[0] in n.input] == ["QuantizeLinear"]
     # the head: int8 weights read from the last layer's bytes, float logits out
-    assert [n.op_type for n in optimised_graph(quantized.int8).node].count("MatMulIntegerToFloat") == 1
+    assert ops.count("MatMulIntegerToFloat") == 1
 
 
 def test_onnx_runtime_runs_the_int8_graph_channels_last_end_to_end(quantized: Quantized) -> None:
@@ -354,7 +376,7 @@ def test_quantize_command_runs_end_to_end(tiny_model, tmp_path: Path) -> None:
                              "--tile", "100", "--calibration", "minmax", "--float-convs", "none"],
                             cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out}" in result.stdout and "convolutions left in fp32: 0" in result.stdout
+    assert f"wrote {out}" in result.stdout and "kept in fp32: probabilities\n" in result.stdout
     meta = inspect_onnx(out)
     assert meta.quantization["calibration"] == "minmax" and meta.quantization["fp32_nodes"] == ["probabilities"]
     # The first convolution is quantized too; the width check still finds it behind its QDQ pair.

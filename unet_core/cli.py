@@ -407,7 +407,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({record['format']}, {record['calibration']} calibration on {record['tiles']} tiles "
           f"of {record['tile_input']} px from {record['images']} training images of {record['data']}); "
           f"{100 * result.agreement:.1f} % of the calibration pixels keep their fp32 class; "
-          f"convolutions left in fp32: {len(result.float_convs)}")
+          f"kept in fp32: {', '.join(record['fp32_nodes'])}"
+          + (f"; convolutions ONNX Runtime runs in float: {len(result.float_convs)}" if result.float_convs else ""))
     return 0
 
 

@@ -14,6 +14,13 @@ Runtime runs its int8 convolutions channels-last and cancels the written transpo
 own, whereas ``DepthToSpace`` only runs channels-first and cost two layout transposes per
 up-convolution (with ``DepthToSpace`` itself, a sixth of the int8 model's time).
 
+For an int8 model whose first layer stays fp32, the first 3x3 convolution and its ReLU can also be
+written as one channels-last matrix product over the nine shifted copies of the image
+(:class:`ChannelsLastFirstConv`, form ``"int8-float-first"``): as a float ``Conv`` ONNX Runtime
+computes it blocked (NCHWc), reorders the result to NCHW, quantizes it and transposes the bytes to
+channels-last for the integer layers, a quarter of the int8 model's time for 0.2 % of its
+arithmetic; as a product it writes channels-last floats in one ``Gemm`` and quantizes them.
+
 With two classes the probabilities are written as the sigmoid of the logit difference, which is
 exactly the softmax of two classes: ONNX Runtime's ``Softmax`` over the channel axis of an NCHW
 tensor transposes internally and took 7 % of the int8 model's time; the sigmoid is elementwise.
@@ -43,12 +50,14 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
 
-Upconv = Literal["convtranspose", "depth_to_space"]
-#: how :func:`to_onnx` writes the up-convolutions (see the module docstring).
-UPCONV_MODES: tuple[str, ...] = ("convtranspose", "depth_to_space")
+ExportForm = Literal["plain", "int8", "int8-float-first"]
+#: how :func:`to_onnx` writes the network (see the module docstring and :func:`int8_form`).
+EXPORT_FORMS: tuple[str, ...] = ("plain", "int8", "int8-float-first")
 #: the 1x1 convolution of a :class:`DepthToSpaceUpConv`; its parameters are named after it in the
 #: ONNX file (``net.up.0.up.conv1x1.weight``), which is how :func:`state_dict_from_onnx` finds them.
 DEPTH_TO_SPACE_CONV = "conv1x1"
+#: the first convolution's weight, the parameter :class:`ChannelsLastFirstConv` stores as rows.
+FIRST_CONV = "down.0.0.weight"
 
 
 def upconv_to_1x1(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,12 +168,65 @@ class ChannelsLastHead(nn.Module):
         return (x.permute(0, 2, 3, 1) @ self.weight + self.bias).permute(0, 3, 1, 2)
 
 
-def with_depth_to_space(model: nn.Module) -> nn.Module:
+class ChannelsLastFirstConv(nn.Module):
+    """A 3x3 valid convolution and its ReLU as one matrix product over the nine shifted copies of
+    the input, channels-last: ``weight`` is ``(9 * c_in, k)``, rows in ``(dy, dx, c)`` order.
+
+    Exactly the ``nn.Conv2d(c_in, k, 3)`` + ReLU it is made from; see the module docstring for why.
+    """
+
+    def __init__(self, c_in: int, k: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(9 * c_in, k))
+        self.bias = nn.Parameter(torch.zeros(k))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ChannelsLastFirstConv:
+        """The equivalent of ``conv`` followed by a ReLU (weights copied); ValueError for anything
+        but a plain 3x3 convolution without padding, with a bias."""
+        if not _plain_3x3(conv):
+            raise ValueError(f"only unpadded 3x3 convolutions with a bias can be rewritten, not {conv}")
+        module = cls(conv.in_channels, conv.out_channels)
+        with torch.no_grad():
+            module.weight.copy_(conv_to_rows(conv.weight.detach()))
+            module.bias.copy_(conv.bias.detach())
+        return module.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        oh, ow = h - 2, w - 2
+        shifted = torch.cat([x[:, :, dy:dy + oh, dx:dx + ow] for dy in range(3) for dx in range(3)], dim=1)
+        rows = shifted.permute(0, 2, 3, 1).reshape(n * oh * ow, shifted.shape[1])
+        y = torch.relu(rows @ self.weight + self.bias).reshape(n, oh, ow, -1).permute(0, 3, 1, 2)
+        # contiguous: a channels-last-strided input to the next convolution makes the exporter's
+        # shape guards pin the batch size; in the graph it is no operation.
+        return y.contiguous()
+
+
+def conv_to_rows(weight: torch.Tensor) -> torch.Tensor:
+    """``(k, c, 3, 3)`` convolution weights -> the ``(9 * c, k)`` rows of :class:`ChannelsLastFirstConv`."""
+    k, c = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(9 * c, k).contiguous()
+
+
+def conv_from_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`conv_to_rows`; ValueError for a shape it cannot come from."""
+    if rows.ndim != 2 or rows.shape[0] % 9:
+        raise ValueError(f"weights {tuple(rows.shape)} are no channels-last 3x3 convolution (expected (9*c_in, k))")
+    c, k = rows.shape[0] // 9, rows.shape[1]
+    return rows.reshape(3, 3, c, k).permute(3, 2, 0, 1).contiguous()
+
+
+def int8_form(model: nn.Module, float_first: bool = False) -> nn.Module:
     """A copy of ``model`` in the form int8 quantization starts from: every ``ConvTranspose2d``
-    replaced by its :class:`DepthToSpaceUpConv` and the 1x1 ``head`` by its :class:`ChannelsLastHead`.
+    replaced by its :class:`DepthToSpaceUpConv`, the 1x1 ``head`` by its :class:`ChannelsLastHead`
+    and, with ``float_first``, the first 3x3 convolution and its ReLU by their
+    :class:`ChannelsLastFirstConv` (for a first layer that stays fp32; an integer ``Conv`` is
+    faster than an integer product over nine channels, so it stays a ``Conv`` otherwise).
 
     The copy keeps the parameter names except for the up-convolutions (``up.0.up.weight`` becomes
-    ``up.0.up.conv1x1.weight``; the head's weight becomes ``(c_in, k)``); ``model`` is not changed.
+    ``up.0.up.conv1x1.weight``); the head's weight becomes ``(c_in, k)``, the first layer's
+    ``(9 * c_in, k)``. ``model`` is not changed.
     """
     rewritten = copy.deepcopy(model)
     targets = [(name, m) for name, m in rewritten.named_modules() if isinstance(m, nn.ConvTranspose2d)]
@@ -175,7 +237,26 @@ def with_depth_to_space(model: nn.Module) -> nn.Module:
     head = getattr(rewritten, "head", None)
     if isinstance(head, nn.Conv2d) and tuple(head.kernel_size) == (1, 1) and head.bias is not None:
         rewritten.head = ChannelsLastHead.from_conv(head)
+    first = _first_block(rewritten) if float_first else None
+    if first is not None:
+        first[0], first[1] = ChannelsLastFirstConv.from_conv(first[0]), nn.Identity()
     return rewritten
+
+
+def _first_block(model: nn.Module) -> nn.Sequential | None:
+    """The U-Net's first block when it starts with an unpadded 3x3 convolution and a ReLU, else None."""
+    down = getattr(model, "down", None)
+    block = down[0] if isinstance(down, nn.ModuleList) and len(down) else None
+    if not isinstance(block, nn.Sequential) or len(block) < 2:
+        return None
+    conv, relu = block[0], block[1]
+    return block if isinstance(conv, nn.Conv2d) and isinstance(relu, nn.ReLU) and _plain_3x3(conv) else None
+
+
+def _plain_3x3(conv: nn.Conv2d) -> bool:
+    """An unpadded 3x3 convolution, stride 1, no dilation or groups, with a bias."""
+    return (tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (0, 0)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and conv.bias is not None)
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -213,20 +294,21 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "convtranspose") -> Path:
+def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, form: ExportForm = "plain") -> Path:
     """Export ``model`` to ``path`` (written atomically) with ``meta`` embedded; returns the path.
 
     Args:
         model: the network (left unchanged, in its training mode).
         meta: the metadata embedded in the file.
         path: the ``.onnx`` file to write.
-        upconv: ``"convtranspose"`` (default: the up-convolutions as ``ConvTranspose``) or
-            ``"depth_to_space"`` (each as a 1x1 ``Conv`` + a channels-last depth-to-space, exactly
-            equal; the form int8 quantization needs, see the module docstring).
+        form: ``"plain"`` (default: the network as it is, up-convolutions as ``ConvTranspose``),
+            ``"int8"`` (the exactly equal form int8 quantization starts from, :func:`int8_form`)
+            or ``"int8-float-first"`` (the same with the first layer as a channels-last product,
+            for an int8 model whose first layer stays fp32).
     """
     path = Path(path)
-    if upconv not in UPCONV_MODES:
-        raise ValueError(f"upconv must be one of {UPCONV_MODES}, not {upconv!r}")
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"form must be one of {EXPORT_FORMS}, not {form!r}")
     # Never write a model that loading would refuse (metadata out of range, e.g. made by hand):
     # raises MetadataError before any work.
     ModelMeta.from_dict(meta.to_dict())
@@ -238,7 +320,7 @@ def to_onnx(model: UNet, meta: ModelMeta, path: str | Path, upconv: Upconv = "co
     kh, kw = Dim("kh", min=0, max=4096), Dim("kw", min=0, max=4096)
     dynamic = {"x": {0: Dim("batch", min=1, max=4096), 2: step * kh + base, 3: step * kw + base}}
     was_training = model.training
-    net = with_depth_to_space(model) if upconv == "depth_to_space" else model
+    net = model if form == "plain" else int8_form(model, float_first=form == "int8-float-first")
     wrapper = _WithProbabilities(net).eval()
     try:
         with _quiet_exporter():
@@ -306,10 +388,10 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
     """The PyTorch weights embedded in an exported model (for fine-tuning from a shipped .onnx).
 
     The exporter names each initializer after its parameter (``net.<name>``); anything else in
-    the graph (constants folded by the exporter) is ignored. Up-convolutions exported as 1x1
-    convolution + depth-to-space (``upconv="depth_to_space"``) are turned back into the
-    ``ConvTranspose2d`` weights of :class:`~unet_core.model.UNet`, and that form's channels-last
-    head into the 1x1 convolution's.
+    the graph (constants folded by the exporter) is ignored. The int8 source forms
+    (:func:`int8_form`) are turned back: 1x1 convolution + depth-to-space into the
+    ``ConvTranspose2d`` weights of :class:`~unet_core.model.UNet`, the channels-last head and first
+    layer into their convolutions' weights.
 
     Raises:
         ValueError: an int8 (quantized) model, whose weights are no longer the trained ones (use
@@ -331,6 +413,12 @@ def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
     head = weights.get("head.weight")
     if head is not None and head.ndim == 2:  # a ChannelsLastHead: (c_in, k) -> (k, c_in, 1, 1)
         weights["head.weight"] = head.T[:, :, None, None].contiguous()
+    first = weights.get(FIRST_CONV)
+    if first is not None and first.ndim == 2:  # a ChannelsLastFirstConv: (9 c_in, k) -> (k, c_in, 3, 3)
+        try:
+            weights[FIRST_CONV] = conv_from_rows(first)
+        except ValueError as exc:
+            raise ValueError(f"{Path(path).name}: {FIRST_CONV}: {exc}") from exc
     marker = f".{DEPTH_TO_SPACE_CONV}.weight"
     for key in [k for k in weights if k.endswith(marker)]:
         module = key[: -len(marker)]

@@ -435,7 +435,7 @@ def _segment_at(
         release = s == z - 1 and z * height * width >= RELEASE_MIN_PIXELS
         for group, outputs in run_tiles(source, tiles, predictor, stretch, batch, options.tta, release):
             for t, out in zip(group, outputs):
-                stitch(labels[s], t, out.argmax(axis=0).astype(np.uint8))
+                stitch(labels[s], t, class_map(out))
                 if probs is not None:
                     stitch(probs[s], t, out)
                 stitch(foreground[s], t, foreground_u8(out, meta.foreground_classes))
@@ -443,6 +443,15 @@ def _segment_at(
             if progress:
                 progress(done, total)
     return Segmentation(labels, probs, stretch, tile, batch, notes, factor=factor, work_foreground=foreground)
+
+
+def class_map(probs: np.ndarray) -> np.ndarray:
+    """The most probable class of each pixel of ``(K, H, W)`` probabilities, uint8; ties go to the
+    lower class, as with ``argmax``. Two classes are one comparison: 4x faster than ``argmax`` over
+    the class axis, which was 3 % of an int8 model's segmentation."""
+    if probs.shape[0] == 2:
+        return (probs[1] > probs[0]).view(np.uint8)
+    return probs.argmax(axis=0).astype(np.uint8)
 
 
 def _allocate_probs(options: InferenceOptions, shape: tuple[int, ...]) -> np.ndarray:
@@ -531,8 +540,10 @@ def predict_tta(predictor: Predictor, x: np.ndarray, release: bool = False) -> n
 
 # --------------------------------------------------------------------------- automatic tile size
 
-# Output tile edges the tuner tries (they are rounded to valid sizes of the model's geometry).
-TILE_CANDIDATES = (196, 324, 388, 516, 708, 900, 1028)
+# Output tile edges the tuner tries (they are rounded to valid sizes of the model's geometry; those
+# over the memory budget are skipped). The larger a tile, the smaller the share of its mirrored
+# context: an int8 model, whose speed per operation hardly depends on the tile, gains up to 1540.
+TILE_CANDIDATES = (196, 324, 388, 516, 708, 900, 1028, 1284, 1540)
 # Timed runs per candidate (the fastest counts): one run alone varied by 10 % on a shared
 # machine, enough to pick a smaller tile than the fastest.
 TUNE_REPEATS = 2

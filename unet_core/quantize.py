@@ -6,10 +6,10 @@ ONNX Runtime runs with int8 convolutions on the CPU (the field notes measured 2.
 class, with the up-convolutions still in fp32). The steps:
 
 1. the fp32 weights are read back from ``MODEL.onnx`` and exported again with every up-convolution
-   as a 1x1 convolution + a channels-last depth-to-space and the head as a channels-last matrix
-   product (:func:`unet_core.export.to_onnx`, ``upconv="depth_to_space"``): ONNX Runtime has no
-   int8 CPU kernel for ``ConvTranspose``, runs its int8 convolutions channels-last, and the
-   rewrite is exact;
+   as a 1x1 convolution + a channels-last depth-to-space, the head as a channels-last matrix
+   product and, when it stays fp32, the first layer as one too (:func:`unet_core.export.int8_form`):
+   ONNX Runtime has no int8 CPU kernel for ``ConvTranspose``, runs its int8 convolutions
+   channels-last, and the rewrite is exact;
 2. ``quant_pre_process`` (ONNX shape inference and ONNX Runtime's basic graph optimisation) with
    ``skip_symbolic_shape=True``, as in the field notes' measurement;
 3. ``quantize_static`` in QDQ format: int8 weights per output channel (QInt8, symmetric), uint8
@@ -79,14 +79,15 @@ FLOAT_CONV_OPS = ("Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose")
 # int8 probabilities would come in steps of 1/256.
 QUANTIZED_OPS = ["Conv", "Relu", "MaxPool", "Slice", "Concat", "Transpose", "Reshape", "MatMul"]
 #: Which layers stay fp32 (``QuantizeOptions.float_convs``, ``quantize --float-convs``), by what the
-#: record calls them. The first convolution sees the image itself (256 levels once quantized); in
-#: fp32 it also costs its output's reorder, quantization and transpose to channels-last, 10 % of the
-#: int8 model's time. Measured with unet-nuclei (part 6) against its fp32 parent, test-time
-#: augmentation off, both with an fp32 head: DSB mean AP on the random split 0.5537 (first int8) /
-#: 0.5560 (first fp32) / 0.5538 (fp32 model), on the held-out groups 0.4535 / 0.4566 / 0.4583; on 10
-#: synthetic images, unlike the calibration tiles, 0.5457 / 0.5521 / 0.5516 (on 3 of them 0.020 under
-#: fp32). The image's own 8-bit steps cost more than the 7 % they save, so the default keeps the
-#: first convolution fp32. The head (a channels-last matrix product in the int8 source graph,
+#: record calls them. The first convolution sees the image itself (256 levels once quantized).
+#: Measured with unet-nuclei (part 6) against its fp32 parent, test-time augmentation off, both with
+#: an fp32 head: DSB mean AP on the random split 0.5537 (first int8) / 0.5560 (first fp32) / 0.5538
+#: (fp32 model), on the held-out groups 0.4535 / 0.4566 / 0.4583; on 10 synthetic images, unlike the
+#: calibration tiles, 0.5457 / 0.5521 / 0.5516 (on 3 of them 0.020 under fp32). The image's own 8-bit
+#: steps cost more than the time they save, so the default keeps the first layer fp32, written as a
+#: channels-last product (:class:`unet_core.export.ChannelsLastFirstConv`): as a float ``Conv`` its
+#: output's reorder, quantization and byte transpose took a quarter of the int8 model's time, as a
+#: product half that. The head (a channels-last matrix product in the int8 source graph,
 #: :class:`unet_core.export.ChannelsLastHead`) always writes float logits; quantized, its weights are
 #: int8 and ONNX Runtime runs it as ``MatMulIntegerToFloat`` on the last layer's bytes, 9 % of the
 #: time less than an fp32 head with its dequantization and reorders.
@@ -397,42 +398,51 @@ def float_nodes(proto: Any, float_convs: str) -> list[str]:
     from .export import probability_nodes
 
     first, head, tail = end_layers(proto)
-    layers = {"first convolution": first, "final 1x1 layer": head}
+    layers = {"first convolution": first, "final 1x1 layer": [head] if head else []}
     try:
         names = probability_nodes(proto)
     except ValueError as exc:
         raise QuantizeError(f"cannot keep the probabilities in fp32: {exc}") from exc
-    return [layers[label] for label in FLOAT_CONVS[float_convs] if layers[label]] + tail + names
+    return [name for label in FLOAT_CONVS[float_convs] for name in layers[label]] + tail + names
 
 
-def end_layers(proto: Any) -> tuple[str | None, str | None, list[str]]:
-    """Names of the first convolution (fed by the image), the head (the 1x1 convolution or matrix
-    product computing the logits) and the nodes between the head and the logits output.
+def end_layers(proto: Any) -> tuple[list[str], str | None, list[str]]:
+    """The first layer's nodes (its convolution or product and every node it reads the image
+    through: the shifted copies of :class:`~unet_core.export.ChannelsLastFirstConv`), the head's
+    node (the 1x1 convolution or matrix product computing the logits) and the nodes between the
+    head and the logits output.
 
     Found by structure, not by name: the pre-processing pass may rename nodes.
     """
-    from .export import INPUT_NAME, OUTPUT_NAMES
+    from .export import OUTPUT_NAMES
 
     graph = proto.graph
+    unnamed = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and not n.name]
+    if unnamed:
+        raise QuantizeError(f"the graph has {len(unnamed)} unnamed convolutions or matrix products; they cannot be "
+                            "excluded by name")
     producer = {out: node for node in graph.node for out in node.output}
-    names = [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] == INPUT_NAME][:1]
+    layer = next((n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")), None)  # nodes are sorted
+    first: list[str] = []
+    todo = [layer] if layer is not None else []
+    while todo:
+        node = todo.pop()
+        if node.name not in first:
+            first.append(node.name)
+            todo.extend(producer[name] for name in node.input if name in producer)
     tensor, head, tail = OUTPUT_NAMES[0], None, []
     for _ in range(8):  # walk back through bias, layout and pass-through nodes from the logits output
         node = producer.get(tensor)
         if node is None:
             break
-        if node.op_type in ("Conv", "MatMul"):
+        if node.op_type in ("Conv", "MatMul", "Gemm"):
             head = node
             break
         if node.op_type not in ("Identity", "Cast", "Transpose", "Add") or not node.input:
             break
         tail.append(node.name)
         tensor = node.input[0]
-    unnamed = [n for n in graph.node if n.op_type in ("Conv", "MatMul") and not n.name]
-    if unnamed:
-        raise QuantizeError(f"the graph has {len(unnamed)} unnamed convolutions or matrix products; they cannot be "
-                            "excluded by name")
-    return (names[0] if names else None), (head.name if head is not None else None), tail
+    return first, (head.name if head is not None else None), tail
 
 
 def read_shapes_after_relu(proto: Any) -> int:
@@ -592,7 +602,7 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
     ort.set_default_logger_severity(3)
     with tempfile.TemporaryDirectory(prefix="unet_quantize_") as tmp:
         work = Path(tmp)
-        fp32 = to_onnx(net, meta, work / "fp32-depth-to-space.onnx", upconv="depth_to_space")
+        fp32 = to_onnx(net, meta, work / "fp32-int8-form.onnx", form=_source_form(options))
         quantized = quantize_graph(fp32, work / "int8.onnx", calib.tiles, options, meta.unet.width)
         agreement = _argmax_agreement(fp32, quantized, calib.tiles[:AGREEMENT_TILES])
         record = quantization_record(model_path, options, calib, agreement, ort.__version__)
@@ -605,10 +615,8 @@ def quantize_model(model_path: str | Path, out: str | Path | None = None, data: 
     except ModelLoadError as exc:
         raise QuantizeError(f"the int8 model does not pass the model checks ({exc}); please report this") from exc
     floats = float_convolutions(out)
-    kept = int("first convolution" in FLOAT_CONVS[options.float_convs])  # the head is no Conv
-    if len(floats) > kept:
-        log.warning("%s: ONNX Runtime runs %d convolutions in float (%d kept fp32 on purpose): %s", out, len(floats),
-                    kept, ", ".join(floats))
+    if floats:  # the fp32 first layer is a product (Gemm), the head too: no float Conv is meant to be left
+        log.warning("%s: ONNX Runtime runs %d convolutions in float: %s", out, len(floats), ", ".join(floats))
     if agreement < 0.95:
         log.warning("%s: only %.1f %% of the calibration pixels keep their class; try --calibration entropy or "
                     "more --tiles", out, 100 * agreement)
@@ -631,11 +639,16 @@ def _check_output(model_path: Path, out: Path) -> Path:
     return out
 
 
+def _source_form(options: QuantizeOptions) -> str:
+    """The :func:`unet_core.export.to_onnx` form the int8 model is made from (see :data:`FLOAT_CONVS`)."""
+    return "int8-float-first" if "first convolution" in FLOAT_CONVS[options.float_convs] else "int8"
+
+
 def quantize_graph(fp32: Path, out: Path, tiles: np.ndarray, options: QuantizeOptions, width: int) -> Path:
     """Pre-process and statically quantize the depth-to-space export ``fp32`` into ``out``.
 
     Args:
-        fp32: a float model without ``ConvTranspose`` (``upconv="depth_to_space"``).
+        fp32: a float model in an int8 source form (:func:`unet_core.export.int8_form`).
         out: where the QDQ model goes (no U-Net Studio metadata is added here).
         tiles: ``(N, C, s, s)`` calibration tiles; ``options``: method, percentile, fp32 layers.
         width: the network's first-level channels (sizes the calibration groups).
@@ -694,7 +707,7 @@ def quantization_record(parent: Path, options: QuantizeOptions, calib: Calibrati
         "images": len(calib.images),
         "split": "train",
         "fp32_nodes": [*FLOAT_CONVS[options.float_convs], "probabilities"],
-        "upconv": "depth_to_space",
+        "graph": _source_form(options),
         "seed": options.seed,
         "calibration_agreement": round(float(agreement), 5),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
